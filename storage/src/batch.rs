@@ -1,0 +1,418 @@
+//! Kafka RecordBatch v2: the one format records have in flight and at rest.
+//!
+//! Clients encode batches (the Rust client, Kafka clients later); the broker only *validates*
+//! them with [`validate_batch`] — length, magic, CRC32C, attributes, record count and the
+//! per-record size limit — and then stores the bytes as they are: nothing is decoded and
+//! re-encoded on the produce fast path. The only byte the broker changes is the base offset
+//! (bytes 0..8, outside the CRC), set when the batch is laid into a segment
+//! ([`crate::segment`]).
+//!
+//! Encoding and full decoding go through the `kafka-protocol` crate ([`encode_batch`],
+//! [`decode_batches`]); the header fields the fast path needs are read at their fixed positions
+//! ([`BatchHeader`]) and cross-checked against `kafka-protocol` in the tests.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
+    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+use crate::error::BatchError;
+
+pub use kafka_protocol::records::Compression as BatchCompression;
+
+/// Bytes of the RecordBatch v2 header, up to and including the record count.
+pub const BATCH_HEADER_LEN: usize = 61;
+
+const LENGTH_POS: usize = 8;
+const MAGIC_POS: usize = 16;
+const CRC_POS: usize = 17;
+const ATTRIBUTES_POS: usize = 21;
+const LAST_OFFSET_DELTA_POS: usize = 23;
+const BASE_TIMESTAMP_POS: usize = 27;
+const MAX_TIMESTAMP_POS: usize = 35;
+const PRODUCER_ID_POS: usize = 43;
+const PRODUCER_EPOCH_POS: usize = 51;
+const BASE_SEQUENCE_POS: usize = 53;
+const RECORD_COUNT_POS: usize = 57;
+
+const ATTR_COMPRESSION_MASK: i16 = 0x07;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// Limits a batch must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Largest whole batch, in bytes.
+    pub max_batch_bytes: usize,
+    /// Largest single record as encoded in the batch (its length-prefixed body), in bytes.
+    pub max_record_bytes: usize,
+}
+
+/// The header fields of a RecordBatch v2 the broker uses, read at their fixed positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header of `batch` without checking anything but its length.
+    pub fn read(batch: &[u8]) -> Result<Self, BatchError> {
+        if batch.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::TooShort { len: batch.len() });
+        }
+        Ok(Self {
+            base_offset: be_i64(batch, 0),
+            attributes: be_i16(batch, ATTRIBUTES_POS),
+            last_offset_delta: be_i32(batch, LAST_OFFSET_DELTA_POS),
+            base_timestamp: be_i64(batch, BASE_TIMESTAMP_POS),
+            max_timestamp: be_i64(batch, MAX_TIMESTAMP_POS),
+            producer_id: be_i64(batch, PRODUCER_ID_POS),
+            producer_epoch: be_i16(batch, PRODUCER_EPOCH_POS),
+            base_sequence: be_i32(batch, BASE_SEQUENCE_POS),
+            record_count: be_i32(batch, RECORD_COUNT_POS),
+        })
+    }
+
+    /// The compression codec, if it is one Kafka defines.
+    pub fn compression(&self) -> Option<Compression> {
+        match self.attributes & ATTR_COMPRESSION_MASK {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Gzip),
+            2 => Some(Compression::Snappy),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// The offset of the batch's last record.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+}
+
+/// What validation learned about a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidBatch {
+    pub header: BatchHeader,
+    /// Number of records (at least 1).
+    pub record_count: u32,
+}
+
+/// Checks that `batch` is one well-formed RecordBatch v2 within `limits`, without decoding
+/// uncompressed records (their length prefixes are walked) and decompressing compressed ones only
+/// to count and size their records. Control batches are refused: only the broker writes them.
+pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, BatchError> {
+    if batch.len() < BATCH_HEADER_LEN {
+        return Err(BatchError::TooShort { len: batch.len() });
+    }
+    if batch.len() > limits.max_batch_bytes {
+        return Err(BatchError::BatchTooLarge { len: batch.len(), limit: limits.max_batch_bytes });
+    }
+    let declared = i64::from(be_i32(batch, LENGTH_POS));
+    if declared != (batch.len() - 12) as i64 {
+        return Err(BatchError::LengthMismatch { declared, actual: batch.len() - 12 });
+    }
+    let magic = batch[MAGIC_POS] as i8;
+    if magic != 2 {
+        return Err(BatchError::BadMagic { magic });
+    }
+    let expected = u32::from_be_bytes([
+        batch[CRC_POS],
+        batch[CRC_POS + 1],
+        batch[CRC_POS + 2],
+        batch[CRC_POS + 3],
+    ]);
+    let actual = crc32c::crc32c(&batch[ATTRIBUTES_POS..]);
+    if expected != actual {
+        return Err(BatchError::BadCrc { expected, actual });
+    }
+    let header = BatchHeader::read(batch)?;
+    let Some(compression) = header.compression() else {
+        return Err(BatchError::BadCompression {
+            attributes: header.attributes,
+            codec: header.attributes & ATTR_COMPRESSION_MASK,
+        });
+    };
+    if header.is_control() {
+        return Err(BatchError::ControlBatch);
+    }
+    let count = header.record_count;
+    if count < 1 {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: "a batch must hold at least one record".into(),
+        });
+    }
+    if header.last_offset_delta != count - 1 {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!(
+                "its last offset delta is {} (must be record count - 1 = {})",
+                header.last_offset_delta,
+                count - 1
+            ),
+        });
+    }
+    if compression == Compression::None {
+        walk_records(&batch[BATCH_HEADER_LEN..], count, limits.max_record_bytes)?;
+    } else {
+        check_compressed_records(batch, count, limits.max_record_bytes)?;
+    }
+    Ok(ValidBatch { header, record_count: count as u32 })
+}
+
+/// Walks the length prefixes of `count` uncompressed records: they must exactly fill `records`
+/// and each must be within `max_record_bytes`.
+fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(), BatchError> {
+    let mut pos = 0usize;
+    for index in 0..count as usize {
+        let (len, width) = read_varint(&records[pos..]).ok_or_else(|| BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("record {index} has no valid length prefix"),
+        })?;
+        if len < 0 {
+            return Err(BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} has negative length {len}"),
+            });
+        }
+        let len = len as usize;
+        if len > max_record_bytes {
+            return Err(BatchError::RecordTooLarge { index, len, limit: max_record_bytes });
+        }
+        pos = pos
+            .checked_add(width + len)
+            .filter(|end| *end <= records.len())
+            .ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} ({len} bytes) runs past the end of the batch"),
+            })?;
+    }
+    if pos != records.len() {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("{} bytes follow the last record", records.len() - pos),
+        });
+    }
+    Ok(())
+}
+
+/// Decompresses a batch through `kafka-protocol` to check its record count and record sizes.
+fn check_compressed_records(
+    batch: &[u8],
+    count: i32,
+    max_record_bytes: usize,
+) -> Result<(), BatchError> {
+    let mut buf = Bytes::copy_from_slice(batch);
+    let set = RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+    if set.records.len() != count as usize {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("it holds {}", set.records.len()),
+        });
+    }
+    for (index, record) in set.records.iter().enumerate() {
+        let len = record_payload_len(record);
+        if len > max_record_bytes {
+            return Err(BatchError::RecordTooLarge { index, len, limit: max_record_bytes });
+        }
+    }
+    Ok(())
+}
+
+/// Key + value + header bytes of a record: the size limit's measure for decoded records.
+fn record_payload_len(record: &Record) -> usize {
+    record.key.as_ref().map_or(0, Bytes::len)
+        + record.value.as_ref().map_or(0, Bytes::len)
+        + record.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum::<usize>()
+}
+
+/// Reads a zigzag varint (Kafka's varint); returns the value and its width in bytes.
+fn read_varint(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, byte) in buf.iter().take(10).enumerate() {
+        raw |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Sets the base offset of a batch in place (bytes 0..8; not covered by the CRC).
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    if batch.len() >= 8 {
+        batch[..8].copy_from_slice(&base_offset.to_be_bytes());
+    }
+}
+
+/// A record to encode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordData {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    pub timestamp_ms: i64,
+}
+
+/// Producer identity carried by a batch (idempotent and transactional produce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Default for ProducerInfo {
+    fn default() -> Self {
+        Self {
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+        }
+    }
+}
+
+/// Encodes `records` as one RecordBatch v2 with base offset 0 through `kafka-protocol`.
+pub fn encode_batch(
+    records: &[RecordData],
+    compression: Compression,
+    producer: ProducerInfo,
+) -> Result<Bytes, BatchError> {
+    if records.is_empty() {
+        return Err(BatchError::BadRecordCount {
+            declared: 0,
+            reason: "a batch must hold at least one record".into(),
+        });
+    }
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: producer.producer_id,
+            producer_epoch: producer.producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder keeps records in one batch while offset - sequence is constant, and
+            // derives the header's base sequence from the first record: NO_SEQUENCE stays -1.
+            sequence: producer.base_sequence.wrapping_add(i as i32),
+            timestamp: r.timestamp_ms,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone()))
+                .collect::<IndexMap<_, _>>(),
+        })
+        .collect();
+    let mut buf = BytesMut::with_capacity(estimate_len(&records));
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
+        .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+    Ok(buf.freeze())
+}
+
+fn estimate_len(records: &[Record]) -> usize {
+    BATCH_HEADER_LEN + records.iter().map(|r| record_payload_len(r) + 24).sum::<usize>()
+}
+
+/// A record read back from a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Decodes concatenated batches (as a segment range holds them) through `kafka-protocol`,
+/// dropping control records and records below `min_offset`.
+pub fn decode_batches(bytes: Bytes, min_offset: i64) -> Result<Vec<DecodedRecord>, BatchError> {
+    let mut buf = bytes;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let set = RecordBatchDecoder::decode(&mut buf)
+            .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+        out.extend(set.records.into_iter().filter(|r| !r.control && r.offset >= min_offset).map(
+            |r| DecodedRecord {
+                offset: r.offset,
+                timestamp_ms: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Splits concatenated batches into `(header, batch bytes)` without copying. Stops with an error
+/// at the first batch whose length field does not fit.
+pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= bytes.len() {
+            return None;
+        }
+        let rest = &bytes[pos..];
+        let header = match BatchHeader::read(rest) {
+            Ok(h) => h,
+            Err(e) => {
+                pos = bytes.len();
+                return Some(Err(e));
+            }
+        };
+        let len = i64::from(be_i32(rest, LENGTH_POS)) + 12;
+        if len < BATCH_HEADER_LEN as i64 || len as usize > rest.len() {
+            pos = bytes.len();
+            return Some(Err(BatchError::LengthMismatch { declared: len - 12, actual: rest.len() - 12 }));
+        }
+        let batch = bytes.slice(pos..pos + len as usize);
+        pos += len as usize;
+        Some(Ok((header, batch)))
+    })
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use proptest::prelude::*;
+
+const LIMITS: BatchLimits = BatchLimits { max_batch_bytes: 1 << 20, max_record_bytes: 1 << 16 };
+
+fn records(n: usize) -> Vec<RecordData> {
+    (0..n)
+        .map(|i| RecordData {
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(format!("{{\"event\":\"click\",\"n\":{i}}}"))),
+            headers: vec![("h".into(), Some(Bytes::from_static(b"v")))],
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+        })
+        .collect()
+}
+
+fn batch(n: usize) -> Bytes {
+    encode_batch(&records(n), Compression::None, ProducerInfo::default()).unwrap()
+}
+
+/// Rewrites the CRC after a test tampered with covered bytes, so only the tampering is wrong.
+fn fix_crc(b: &mut [u8]) {
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_POS..]);
+    b[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[test]
+fn encoded_batch_validates_and_header_matches_kafka_protocol() {
+    let b = batch(5);
+    let valid = validate_batch(&b, &LIMITS).unwrap();
+    assert_eq!(valid.record_count, 5);
+    let info = RecordBatchDecoder::decode_batch_info(&mut b.clone()).unwrap();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].record_count, valid.header.record_count);
+    assert_eq!(info[0].min_timestamp, valid.header.base_timestamp);
+    assert_eq!(info[0].producer_id, valid.header.producer_id);
+    assert_eq!(valid.header.max_timestamp, 1_700_000_000_004);
+    assert_eq!(valid.header.last_offset_delta, 4);
+}
+
+#[test]
+fn base_offset_rewrite_keeps_crc_and_shifts_offsets() {
+    let mut b = batch(3).to_vec();
+    set_base_offset(&mut b, 41);
+    validate_batch(&b, &LIMITS).unwrap();
+    let decoded = decode_batches(Bytes::from(b), 0).unwrap();
+    assert_eq!(decoded.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![41, 42, 43]);
+    assert_eq!(decoded[1].key.as_deref(), Some(&b"key-1"[..]));
+    assert_eq!(decoded[1].headers, vec![("h".to_string(), Some(Bytes::from_static(b"v")))]);
+}
+
+#[test]
+fn decode_skips_records_below_min_offset() {
+    let mut b = batch(4).to_vec();
+    set_base_offset(&mut b, 10);
+    let decoded = decode_batches(Bytes::from(b), 12).unwrap();
+    assert_eq!(decoded.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![12, 13]);
+}
+
+#[test]
+fn every_codec_round_trips_and_validates() {
+    for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        let b = encode_batch(&records(20), codec, ProducerInfo::default()).unwrap();
+        let valid = validate_batch(&b, &LIMITS).unwrap();
+        assert_eq!(valid.header.compression(), Some(codec));
+        assert_eq!(decode_batches(b, 0).unwrap().len(), 20, "{codec:?}");
+    }
+}
+
+#[test]
+fn short_batch_is_refused() {
+    assert_eq!(validate_batch(&[0u8; 10], &LIMITS), Err(BatchError::TooShort { len: 10 }));
+}
+
+#[test]
+fn bad_crc_is_refused() {
+    let mut b = batch(2).to_vec();
+    let last = b.len() - 1;
+    b[last] ^= 0xff;
+    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadCrc { .. })));
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    let mut b = batch(2).to_vec();
+    b[MAGIC_POS] = 1;
+    assert_eq!(validate_batch(&b, &LIMITS), Err(BatchError::BadMagic { magic: 1 }));
+}
+
+#[test]
+fn length_field_must_match_bytes() {
+    let mut b = batch(2).to_vec();
+    b.push(0);
+    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::LengthMismatch { .. })));
+}
+
+#[test]
+fn record_count_must_match_records() {
+    let mut b = batch(3).to_vec();
+    b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&4i32.to_be_bytes());
+    b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&3i32.to_be_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadRecordCount { .. })));
+
+    let mut b = batch(3).to_vec();
+    b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&2i32.to_be_bytes());
+    b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&1i32.to_be_bytes());
+    fix_crc(&mut b);
+    let err = validate_batch(&b, &LIMITS).unwrap_err();
+    assert!(err.to_string().contains("follow the last record"), "{err}");
+}
+
+#[test]
+fn last_offset_delta_must_match_count() {
+    let mut b = batch(3).to_vec();
+    b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&7i32.to_be_bytes());
+    fix_crc(&mut b);
+    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadRecordCount { .. })));
+}
+
+#[test]
+fn compressed_record_count_is_checked() {
+    let mut b = encode_batch(&records(3), Compression::Lz4, ProducerInfo::default()).unwrap().to_vec();
+    b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&4i32.to_be_bytes());
+    b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&3i32.to_be_bytes());
+    fix_crc(&mut b);
+    assert!(validate_batch(&b, &LIMITS).is_err());
+}
+
+#[test]
+fn record_and_batch_limits_are_enforced() {
+    let big = vec![RecordData {
+        value: Some(Bytes::from(vec![b'x'; 2000])),
+        timestamp_ms: 1,
+        ..RecordData::default()
+    }];
+    let small = BatchLimits { max_batch_bytes: 1 << 20, max_record_bytes: 1000 };
+    for codec in [Compression::None, Compression::Zstd] {
+        let b = encode_batch(&big, codec, ProducerInfo::default()).unwrap();
+        assert!(
+            matches!(validate_batch(&b, &small), Err(BatchError::RecordTooLarge { index: 0, .. })),
+            "{codec:?}"
+        );
+    }
+    let b = batch(50);
+    let tiny = BatchLimits { max_batch_bytes: 100, max_record_bytes: 1000 };
+    assert!(matches!(validate_batch(&b, &tiny), Err(BatchError::BatchTooLarge { .. })));
+}
+
+#[test]
+fn control_batches_are_refused() {
+    let mut b = batch(1).to_vec();
+    b[ATTRIBUTES_POS + 1] |= ATTR_CONTROL as u8;
+    fix_crc(&mut b);
+    assert_eq!(validate_batch(&b, &LIMITS), Err(BatchError::ControlBatch));
+}
+
+#[test]
+fn unknown_codec_is_refused() {
+    let mut b = batch(1).to_vec();
+    b[ATTRIBUTES_POS + 1] |= 0x07;
+    fix_crc(&mut b);
+    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadCompression { codec: 7, .. })));
+}
+
+#[test]
+fn split_batches_walks_concatenated_batches() {
+    let mut all = Vec::new();
+    for (base, n) in [(0i64, 2usize), (2, 3)] {
+        let mut b = batch(n).to_vec();
+        set_base_offset(&mut b, base);
+        all.extend_from_slice(&b);
+    }
+    let all = Bytes::from(all);
+    let parts: Vec<_> = split_batches(&all).collect::<Result<_, _>>().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].0.base_offset, 2);
+    assert_eq!(parts[1].0.last_offset(), 4);
+    assert!(split_batches(&all.slice(..all.len() - 1)).any(|r| r.is_err()));
+}
+
+proptest! {
+    #[test]
+    fn validate_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = validate_batch(&bytes, &LIMITS);
+        let _ = split_batches(&Bytes::from(bytes)).count();
+    }
+
+    #[test]
+    fn flipped_covered_bytes_are_detected(n in 1usize..20, at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut b = batch(n).to_vec();
+        let i = ATTRIBUTES_POS + at.index(b.len() - ATTRIBUTES_POS);
+        b[i] ^= 1 << bit;
+        prop_assert!(validate_batch(&b, &LIMITS).is_err());
+    }
+
+    #[test]
+    fn truncated_batches_are_refused(n in 1usize..20, cut in 1usize..200) {
+        let b = batch(n);
+        let cut = cut.min(b.len());
+        prop_assert!(validate_batch(&b[..b.len() - cut], &LIMITS).is_err());
+    }
+}
