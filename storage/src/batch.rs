@@ -15,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record,
+    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::error::BatchError;
@@ -126,11 +126,17 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
         return Err(BatchError::TooShort { len: batch.len() });
     }
     if batch.len() > limits.max_batch_bytes {
-        return Err(BatchError::BatchTooLarge { len: batch.len(), limit: limits.max_batch_bytes });
+        return Err(BatchError::BatchTooLarge {
+            len: batch.len(),
+            limit: limits.max_batch_bytes,
+        });
     }
     let declared = i64::from(be_i32(batch, LENGTH_POS));
     if declared != (batch.len() - 12) as i64 {
-        return Err(BatchError::LengthMismatch { declared, actual: batch.len() - 12 });
+        return Err(BatchError::LengthMismatch {
+            declared,
+            actual: batch.len() - 12,
+        });
     }
     let magic = batch[MAGIC_POS] as i8;
     if magic != 2 {
@@ -178,7 +184,10 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
     } else {
         check_compressed_records(batch, count, limits.max_record_bytes)?;
     }
-    Ok(ValidBatch { header, record_count: count as u32 })
+    Ok(ValidBatch {
+        header,
+        record_count: count as u32,
+    })
 }
 
 /// Walks the length prefixes of `count` uncompressed records: they must exactly fill `records`
@@ -186,10 +195,11 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
 fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(), BatchError> {
     let mut pos = 0usize;
     for index in 0..count as usize {
-        let (len, width) = read_varint(&records[pos..]).ok_or_else(|| BatchError::BadRecordCount {
-            declared: count,
-            reason: format!("record {index} has no valid length prefix"),
-        })?;
+        let (len, width) =
+            read_varint(&records[pos..]).ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} has no valid length prefix"),
+            })?;
         if len < 0 {
             return Err(BatchError::BadRecordCount {
                 declared: count,
@@ -198,7 +208,11 @@ fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(
         }
         let len = len as usize;
         if len > max_record_bytes {
-            return Err(BatchError::RecordTooLarge { index, len, limit: max_record_bytes });
+            return Err(BatchError::RecordTooLarge {
+                index,
+                len,
+                limit: max_record_bytes,
+            });
         }
         pos = pos
             .checked_add(width + len)
@@ -224,8 +238,8 @@ fn check_compressed_records(
     max_record_bytes: usize,
 ) -> Result<(), BatchError> {
     let mut buf = Bytes::copy_from_slice(batch);
-    let set = RecordBatchDecoder::decode(&mut buf)
-        .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+    let set =
+        RecordBatchDecoder::decode(&mut buf).map_err(|e| BatchError::Undecodable(e.to_string()))?;
     if set.records.len() != count as usize {
         return Err(BatchError::BadRecordCount {
             declared: count,
@@ -235,7 +249,11 @@ fn check_compressed_records(
     for (index, record) in set.records.iter().enumerate() {
         let len = record_payload_len(record);
         if len > max_record_bytes {
-            return Err(BatchError::RecordTooLarge { index, len, limit: max_record_bytes });
+            return Err(BatchError::RecordTooLarge {
+                index,
+                len,
+                limit: max_record_bytes,
+            });
         }
     }
     Ok(())
@@ -245,7 +263,11 @@ fn check_compressed_records(
 fn record_payload_len(record: &Record) -> usize {
     record.key.as_ref().map_or(0, Bytes::len)
         + record.value.as_ref().map_or(0, Bytes::len)
-        + record.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum::<usize>()
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>()
 }
 
 /// Reads a zigzag varint (Kafka's varint); returns the value and its width in bytes.
@@ -333,13 +355,24 @@ pub fn encode_batch(
         })
         .collect();
     let mut buf = BytesMut::with_capacity(estimate_len(&records));
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-        .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| BatchError::Undecodable(e.to_string()))?;
     Ok(buf.freeze())
 }
 
 fn estimate_len(records: &[Record]) -> usize {
-    BATCH_HEADER_LEN + records.iter().map(|r| record_payload_len(r) + 24).sum::<usize>()
+    BATCH_HEADER_LEN
+        + records
+            .iter()
+            .map(|r| record_payload_len(r) + 24)
+            .sum::<usize>()
 }
 
 /// A record read back from a batch.
@@ -360,22 +393,31 @@ pub fn decode_batches(bytes: Bytes, min_offset: i64) -> Result<Vec<DecodedRecord
     while !buf.is_empty() {
         let set = RecordBatchDecoder::decode(&mut buf)
             .map_err(|e| BatchError::Undecodable(e.to_string()))?;
-        out.extend(set.records.into_iter().filter(|r| !r.control && r.offset >= min_offset).map(
-            |r| DecodedRecord {
-                offset: r.offset,
-                timestamp_ms: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            },
-        ));
+        out.extend(
+            set.records
+                .into_iter()
+                .filter(|r| !r.control && r.offset >= min_offset)
+                .map(|r| DecodedRecord {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                }),
+        );
     }
     Ok(out)
 }
 
 /// Splits concatenated batches into `(header, batch bytes)` without copying. Stops with an error
 /// at the first batch whose length field does not fit.
-pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>> + '_ {
+pub fn split_batches(
+    bytes: &Bytes,
+) -> impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>> + '_ {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
         if pos >= bytes.len() {
@@ -392,7 +434,10 @@ pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<(BatchHeader,
         let len = i64::from(be_i32(rest, LENGTH_POS)) + 12;
         if len < BATCH_HEADER_LEN as i64 || len as usize > rest.len() {
             pos = bytes.len();
-            return Some(Err(BatchError::LengthMismatch { declared: len - 12, actual: rest.len() - 12 }));
+            return Some(Err(BatchError::LengthMismatch {
+                declared: len - 12,
+                actual: rest.len() - 12,
+            }));
         }
         let batch = bytes.slice(pos..pos + len as usize);
         pos += len as usize;

@@ -19,8 +19,14 @@ pub enum BatchError {
     BadRecordCount { declared: i32, reason: String },
     #[error("batch is {len} bytes, over the {limit}-byte batch limit")]
     BatchTooLarge { len: usize, limit: usize },
-    #[error("record {index} of the batch is {len} bytes, over the topic's {limit}-byte record limit")]
-    RecordTooLarge { index: usize, len: usize, limit: usize },
+    #[error(
+        "record {index} of the batch is {len} bytes, over the topic's {limit}-byte record limit"
+    )]
+    RecordTooLarge {
+        index: usize,
+        len: usize,
+        limit: usize,
+    },
     #[error("control batches cannot be produced by clients")]
     ControlBatch,
     #[error("batch records could not be decoded: {0}")]
@@ -37,7 +43,11 @@ pub enum SegmentError {
     #[error("segment version {version} is not supported (this Silt reads version 1)")]
     UnsupportedVersion { version: u16 },
     #[error("segment {what} checksum mismatch: stored {expected:#010x}, computed {actual:#010x}")]
-    BadChecksum { what: &'static str, expected: u32, actual: u32 },
+    BadChecksum {
+        what: &'static str,
+        expected: u32,
+        actual: u32,
+    },
     #[error("segment is malformed: {0}")]
     Malformed(String),
 }

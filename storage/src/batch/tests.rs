@@ -1,7 +1,10 @@
 use super::*;
 use proptest::prelude::*;
 
-const LIMITS: BatchLimits = BatchLimits { max_batch_bytes: 1 << 20, max_record_bytes: 1 << 16 };
+const LIMITS: BatchLimits = BatchLimits {
+    max_batch_bytes: 1 << 20,
+    max_record_bytes: 1 << 16,
+};
 
 fn records(n: usize) -> Vec<RecordData> {
     (0..n)
@@ -44,9 +47,15 @@ fn base_offset_rewrite_keeps_crc_and_shifts_offsets() {
     set_base_offset(&mut b, 41);
     validate_batch(&b, &LIMITS).unwrap();
     let decoded = decode_batches(Bytes::from(b), 0).unwrap();
-    assert_eq!(decoded.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![41, 42, 43]);
+    assert_eq!(
+        decoded.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![41, 42, 43]
+    );
     assert_eq!(decoded[1].key.as_deref(), Some(&b"key-1"[..]));
-    assert_eq!(decoded[1].headers, vec![("h".to_string(), Some(Bytes::from_static(b"v")))]);
+    assert_eq!(
+        decoded[1].headers,
+        vec![("h".to_string(), Some(Bytes::from_static(b"v")))]
+    );
 }
 
 #[test]
@@ -54,12 +63,20 @@ fn decode_skips_records_below_min_offset() {
     let mut b = batch(4).to_vec();
     set_base_offset(&mut b, 10);
     let decoded = decode_batches(Bytes::from(b), 12).unwrap();
-    assert_eq!(decoded.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![12, 13]);
+    assert_eq!(
+        decoded.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![12, 13]
+    );
 }
 
 #[test]
 fn every_codec_round_trips_and_validates() {
-    for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+    for codec in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
         let b = encode_batch(&records(20), codec, ProducerInfo::default()).unwrap();
         let valid = validate_batch(&b, &LIMITS).unwrap();
         assert_eq!(valid.header.compression(), Some(codec));
@@ -69,7 +86,10 @@ fn every_codec_round_trips_and_validates() {
 
 #[test]
 fn short_batch_is_refused() {
-    assert_eq!(validate_batch(&[0u8; 10], &LIMITS), Err(BatchError::TooShort { len: 10 }));
+    assert_eq!(
+        validate_batch(&[0u8; 10], &LIMITS),
+        Err(BatchError::TooShort { len: 10 })
+    );
 }
 
 #[test]
@@ -77,21 +97,30 @@ fn bad_crc_is_refused() {
     let mut b = batch(2).to_vec();
     let last = b.len() - 1;
     b[last] ^= 0xff;
-    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadCrc { .. })));
+    assert!(matches!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::BadCrc { .. })
+    ));
 }
 
 #[test]
 fn bad_magic_is_refused() {
     let mut b = batch(2).to_vec();
     b[MAGIC_POS] = 1;
-    assert_eq!(validate_batch(&b, &LIMITS), Err(BatchError::BadMagic { magic: 1 }));
+    assert_eq!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::BadMagic { magic: 1 })
+    );
 }
 
 #[test]
 fn length_field_must_match_bytes() {
     let mut b = batch(2).to_vec();
     b.push(0);
-    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::LengthMismatch { .. })));
+    assert!(matches!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::LengthMismatch { .. })
+    ));
 }
 
 #[test]
@@ -100,7 +129,10 @@ fn record_count_must_match_records() {
     b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&4i32.to_be_bytes());
     b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&3i32.to_be_bytes());
     fix_crc(&mut b);
-    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadRecordCount { .. })));
+    assert!(matches!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::BadRecordCount { .. })
+    ));
 
     let mut b = batch(3).to_vec();
     b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&2i32.to_be_bytes());
@@ -115,12 +147,17 @@ fn last_offset_delta_must_match_count() {
     let mut b = batch(3).to_vec();
     b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&7i32.to_be_bytes());
     fix_crc(&mut b);
-    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadRecordCount { .. })));
+    assert!(matches!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::BadRecordCount { .. })
+    ));
 }
 
 #[test]
 fn compressed_record_count_is_checked() {
-    let mut b = encode_batch(&records(3), Compression::Lz4, ProducerInfo::default()).unwrap().to_vec();
+    let mut b = encode_batch(&records(3), Compression::Lz4, ProducerInfo::default())
+        .unwrap()
+        .to_vec();
     b[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&4i32.to_be_bytes());
     b[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&3i32.to_be_bytes());
     fix_crc(&mut b);
@@ -134,17 +171,29 @@ fn record_and_batch_limits_are_enforced() {
         timestamp_ms: 1,
         ..RecordData::default()
     }];
-    let small = BatchLimits { max_batch_bytes: 1 << 20, max_record_bytes: 1000 };
+    let small = BatchLimits {
+        max_batch_bytes: 1 << 20,
+        max_record_bytes: 1000,
+    };
     for codec in [Compression::None, Compression::Zstd] {
         let b = encode_batch(&big, codec, ProducerInfo::default()).unwrap();
         assert!(
-            matches!(validate_batch(&b, &small), Err(BatchError::RecordTooLarge { index: 0, .. })),
+            matches!(
+                validate_batch(&b, &small),
+                Err(BatchError::RecordTooLarge { index: 0, .. })
+            ),
             "{codec:?}"
         );
     }
     let b = batch(50);
-    let tiny = BatchLimits { max_batch_bytes: 100, max_record_bytes: 1000 };
-    assert!(matches!(validate_batch(&b, &tiny), Err(BatchError::BatchTooLarge { .. })));
+    let tiny = BatchLimits {
+        max_batch_bytes: 100,
+        max_record_bytes: 1000,
+    };
+    assert!(matches!(
+        validate_batch(&b, &tiny),
+        Err(BatchError::BatchTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -160,7 +209,10 @@ fn unknown_codec_is_refused() {
     let mut b = batch(1).to_vec();
     b[ATTRIBUTES_POS + 1] |= 0x07;
     fix_crc(&mut b);
-    assert!(matches!(validate_batch(&b, &LIMITS), Err(BatchError::BadCompression { codec: 7, .. })));
+    assert!(matches!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::BadCompression { codec: 7, .. })
+    ));
 }
 
 #[test]

@@ -1,0 +1,373 @@
+//! The read cache: segment objects in aligned chunks, in memory and optionally on local disk,
+//! through foyer's hybrid cache.
+//!
+//! A read of a byte range becomes reads of the chunks it covers (`chunk_bytes`, default 4 MiB,
+//! aligned to the object's start). A missing chunk is fetched with ONE range GET, and
+//! concurrent readers of the same missing chunk share that GET (foyer's `get_or_fetch`). Every
+//! flush inserts its new segment whole ([`SegmentCache::insert_object`]), so readers at the tail
+//! never wait on the object store. Objects are immutable, so a cached chunk is never stale.
+
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use foyer::{
+    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, PsyncIoEngineConfig,
+};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::error::StorageError;
+
+/// Sizes of the read cache.
+#[derive(Debug, Clone)]
+pub struct ReadCacheConfig {
+    /// Memory tier capacity in bytes.
+    pub memory_bytes: usize,
+    /// Disk tier capacity in bytes; 0 disables the disk tier.
+    pub disk_bytes: usize,
+    /// Directory of the disk tier (required when `disk_bytes > 0`).
+    pub disk_dir: Option<std::path::PathBuf>,
+    /// Chunk size: the unit of caching and of range GETs.
+    pub chunk_bytes: u64,
+}
+
+impl Default for ReadCacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            disk_bytes: 0,
+            disk_dir: None,
+            chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Cache key: one chunk of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ChunkKey {
+    object: String,
+    chunk: u64,
+}
+
+impl Code for ChunkKey {
+    fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
+        self.chunk.encode(writer)?;
+        self.object.encode(writer)
+    }
+
+    fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
+        let chunk = u64::decode(reader)?;
+        let object = String::decode(reader)?;
+        Ok(Self { object, chunk })
+    }
+
+    fn estimated_size(&self) -> usize {
+        8 + 8 + self.object.len()
+    }
+}
+
+/// Counters of the read cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Chunk reads served without a GET.
+    pub hits: u64,
+    /// Chunk reads that needed a GET.
+    pub misses: u64,
+    /// Bytes fetched from the object store.
+    pub fetched_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    lookups: AtomicU64,
+    misses: AtomicU64,
+    fetched_bytes: AtomicU64,
+}
+
+/// Segment bytes, cached in chunks in front of an object store.
+pub struct SegmentCache {
+    store: Arc<dyn ObjectStore>,
+    cache: HybridCache<ChunkKey, Bytes>,
+    chunk_bytes: u64,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("chunk_bytes", &self.chunk_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Block size of the disk tier: a chunk must fit in one block.
+fn disk_block_bytes(chunk_bytes: u64) -> usize {
+    (chunk_bytes as usize + (64 << 10))
+        .next_power_of_two()
+        .max(1 << 20)
+}
+
+impl SegmentCache {
+    /// Opens the cache over `store`.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        config: ReadCacheConfig,
+    ) -> Result<Self, StorageError> {
+        if config.chunk_bytes == 0 {
+            return Err(StorageError::Config(
+                "read cache chunk size must be > 0".into(),
+            ));
+        }
+        let builder = HybridCacheBuilder::new()
+            .with_name("silt-segments")
+            .with_policy(HybridCachePolicy::WriteOnEviction)
+            .memory(config.memory_bytes.max(1))
+            .with_weighter(|k: &ChunkKey, v: &Bytes| k.object.len() + v.len() + 64)
+            .storage();
+        let builder = match (&config.disk_dir, config.disk_bytes) {
+            (Some(dir), bytes) if bytes > 0 => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StorageError::Config(format!("cannot create cache dir {}: {e}", dir.display()))
+                })?;
+                let block = disk_block_bytes(config.chunk_bytes);
+                let capacity = (bytes / block).max(2) * block;
+                let device = FsDeviceBuilder::new(dir)
+                    .with_capacity(capacity)
+                    .build()
+                    .map_err(|e| {
+                        StorageError::Cache(format!("disk cache at {}: {e}", dir.display()))
+                    })?;
+                builder
+                    .with_io_engine_config(PsyncIoEngineConfig::new())
+                    .with_engine_config(BlockEngineConfig::new(device).with_block_size(block))
+            }
+            _ => builder,
+        };
+        let cache = builder
+            .build()
+            .await
+            .map_err(|e| StorageError::Cache(e.to_string()))?;
+        Ok(Self {
+            store,
+            cache,
+            chunk_bytes: config.chunk_bytes,
+            counters: Arc::default(),
+        })
+    }
+
+    /// The chunks covering `range` of an object of `object_len` bytes.
+    fn chunks(&self, range: &Range<u64>) -> Range<u64> {
+        range.start / self.chunk_bytes..range.end.div_ceil(self.chunk_bytes)
+    }
+
+    /// Reads `range` of the object at `path` (`object_len` bytes long).
+    pub async fn read_range(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        object_len: u64,
+    ) -> Result<Bytes, StorageError> {
+        if range.start > range.end || range.end > object_len {
+            return Err(StorageError::Config(format!(
+                "range {range:?} is outside object {path} of {object_len} bytes"
+            )));
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let chunks = self.chunks(&range);
+        let mut parts = Vec::with_capacity((chunks.end - chunks.start) as usize);
+        for chunk in chunks {
+            parts.push((chunk, self.chunk(path, chunk, object_len).await?));
+        }
+        if let [(chunk, bytes)] = parts.as_slice() {
+            let base = chunk * self.chunk_bytes;
+            return Ok(bytes.slice((range.start - base) as usize..(range.end - base) as usize));
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for (chunk, bytes) in parts {
+            let base = chunk * self.chunk_bytes;
+            let from = range.start.max(base) - base;
+            let to = range.end.min(base + bytes.len() as u64) - base;
+            out.extend_from_slice(&bytes[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// One chunk, from the cache or with one range GET.
+    async fn chunk(&self, path: &Path, chunk: u64, object_len: u64) -> Result<Bytes, StorageError> {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let key = ChunkKey {
+            object: path.to_string(),
+            chunk,
+        };
+        let start = chunk * self.chunk_bytes;
+        let end = (start + self.chunk_bytes).min(object_len);
+        let store = self.store.clone();
+        let path = path.clone();
+        let counters = self.counters.clone();
+        let entry = self
+            .cache
+            .get_or_fetch(&key, move || async move {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                let bytes = store.get_range(&path, start..end).await?;
+                counters.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if bytes.len() as u64 != end - start {
+                    return Err(FetchError::Short(format!(
+                        "object {path} returned {} bytes for range {start}..{end}: it is shorter than its commit says",
+                        bytes.len()
+                    )));
+                }
+                Ok::<_, FetchError>(bytes)
+            })
+            .await
+            .map_err(|e| StorageError::Cache(format!("reading {}: {e}", key.object)))?;
+        Ok(entry.value().clone())
+    }
+
+    /// Inserts a whole object (just written), chunk by chunk, without copying.
+    pub fn insert_object(&self, path: &Path, bytes: &Bytes) {
+        let object = path.to_string();
+        let mut chunk = 0u64;
+        let mut start = 0usize;
+        while start < bytes.len() {
+            let end = (start + self.chunk_bytes as usize).min(bytes.len());
+            self.cache.insert(
+                ChunkKey {
+                    object: object.clone(),
+                    chunk,
+                },
+                bytes.slice(start..end),
+            );
+            chunk += 1;
+            start = end;
+        }
+    }
+
+    /// Drops an object's chunks (its segment was deleted).
+    pub fn remove_object(&self, path: &Path, object_len: u64) {
+        let object = path.to_string();
+        for chunk in 0..object_len.div_ceil(self.chunk_bytes) {
+            self.cache.remove(&ChunkKey {
+                object: object.clone(),
+                chunk,
+            });
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CacheStats {
+        let lookups = self.counters.lookups.load(Ordering::Relaxed);
+        let misses = self.counters.misses.load(Ordering::Relaxed);
+        CacheStats {
+            hits: lookups.saturating_sub(misses),
+            misses,
+            fetched_bytes: self.counters.fetched_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a chunk fetch failed (the cache needs a `std::error::Error`).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+    #[error("{0}")]
+    Short(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::object::InstrumentedStore;
+
+    fn object(len: usize) -> Bytes {
+        Bytes::from((0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())
+    }
+
+    async fn setup(config: ReadCacheConfig) -> (Arc<InstrumentedStore>, SegmentCache, Bytes, Path) {
+        let store = Arc::new(InstrumentedStore::new(Arc::new(InMemory::new())));
+        let bytes = object(1000);
+        let path = Path::from("segments/b/x.seg");
+        store.put(&path, bytes.clone().into()).await.unwrap();
+        let cache = SegmentCache::open(store.clone(), config).await.unwrap();
+        (store, cache, bytes, path)
+    }
+
+    #[tokio::test]
+    async fn reads_any_range_across_chunks() {
+        let config = ReadCacheConfig {
+            chunk_bytes: 16,
+            ..ReadCacheConfig::default()
+        };
+        let (store, cache, bytes, path) = setup(config).await;
+        for range in [0..1, 0..16, 15..17, 3..200, 990..1000, 0..1000, 500..500] {
+            let got = cache.read_range(&path, range.clone(), 1000).await.unwrap();
+            assert_eq!(
+                got,
+                bytes.slice(range.start as usize..range.end as usize),
+                "{range:?}"
+            );
+        }
+        let gets = store.stats().gets;
+        let _ = cache.read_range(&path, 0..1000, 1000).await.unwrap();
+        assert_eq!(
+            store.stats().gets,
+            gets,
+            "a second read is served from the cache"
+        );
+        assert!(cache.stats().hits > 0);
+        assert!(cache.read_range(&path, 990..1001, 1000).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn inserted_objects_need_no_get() {
+        let config = ReadCacheConfig {
+            chunk_bytes: 64,
+            ..ReadCacheConfig::default()
+        };
+        let (store, cache, bytes, _) = setup(config).await;
+        let fresh = Path::from("segments/b/y.seg");
+        cache.insert_object(&fresh, &bytes);
+        let got = cache.read_range(&fresh, 100..900, 1000).await.unwrap();
+        assert_eq!(got, bytes.slice(100..900));
+        assert_eq!(store.stats().gets, 0);
+        cache.remove_object(&fresh, 1000);
+        assert!(
+            cache.read_range(&fresh, 0..10, 1000).await.is_err(),
+            "removed and not in the store"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_object_is_an_error() {
+        let (_, cache, _, _) = setup(ReadCacheConfig::default()).await;
+        let err = cache
+            .read_range(&Path::from("nope"), 0..10, 100)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn disk_tier_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ReadCacheConfig {
+            memory_bytes: 1,
+            disk_bytes: 8 << 20,
+            disk_dir: Some(dir.path().to_path_buf()),
+            chunk_bytes: 128,
+        };
+        let (_, cache, bytes, path) = setup(config).await;
+        for _ in 0..3 {
+            let got = cache.read_range(&path, 10..900, 1000).await.unwrap();
+            assert_eq!(got, bytes.slice(10..900));
+        }
+    }
+}

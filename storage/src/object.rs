@@ -1,0 +1,270 @@
+//! Object storage: one URL opens a local directory, memory, or an S3-compatible bucket; segment
+//! objects are named here; [`InstrumentedStore`] counts every request.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use crate::error::StorageError;
+
+/// Settings of an `s3://` store; unset fields come from the standard AWS environment.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible server (MinIO, Garage...).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain `http://` endpoints (loopback test servers).
+    pub allow_http: bool,
+    /// Virtual-hosted-style URLs (`bucket.host`) instead of path-style (`host/bucket`).
+    pub virtual_hosted_style: bool,
+}
+
+/// Opens the object store named by `url`: `file:///abs/dir`, `memory://` or
+/// `s3://bucket[/prefix]`.
+pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        StorageError::Config(format!(
+            "'{url}' is not a URL ({e}); use file:///dir, memory:// or s3://bucket/prefix"
+        ))
+    })?;
+    match parsed.scheme() {
+        "file" => {
+            let dir = parsed.to_file_path().map_err(|()| {
+                StorageError::Config(format!("'{url}' is not an absolute file:// path"))
+            })?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StorageError::Config(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
+            Ok(Arc::new(store.with_automatic_cleanup(true)))
+        }
+        "memory" => Ok(Arc::new(object_store::memory::InMemory::new())),
+        "s3" => {
+            let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+                StorageError::Config(format!("'{url}' names no bucket: use s3://bucket/prefix"))
+            })?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(s3.virtual_hosted_style)
+                .with_allow_http(s3.allow_http);
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            if let Some(region) = &s3.region {
+                builder = builder.with_region(region);
+            } else if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                builder = builder.with_region("us-east-1");
+            }
+            let store: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+            let prefix = parsed.path().trim_matches('/');
+            if prefix.is_empty() {
+                Ok(store)
+            } else {
+                Ok(Arc::new(object_store::prefix::PrefixStore::new(
+                    store, prefix,
+                )))
+            }
+        }
+        other => Err(StorageError::Config(format!(
+            "object store scheme '{other}' is not supported; use file:///dir, memory:// or s3://bucket/prefix"
+        ))),
+    }
+}
+
+/// The folder of one broker's segment objects.
+pub fn broker_segments_prefix(broker_id: &str) -> Path {
+    Path::from(format!("segments/{broker_id}"))
+}
+
+/// The name of a segment object: `segments/<broker>/<incarnation:016x>-<seq:012>.seg`. Names
+/// never repeat: an incarnation is unique per broker and `seq` counts its flushes.
+pub fn segment_path(broker_id: &str, incarnation: u64, seq: u64) -> Path {
+    Path::from(format!(
+        "segments/{broker_id}/{incarnation:016x}-{seq:012}.seg"
+    ))
+}
+
+/// The `(broker, incarnation, seq)` of a segment object name, `None` for any other path.
+pub fn parse_segment_path(path: &Path) -> Option<(String, u64, u64)> {
+    let mut parts = path.parts();
+    if parts.next()?.as_ref() != "segments" {
+        return None;
+    }
+    let broker = parts.next()?.as_ref().to_string();
+    let file = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let stem = file.as_ref().strip_suffix(".seg")?;
+    let (inc, seq) = stem.split_once('-')?;
+    if inc.len() != 16 || seq.len() != 12 {
+        return None;
+    }
+    Some((
+        broker,
+        u64::from_str_radix(inc, 16).ok()?,
+        seq.parse().ok()?,
+    ))
+}
+
+/// Request counts of an [`InstrumentedStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectStoreStats {
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub gets: u64,
+    pub get_bytes: u64,
+    pub deletes: u64,
+    pub lists: u64,
+}
+
+impl fmt::Display for ObjectStoreStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} PUTs ({} B), {} GETs ({} B), {} DELETEs, {} LISTs",
+            self.puts, self.put_bytes, self.gets, self.get_bytes, self.deletes, self.lists
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+    deletes: AtomicU64,
+    lists: AtomicU64,
+}
+
+/// An object store that counts requests and bytes, so benchmarks and tests can report what
+/// a broker asked of its store.
+#[derive(Debug)]
+pub struct InstrumentedStore {
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<Counters>,
+}
+
+impl InstrumentedStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> ObjectStoreStats {
+        let c = &self.counters;
+        ObjectStoreStats {
+            puts: c.puts.load(Ordering::Relaxed),
+            put_bytes: c.put_bytes.load(Ordering::Relaxed),
+            gets: c.gets.load(Ordering::Relaxed),
+            get_bytes: c.get_bytes.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
+            lists: c.lists.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_get(&self, bytes: u64) {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Display for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instrumented({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .put_bytes
+            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let result = self.inner.get_opts(location, options).await?;
+        self.count_get(result.range.end - result.range.start);
+        Ok(result)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        let result = self.inner.get_ranges(location, ranges).await?;
+        for r in &result {
+            self.count_get(r.len() as u64);
+        }
+        Ok(result)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let counters = self.counters.clone();
+        let counted = locations.inspect(move |_| {
+            counters.deletes.fetch_add(1, Ordering::Relaxed);
+        });
+        self.inner.delete_stream(counted.boxed())
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
