@@ -33,7 +33,10 @@ impl SystemClock {
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)]
     fn now_ms(&self) -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
     }
 
     #[allow(clippy::disallowed_methods)]
@@ -50,7 +53,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> Arc<Self> {
-        Arc::new(Self { now_ms: AtomicI64::new(start_ms) })
+        Arc::new(Self {
+            now_ms: AtomicI64::new(start_ms),
+        })
     }
 
     /// Moves both the wall and the monotonic time forward.

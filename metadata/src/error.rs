@@ -10,7 +10,10 @@ pub enum MetaError {
     Unavailable(String),
     /// The watch start revision is older than the history the store keeps.
     #[error("revision {requested} was compacted (oldest kept: {compact_revision})")]
-    Compacted { requested: i64, compact_revision: i64 },
+    Compacted {
+        requested: i64,
+        compact_revision: i64,
+    },
     /// The lease does not exist (never granted, expired or revoked).
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(i64),
@@ -30,4 +33,19 @@ impl MetaError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, MetaError::Unavailable(_))
     }
+}
+
+/// What went wrong in a catalog call: a domain answer or a store failure.
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("topic '{0}' does not exist")]
+    TopicNotFound(String),
+    /// The writer's fencing key changed: another incarnation of this broker (or, with ownership,
+    /// another broker) owns the partitions now. Nothing was committed.
+    #[error("commit fenced: writer '{broker_id}' incarnation {incarnation} is no longer current")]
+    Fenced { broker_id: String, incarnation: u64 },
+    #[error(transparent)]
+    Store(#[from] MetaError),
 }

@@ -46,19 +46,30 @@ pub struct RangeRequest {
 impl RangeRequest {
     /// The single key `key`.
     pub fn key(key: impl Into<Vec<u8>>) -> Self {
-        Self { key: key.into(), ..Self::default() }
+        Self {
+            key: key.into(),
+            ..Self::default()
+        }
     }
 
     /// All keys starting with `prefix`.
     pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
         let key = prefix.into();
         let range_end = prefix_end(&key);
-        Self { key, range_end, ..Self::default() }
+        Self {
+            key,
+            range_end,
+            ..Self::default()
+        }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
-        Self { key: start.into(), range_end: end.into(), ..Self::default() }
+        Self {
+            key: start.into(),
+            range_end: end.into(),
+            ..Self::default()
+        }
     }
 
     /// Limits the number of keys returned.
@@ -114,7 +125,11 @@ pub struct Compare {
 
 impl Compare {
     pub fn new(key: impl Into<Vec<u8>>, op: CompareOp, target: CompareTarget) -> Self {
-        Self { key: key.into(), op, target }
+        Self {
+            key: key.into(),
+            op,
+            target,
+        }
     }
 
     /// The key does not exist.
@@ -136,23 +151,45 @@ impl Compare {
 /// One operation of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8>, lease: LeaseId },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: LeaseId,
+    },
     /// Deletes `key`, or `[key, range_end)` when `range_end` is not empty.
-    Delete { key: Vec<u8>, range_end: Vec<u8> },
+    Delete {
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
     Get(RangeRequest),
 }
 
 impl Op {
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Op::Put { key: key.into(), value: value.into(), lease: 0 }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
     }
 
-    pub fn put_with_lease(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
-        Op::Put { key: key.into(), value: value.into(), lease }
+    pub fn put_with_lease(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Self {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        }
     }
 
     pub fn delete(key: impl Into<Vec<u8>>) -> Self {
-        Op::Delete { key: key.into(), range_end: Vec::new() }
+        Op::Delete {
+            key: key.into(),
+            range_end: Vec::new(),
+        }
     }
 
     pub fn delete_prefix(prefix: impl Into<Vec<u8>>) -> Self {
@@ -196,7 +233,10 @@ impl Txn {
 
     /// Number of operations etcd counts against `--max-txn-ops`.
     pub fn op_count(&self) -> usize {
-        self.compares.len().max(self.success.len()).max(self.failure.len())
+        self.compares
+            .len()
+            .max(self.success.len())
+            .max(self.failure.len())
     }
 }
 
@@ -260,7 +300,10 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        Self { max_txn_ops: 128, max_request_bytes: 1536 * 1024 }
+        Self {
+            max_txn_ops: 128,
+            max_request_bytes: 1536 * 1024,
+        }
     }
 }
 
@@ -288,7 +331,8 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Watches `req`'s key or range for changes after `start_revision` (events with revision >=
     /// `start_revision`; 0 means "from now"). Fails with `MetaError::Compacted` when that history
     /// is no longer kept.
-    async fn watch(&self, req: RangeRequest, start_revision: i64) -> Result<WatchStream, MetaError>;
+    async fn watch(&self, req: RangeRequest, start_revision: i64)
+    -> Result<WatchStream, MetaError>;
 
     /// The limits this store enforces on transactions.
     fn limits(&self) -> StoreLimits;
@@ -301,13 +345,17 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Puts a key without conditions; returns the new revision.
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, MetaError> {
-        let resp = self.txn(Txn::new().and_then([Op::put(key.to_vec(), value.to_vec())])).await?;
+        let resp = self
+            .txn(Txn::new().and_then([Op::put(key.to_vec(), value.to_vec())]))
+            .await?;
         Ok(resp.revision)
     }
 
     /// Deletes a key without conditions; returns how many keys were deleted.
     async fn delete(&self, key: &[u8]) -> Result<i64, MetaError> {
-        let resp = self.txn(Txn::new().and_then([Op::delete(key.to_vec())])).await?;
+        let resp = self
+            .txn(Txn::new().and_then([Op::delete(key.to_vec())]))
+            .await?;
         match resp.responses.first() {
             Some(OpResponse::Delete(n)) => Ok(*n),
             _ => Ok(0),
@@ -345,7 +393,10 @@ mod tests {
     fn op_count_is_largest_branch() {
         let txn = Txn::new()
             .when([Compare::missing(b"a".to_vec())])
-            .and_then([Op::put(b"a".to_vec(), b"1".to_vec()), Op::put(b"b".to_vec(), b"2".to_vec())]);
+            .and_then([
+                Op::put(b"a".to_vec(), b"1".to_vec()),
+                Op::put(b"b".to_vec(), b"2".to_vec()),
+            ]);
         assert_eq!(txn.op_count(), 2);
     }
 }

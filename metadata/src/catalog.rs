@@ -1,0 +1,238 @@
+//! The catalog: the typed view of metadata the broker works with.
+//!
+//! It turns topic management, segment commits and log-start updates into [`MetaStore`] calls
+//! with the keys of [`crate::keys`] and the values of [`crate::codec`]. Its guarantees:
+//! - a segment commit is ONE transaction of O(1) operations whatever the number of partitions
+//!   in the segment: a compare on the writer's fencing key and one put;
+//! - a commit from a fenced writer (its `writers/<broker>` key no longer holds its incarnation)
+//!   changes nothing and returns [`CatalogError::Fenced`];
+//! - a topic's id is the revision that created it, so a re-created topic never aliases the data
+//!   of the one deleted before it.
+
+use std::sync::Arc;
+
+use crate::codec::{self, SegmentCommit, TopicRecord};
+use crate::error::{CatalogError, MetaError};
+use crate::keys::Keys;
+use crate::store::{Compare, MetaStore, Op, RangeRequest, Txn};
+
+/// Keys read per range call when loading large prefixes.
+const PAGE: i64 = 1000;
+
+/// A topic and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub id: u64,
+    pub record: TopicRecord,
+}
+
+/// What a writer proves on every commit: it is still the current incarnation of its broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterFence {
+    pub broker_id: String,
+    pub incarnation: u64,
+}
+
+/// The typed metadata API over a [`MetaStore`].
+#[derive(Clone)]
+pub struct Catalog {
+    store: Arc<dyn MetaStore>,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("root", &self.keys.root())
+            .finish()
+    }
+}
+
+impl Catalog {
+    pub fn new(store: Arc<dyn MetaStore>, cluster: &str) -> Self {
+        Self {
+            store,
+            keys: Keys::new(cluster),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Creates a topic; fails with `TopicExists` if the name is taken.
+    pub async fn create_topic(&self, record: TopicRecord) -> Result<Topic, CatalogError> {
+        let key = self.keys.topic(&record.name);
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .and_then([Op::put(key, codec::encode_topic(&record))]);
+        let resp = self.store.txn(txn).await?;
+        if !resp.succeeded {
+            return Err(CatalogError::TopicExists(record.name));
+        }
+        Ok(Topic {
+            id: resp.revision as u64,
+            record,
+        })
+    }
+
+    /// Deletes a topic (its data is collected later); returns what it was.
+    pub async fn delete_topic(&self, name: &str) -> Result<Topic, CatalogError> {
+        let topic = self
+            .get_topic(name)
+            .await?
+            .ok_or_else(|| CatalogError::TopicNotFound(name.into()))?;
+        let key = self.keys.topic(name);
+        let txn = Txn::new()
+            .when([Compare::new(
+                key.clone(),
+                crate::CompareOp::Equal,
+                crate::CompareTarget::CreateRevision(topic.id as i64),
+            )])
+            .and_then([Op::delete(key), Op::delete(self.keys.log_start(topic.id))]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(CatalogError::TopicNotFound(name.into()));
+        }
+        Ok(topic)
+    }
+
+    /// Reads one topic.
+    pub async fn get_topic(&self, name: &str) -> Result<Option<Topic>, CatalogError> {
+        let key = self.keys.topic(name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(Topic {
+                id: kv.create_revision as u64,
+                record: codec::decode_topic(&kv.key, &kv.value)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// All topics, in name order.
+    pub async fn list_topics(&self) -> Result<Vec<Topic>, CatalogError> {
+        let mut topics = Vec::new();
+        for kv in self.range_all(self.keys.topics_prefix()).await? {
+            topics.push(Topic {
+                id: kv.create_revision as u64,
+                record: codec::decode_topic(&kv.key, &kv.value)?,
+            });
+        }
+        Ok(topics)
+    }
+
+    /// Makes `fence` the current incarnation of its broker: commits of earlier incarnations
+    /// fail from now on.
+    pub async fn register_writer(&self, fence: &WriterFence) -> Result<(), CatalogError> {
+        self.store
+            .put(
+                &self.keys.writer(&fence.broker_id),
+                fence.incarnation.to_string().as_bytes(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Commits a segment: one compare (the fence) and one put. Returns the commit revision.
+    pub async fn commit_segment(
+        &self,
+        fence: &WriterFence,
+        object_id: &str,
+        commit: &SegmentCommit,
+    ) -> Result<i64, CatalogError> {
+        let txn = Txn::new()
+            .when([Compare::value(
+                self.keys.writer(&fence.broker_id),
+                fence.incarnation.to_string().into_bytes(),
+            )])
+            .and_then([Op::put(
+                self.keys.segment(object_id),
+                codec::encode_segment(commit),
+            )]);
+        let resp = self.store.txn(txn).await?;
+        if !resp.succeeded {
+            return Err(CatalogError::Fenced {
+                broker_id: fence.broker_id.clone(),
+                incarnation: fence.incarnation,
+            });
+        }
+        Ok(resp.revision)
+    }
+
+    /// Every committed segment, with its object id.
+    pub async fn load_segments(&self) -> Result<Vec<(String, SegmentCommit)>, CatalogError> {
+        let mut out = Vec::new();
+        for kv in self.range_all(self.keys.segments_prefix()).await? {
+            let id = self
+                .keys
+                .parse_segment(&kv.key)
+                .unwrap_or_default()
+                .to_string();
+            out.push((id, codec::decode_segment(&kv.key, &kv.value)?));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a segment (after its object was deleted or all its records expired).
+    pub async fn delete_segment(&self, object_id: &str) -> Result<(), CatalogError> {
+        self.store.delete(&self.keys.segment(object_id)).await?;
+        Ok(())
+    }
+
+    /// Log start offsets of every topic that has any, by topic id.
+    pub async fn load_log_starts(&self) -> Result<Vec<(u64, Vec<i64>)>, CatalogError> {
+        let mut out = Vec::new();
+        for kv in self.range_all(self.keys.log_start_prefix()).await? {
+            if let Some(id) = self.keys.parse_log_start(&kv.key) {
+                out.push((id, codec::decode_log_starts(&kv.key, &kv.value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a topic's log start offsets, only while the topic still exists.
+    pub async fn set_log_starts(&self, topic: &Topic, starts: &[i64]) -> Result<(), CatalogError> {
+        let txn = Txn::new()
+            .when([Compare::new(
+                self.keys.topic(&topic.record.name),
+                crate::CompareOp::Equal,
+                crate::CompareTarget::CreateRevision(topic.id as i64),
+            )])
+            .and_then([Op::put(
+                self.keys.log_start(topic.id),
+                codec::encode_log_starts(starts),
+            )]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(CatalogError::TopicNotFound(topic.record.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Reads a whole prefix page by page (etcd bounds response sizes).
+    async fn range_all(&self, prefix: Vec<u8>) -> Result<Vec<crate::KeyValue>, MetaError> {
+        let end = crate::store::prefix_end(&prefix);
+        let mut start = prefix;
+        let mut out = Vec::new();
+        loop {
+            let resp = self
+                .store
+                .range(RangeRequest::between(start.clone(), end.clone()).with_limit(PAGE))
+                .await?;
+            let more = resp.more;
+            if let Some(last) = resp.kvs.last() {
+                start = last.key.clone();
+                start.push(0);
+            }
+            out.extend(resp.kvs);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::codec::CommitEntry;
+use crate::store::{LeaseId, RangeResponse, StoreLimits, TxnResponse, WatchStream};
+use crate::{EmbeddedStore, ManualClock};
+
+/// Records the size of every transaction passing through.
+struct CountingStore {
+    inner: Arc<dyn MetaStore>,
+    txn_ops: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl MetaStore for CountingStore {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, MetaError> {
+        self.inner.range(req).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        self.txn_ops.lock().unwrap().push(txn.op_count());
+        self.inner.txn(txn).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, MetaError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, MetaError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), MetaError> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn watch(&self, req: RangeRequest, start: i64) -> Result<WatchStream, MetaError> {
+        self.inner.watch(req, start).await
+    }
+    fn limits(&self) -> StoreLimits {
+        self.inner.limits()
+    }
+}
+
+fn store() -> Arc<CountingStore> {
+    let inner: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    Arc::new(CountingStore {
+        inner,
+        txn_ops: Mutex::new(Vec::new()),
+    })
+}
+
+fn topic(name: &str, partitions: u32) -> TopicRecord {
+    TopicRecord {
+        v: 1,
+        name: name.into(),
+        partitions,
+        retention_ms: -1,
+        max_record_bytes: 1 << 20,
+        created_at_ms: 5,
+    }
+}
+
+fn commit(topic_id: u64, partitions: u32) -> SegmentCommit {
+    SegmentCommit {
+        object: "segments/b1/0000000000000001-000000000001.seg".into(),
+        object_len: 100,
+        created_at_ms: 7,
+        entries: (0..partitions)
+            .map(|p| CommitEntry {
+                topic_id,
+                partition: p,
+                batch_count: 1,
+                first_offset: 0,
+                last_offset: 9,
+                min_timestamp: 1,
+                max_timestamp: 2,
+                position: 16,
+                length: 10,
+                crc32c: 0,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn topics_are_created_listed_and_deleted() {
+    let catalog = Catalog::new(store(), "c");
+    let a = catalog.create_topic(topic("a", 3)).await.unwrap();
+    catalog.create_topic(topic("b", 1)).await.unwrap();
+    assert!(matches!(
+        catalog.create_topic(topic("a", 1)).await,
+        Err(CatalogError::TopicExists(name)) if name == "a"
+    ));
+    let listed = catalog.list_topics().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|t| t.record.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(catalog.get_topic("a").await.unwrap(), Some(a.clone()));
+
+    catalog.delete_topic("a").await.unwrap();
+    assert!(catalog.get_topic("a").await.unwrap().is_none());
+    assert!(matches!(
+        catalog.delete_topic("a").await,
+        Err(CatalogError::TopicNotFound(_))
+    ));
+    let again = catalog.create_topic(topic("a", 3)).await.unwrap();
+    assert_ne!(again.id, a.id, "a re-created topic gets a new id");
+}
+
+#[tokio::test]
+async fn a_commit_is_one_small_transaction_whatever_the_partition_count() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("wide", 4096)).await.unwrap();
+    let fence = WriterFence {
+        broker_id: "b1".into(),
+        incarnation: 1,
+    };
+    catalog.register_writer(&fence).await.unwrap();
+    store.txn_ops.lock().unwrap().clear();
+    catalog
+        .commit_segment(
+            &fence,
+            "b1/0000000000000001-000000000001",
+            &commit(t.id, 4096),
+        )
+        .await
+        .unwrap();
+    assert_eq!(*store.txn_ops.lock().unwrap(), vec![1]);
+    let loaded = catalog.load_segments().await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].0, "b1/0000000000000001-000000000001");
+    assert_eq!(loaded[0].1.entries.len(), 4096);
+}
+
+#[tokio::test]
+async fn a_fenced_writer_commits_nothing() {
+    let catalog = Catalog::new(store(), "c");
+    let old = WriterFence {
+        broker_id: "b1".into(),
+        incarnation: 1,
+    };
+    let new = WriterFence {
+        broker_id: "b1".into(),
+        incarnation: 2,
+    };
+    catalog.register_writer(&old).await.unwrap();
+    catalog.register_writer(&new).await.unwrap();
+    let err = catalog
+        .commit_segment(&old, "b1/x-1", &commit(1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::Fenced { incarnation: 1, .. }));
+    assert!(catalog.load_segments().await.unwrap().is_empty());
+    catalog
+        .commit_segment(&new, "b1/x-2", &commit(1, 1))
+        .await
+        .unwrap();
+    assert_eq!(catalog.load_segments().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn load_segments_pages_through_many_keys() {
+    let catalog = Catalog::new(store(), "c");
+    let fence = WriterFence {
+        broker_id: "b1".into(),
+        incarnation: 1,
+    };
+    catalog.register_writer(&fence).await.unwrap();
+    for seq in 0..2100 {
+        catalog
+            .commit_segment(&fence, &format!("b1/0-{seq:012}"), &commit(1, 1))
+            .await
+            .unwrap();
+    }
+    let loaded = catalog.load_segments().await.unwrap();
+    assert_eq!(loaded.len(), 2100);
+    assert!(loaded.windows(2).all(|w| w[0].0 < w[1].0));
+    catalog.delete_segment("b1/0-000000000000").await.unwrap();
+    assert_eq!(catalog.load_segments().await.unwrap().len(), 2099);
+}
+
+#[tokio::test]
+async fn log_starts_follow_their_topic() {
+    let catalog = Catalog::new(store(), "c");
+    let t = catalog.create_topic(topic("t", 2)).await.unwrap();
+    catalog.set_log_starts(&t, &[3, 4]).await.unwrap();
+    assert_eq!(
+        catalog.load_log_starts().await.unwrap(),
+        vec![(t.id, vec![3, 4])]
+    );
+    catalog.delete_topic("t").await.unwrap();
+    assert!(catalog.load_log_starts().await.unwrap().is_empty());
+    assert!(matches!(
+        catalog.set_log_starts(&t, &[5, 5]).await,
+        Err(CatalogError::TopicNotFound(_))
+    ));
+}
