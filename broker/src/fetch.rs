@@ -1,0 +1,242 @@
+//! The read path: committed offsets → segment byte ranges → batches or records.
+//!
+//! A fetch looks the offset up in the [`LogIndex`] (committed data only), reads the byte ranges
+//! of the entries it needs through the [`SegmentCache`] (chunk-aligned range GETs, pre-filled by
+//! every flush so tail readers never wait on the store), checks each range's CRC32C against the
+//! commit, and returns the stored batches as they are (`raw`) or decoded records. At the high
+//! watermark it long-polls the partition's watermark channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use silt_storage::batch::{DecodedRecord, decode_batches, split_batches};
+use silt_storage::cache::SegmentCache;
+use tokio::time::Instant;
+
+use crate::error::BrokerError;
+use crate::log_index::{IndexEntry, LogIndex, Offsets, PartitionLog};
+use crate::stats::Stats;
+use crate::topics::{TopicTable, check_partition};
+
+/// Default and largest `max_bytes` of one fetch.
+pub const DEFAULT_FETCH_BYTES: usize = 1 << 20;
+pub const MAX_FETCH_BYTES: usize = 64 << 20;
+/// Longest long-poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What a fetch returns.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    Records(Vec<DecodedRecord>),
+    Batches(Vec<Bytes>),
+}
+
+/// A fetch result with the partition's offsets.
+#[derive(Debug, Clone)]
+pub struct FetchOutput {
+    pub data: Fetched,
+    pub offsets: Offsets,
+    pub next_offset: i64,
+}
+
+/// Where a lookup starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Timestamp(i64),
+}
+
+/// Serves Fetch, Subscribe and ListOffsets.
+#[derive(Debug)]
+pub struct FetchPath {
+    pub topics: Arc<TopicTable>,
+    pub index: Arc<LogIndex>,
+    pub cache: Arc<SegmentCache>,
+    pub stats: Arc<Stats>,
+}
+
+impl FetchPath {
+    /// The committed log of a topic partition, or NOT_FOUND.
+    pub fn log(&self, topic: &str, partition: u32) -> Result<Arc<PartitionLog>, BrokerError> {
+        let topic = self.topics.require(topic)?;
+        check_partition(&topic, partition)?;
+        Ok(self.index.partition(topic.id, partition))
+    }
+
+    /// Reads from `offset`, waiting up to `max_wait` when nothing is committed there yet.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        max_wait: Duration,
+        raw: bool,
+    ) -> Result<FetchOutput, BrokerError> {
+        let log = self.log(topic, partition)?;
+        let max_bytes = if max_bytes == 0 {
+            DEFAULT_FETCH_BYTES
+        } else {
+            max_bytes.min(MAX_FETCH_BYTES)
+        };
+        let deadline = Instant::now() + max_wait.min(MAX_WAIT);
+        let mut changes = log.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let (offsets, entries) = log.entries_from(offset, max_bytes);
+            check_offset(topic, partition, offset, offsets)?;
+            if !entries.is_empty() {
+                return self.read(entries, offset, max_bytes, raw, offsets).await;
+            }
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                let data = if raw {
+                    Fetched::Batches(Vec::new())
+                } else {
+                    Fetched::Records(Vec::new())
+                };
+                return Ok(FetchOutput {
+                    data,
+                    offsets: log.offsets(),
+                    next_offset: offset,
+                });
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        entries: Vec<IndexEntry>,
+        offset: i64,
+        max_bytes: usize,
+        raw: bool,
+        offsets: Offsets,
+    ) -> Result<FetchOutput, BrokerError> {
+        let ranges =
+            futures::future::try_join_all(entries.iter().map(|e| self.read_entry(e))).await?;
+        let mut next_offset = offset;
+        let mut bytes = 0usize;
+        let data = if raw {
+            let mut batches = Vec::new();
+            'outer: for range in &ranges {
+                for item in split_batches(range) {
+                    let (header, batch) =
+                        item.map_err(|e| corrupt(format!("stored batch: {e}")))?;
+                    if header.last_offset() < offset {
+                        continue;
+                    }
+                    if !batches.is_empty() && bytes + batch.len() > max_bytes {
+                        break 'outer;
+                    }
+                    bytes += batch.len();
+                    next_offset = header.last_offset() + 1;
+                    batches.push(batch);
+                }
+            }
+            self.stats.fetched(0, bytes as u64);
+            Fetched::Batches(batches)
+        } else {
+            let mut records = Vec::new();
+            for range in ranges {
+                bytes += range.len();
+                let decoded = decode_batches(range, offset)
+                    .map_err(|e| corrupt(format!("stored batch: {e}")))?;
+                if let Some(last) = decoded.last() {
+                    next_offset = last.offset + 1;
+                }
+                records.extend(decoded);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            self.stats.fetched(records.len() as u64, bytes as u64);
+            Fetched::Records(records)
+        };
+        Ok(FetchOutput {
+            data,
+            offsets,
+            next_offset,
+        })
+    }
+
+    /// One entry's bytes, checked against the CRC32C its commit recorded.
+    async fn read_entry(&self, e: &IndexEntry) -> Result<Bytes, BrokerError> {
+        let range = e.position..e.position + u64::from(e.length);
+        let bytes = self
+            .cache
+            .read_range(&e.object.path, range, e.object.len)
+            .await?;
+        let crc = crc32c::crc32c(&bytes);
+        if bytes.len() != e.length as usize || crc != e.crc32c {
+            return Err(corrupt(format!(
+                "segment {} bytes {}..{} fail their checksum (stored {:#010x}, read {crc:#010x})",
+                e.object.path,
+                e.position,
+                e.position + u64::from(e.length),
+                e.crc32c
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Resolves an offset lookup: `(offset, timestamp of the record found or -1, offsets)`.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<(i64, i64, Offsets), BrokerError> {
+        let log = self.log(topic, partition)?;
+        let offsets = log.offsets();
+        match spec {
+            OffsetSpec::Earliest => Ok((offsets.log_start, -1, offsets)),
+            OffsetSpec::Latest => Ok((offsets.high_watermark, -1, offsets)),
+            OffsetSpec::Offset(o) => {
+                check_offset(topic, partition, o, offsets)?;
+                Ok((o, -1, offsets))
+            }
+            OffsetSpec::Timestamp(ts) => {
+                let (offsets, found) = log.entry_for_timestamp(ts);
+                let Some(mut entry) = found else {
+                    return Ok((offsets.high_watermark, -1, offsets));
+                };
+                // The entry's max timestamp is at or after `ts`; find the first record that is,
+                // moving on to later entries if the batches' headers over-promised.
+                loop {
+                    let bytes = self.read_entry(&entry).await?;
+                    let records = decode_batches(bytes, offsets.log_start)
+                        .map_err(|e| corrupt(format!("stored batch: {e}")))?;
+                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
+                        return Ok((r.offset, r.timestamp_ms, offsets));
+                    }
+                    let (_, next) = log.entries_from(entry.last_offset + 1, 1);
+                    match next.into_iter().next() {
+                        Some(e) => entry = e,
+                        None => return Ok((offsets.high_watermark, -1, offsets)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_offset(topic: &str, partition: u32, offset: i64, o: Offsets) -> Result<(), BrokerError> {
+    if offset < o.log_start || offset > o.high_watermark {
+        return Err(BrokerError::OutOfRange {
+            message: format!(
+                "offset {offset} is outside {topic}/{partition}'s log [{}, {}] (log start offset, high watermark); fetch from an offset in that range",
+                o.log_start, o.high_watermark
+            ),
+            log_start: o.log_start,
+            high_watermark: o.high_watermark,
+        });
+    }
+    Ok(())
+}
+
+fn corrupt(message: String) -> BrokerError {
+    BrokerError::Internal(format!("corrupt data: {message}"))
+}

@@ -1,0 +1,296 @@
+//! The flusher: sealed WAL-cache windows → segment objects → metadata commits → acks.
+//!
+//! For each sealed window, in order, it assigns offsets (the partition's next offset, dense),
+//! lays the batches into one segment object ([`silt_storage::segment`]), and starts its upload.
+//! Up to `max_inflight` uploads run at once, but commits happen strictly in window order: a
+//! window's commit waits for every earlier one. After a commit succeeds, the segment goes into
+//! the read cache, the [`LogIndex`] makes it readable, and the window's tickets resolve.
+//!
+//! If an upload or commit fails, that window's producers get a retriable error and so do those
+//! of every later window already holding offsets that assumed it; offset assignment restarts
+//! from the committed high watermarks, so offsets stay dense. Their objects, uploaded but never
+//! committed, are deleted (and collected at the next start if that fails too).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::codec::{CommitEntry, SegmentCommit};
+use silt_metadata::{CatalogError, Clock};
+use silt_storage::cache::SegmentCache;
+use silt_storage::object::segment_path;
+use silt_storage::segment::SegmentWriter;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::error::BrokerError;
+use crate::log_index::LogIndex;
+use crate::stats::Stats;
+use crate::wal_cache::{BatchAck, Waiter, WalCache, Window};
+
+/// How long a commit keeps retrying a metadata store that is unavailable.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// A window laid out as a segment, uploading.
+struct Built {
+    object_id: String,
+    path: Path,
+    bytes: Bytes,
+    commit: SegmentCommit,
+    waiters: Vec<Waiter>,
+    held: usize,
+    epoch: u64,
+}
+
+/// Everything the flusher works with.
+pub struct Flusher {
+    pub wal: Arc<WalCache>,
+    pub store: Arc<dyn ObjectStore>,
+    pub cache: Arc<SegmentCache>,
+    pub catalog: Catalog,
+    pub index: Arc<LogIndex>,
+    pub fence: WriterFence,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<Stats>,
+    pub max_inflight: usize,
+    next_seq: u64,
+    next_offsets: HashMap<(u64, u32), i64>,
+    epoch: u64,
+}
+
+impl Flusher {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        wal: Arc<WalCache>,
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<SegmentCache>,
+        catalog: Catalog,
+        index: Arc<LogIndex>,
+        fence: WriterFence,
+        clock: Arc<dyn Clock>,
+        stats: Arc<Stats>,
+        max_inflight: usize,
+    ) -> Self {
+        Self {
+            wal,
+            store,
+            cache,
+            catalog,
+            index,
+            fence,
+            clock,
+            stats,
+            max_inflight,
+            next_seq: 0,
+            next_offsets: HashMap::new(),
+            epoch: 0,
+        }
+    }
+
+    /// Runs until the WAL cache's sender side is gone (shutdown), draining every window.
+    pub async fn run(mut self, mut sealed: mpsc::UnboundedReceiver<Window>) {
+        let mut inflight: VecDeque<(Built, JoinHandle<Result<(), object_store::Error>>)> =
+            VecDeque::new();
+        let mut open = true;
+        let closed = self.wal.closed();
+        while open || !inflight.is_empty() {
+            tokio::select! {
+                biased;
+                _ = closed.cancelled(), if open => {
+                    // Shutdown: the last windows are already queued; flush them all, in order.
+                    open = false;
+                    while let Ok(window) = sealed.try_recv() {
+                        let built = self.build(window);
+                        let handle = self.upload(&built);
+                        inflight.push_back((built, handle));
+                    }
+                }
+                result = async { (&mut inflight.front_mut().expect("checked non-empty").1).await },
+                    if !inflight.is_empty() =>
+                {
+                    let (built, _) = inflight.pop_front().expect("checked non-empty");
+                    let upload = result.unwrap_or_else(|e| {
+                        Err(object_store::Error::Generic { store: "upload task", source: Box::new(e) })
+                    });
+                    self.finish(built, upload).await;
+                }
+                window = sealed.recv(), if open && inflight.len() < self.max_inflight => {
+                    match window {
+                        Some(window) => {
+                            let built = self.build(window);
+                            let handle = self.upload(&built);
+                            inflight.push_back((built, handle));
+                        }
+                        None => open = false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the upload of a built segment.
+    fn upload(&self, built: &Built) -> JoinHandle<Result<(), object_store::Error>> {
+        let store = self.store.clone();
+        let (path, bytes) = (built.path.clone(), built.bytes.clone());
+        tokio::spawn(async move { store.put(&path, PutPayload::from(bytes)).await.map(|_| ()) })
+    }
+
+    /// Assigns offsets and lays the window out as a segment object.
+    fn build(&mut self, window: Window) -> Built {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let path = segment_path(&self.fence.broker_id, self.fence.incarnation, seq);
+        let object_id = object_id_of(&path);
+        let created_at_ms = self.clock.now_ms();
+        let mut writer = SegmentWriter::new(
+            created_at_ms,
+            window.bytes + 64 * (window.partitions.len() + 1),
+        );
+        let mut waiters = window.waiters;
+        for ((topic_id, partition), batches) in &window.partitions {
+            let index = &self.index;
+            let next = self
+                .next_offsets
+                .entry((*topic_id, *partition))
+                .or_insert_with(|| {
+                    index
+                        .partition(*topic_id, *partition)
+                        .offsets()
+                        .high_watermark
+                });
+            writer.begin_entry(*topic_id, *partition);
+            for pending in batches {
+                let b = &pending.batch;
+                let base = *next;
+                writer.push_batch(
+                    &b.bytes,
+                    base,
+                    b.record_count,
+                    b.max_timestamp,
+                    b.first_timestamp,
+                );
+                *next += i64::from(b.record_count);
+                waiters[pending.waiter].acks[pending.slot] = BatchAck {
+                    partition: *partition,
+                    base_offset: base,
+                    last_offset: base + i64::from(b.record_count) - 1,
+                };
+            }
+        }
+        let (bytes, entries) = writer.finish();
+        let commit = SegmentCommit {
+            object: path.to_string(),
+            object_len: bytes.len() as u64,
+            created_at_ms,
+            entries: entries
+                .iter()
+                .map(|e| CommitEntry {
+                    topic_id: e.topic_id,
+                    partition: e.partition,
+                    batch_count: e.batch_count,
+                    first_offset: e.first_offset,
+                    last_offset: e.last_offset,
+                    min_timestamp: e.min_timestamp,
+                    max_timestamp: e.max_timestamp,
+                    position: e.position,
+                    length: e.length,
+                    crc32c: e.crc32c,
+                })
+                .collect(),
+        };
+        Built {
+            object_id,
+            path,
+            bytes,
+            commit,
+            waiters,
+            held: window.bytes,
+            epoch: self.epoch,
+        }
+    }
+
+    /// Commits an uploaded segment (or fails it) and answers its producers.
+    async fn finish(&mut self, built: Built, upload: Result<(), object_store::Error>) {
+        let outcome = if built.epoch != self.epoch {
+            Err(BrokerError::unavailable(
+                "an earlier segment flush failed, so these records were not stored; retry",
+            ))
+        } else if let Err(e) = upload {
+            warn!(object = %built.path, error = %e, "segment upload failed");
+            Err(BrokerError::unavailable(format!(
+                "object store write failed: {e}; retry"
+            )))
+        } else {
+            self.commit(&built).await
+        };
+        self.wal.release(built.held);
+        match outcome {
+            Ok(()) => {
+                self.cache.insert_object(&built.path, &built.bytes);
+                self.index.apply(&built.object_id, &built.commit);
+                self.stats.segment_flushed(built.bytes.len());
+                debug!(object = %built.path, bytes = built.bytes.len(), partitions = built.commit.entries.len(), "segment committed");
+                for w in built.waiters {
+                    let _ = w.tx.send(Ok(w.acks));
+                }
+            }
+            Err(error) => {
+                // Later windows assumed this one's offsets: fail them too and restart from the
+                // committed high watermarks.
+                if built.epoch == self.epoch {
+                    self.epoch += 1;
+                    self.next_offsets.clear();
+                }
+                for w in built.waiters {
+                    let _ = w.tx.send(Err(error.clone()));
+                }
+                let store = self.store.clone();
+                let path = built.path.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.delete(&path).await {
+                        debug!(object = %path, error = %e, "could not delete uncommitted segment; it is collected at next start");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The metadata commit, retried while the store is unavailable.
+    async fn commit(&self, built: &Built) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + COMMIT_RETRY_FOR;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            self.stats.metadata_txn();
+            match self
+                .catalog
+                .commit_segment(&self.fence, &built.object_id, &built.commit)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CatalogError::Store(e))
+                    if e.is_retriable() && tokio::time::Instant::now() < deadline =>
+                {
+                    warn!(error = %e, "segment commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The object id of a segment path: `segments/<broker>/<file>.seg` → `<broker>/<file>`.
+pub fn object_id_of(path: &Path) -> String {
+    let s = path.as_ref();
+    let s = s.strip_prefix("segments/").unwrap_or(s);
+    s.strip_suffix(".seg").unwrap_or(s).to_string()
+}
+
+#[cfg(test)]
+mod tests;

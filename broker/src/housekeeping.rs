@@ -1,0 +1,162 @@
+//! Background housekeeping: retention, segment garbage collection and orphan cleanup.
+//!
+//! - **Retention** moves each partition's log start offset past whole index entries whose newest
+//!   record is older than the topic's `retention_ms`, and records it in metadata.
+//! - **Segment GC** deletes a segment once *every* entry in it is dead (its topic was deleted or
+//!   its records are below their partition's log start): the metadata key first, then the
+//!   object — so a crash in between leaves an orphan object, never a dangling index entry.
+//! - **Orphan cleanup**, at start, deletes objects this broker uploaded in earlier incarnations
+//!   whose commit never happened (killed between PUT and commit).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use silt_metadata::Clock;
+use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_storage::cache::SegmentCache;
+use silt_storage::object::{broker_segments_prefix, parse_segment_path};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::BrokerError;
+use crate::log_index::LogIndex;
+use crate::topics::TopicTable;
+
+/// Runs retention and GC.
+#[derive(Debug)]
+pub struct Housekeeper {
+    pub catalog: Catalog,
+    pub topics: Arc<TopicTable>,
+    pub index: Arc<LogIndex>,
+    pub store: Arc<dyn ObjectStore>,
+    pub cache: Arc<SegmentCache>,
+    pub clock: Arc<dyn Clock>,
+    pub fence: WriterFence,
+}
+
+/// What one housekeeping pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub partitions_trimmed: usize,
+    pub segments_deleted: usize,
+}
+
+impl Housekeeper {
+    /// Runs a pass every `every` until cancelled.
+    pub async fn run(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.pass().await {
+                        warn!(error = %e, "housekeeping pass failed; retrying next tick");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One retention + GC pass.
+    pub async fn pass(&self) -> Result<Pass, BrokerError> {
+        let mut pass = Pass::default();
+        let now = self.clock.now_ms();
+        for topic in self.topics.all() {
+            if topic.record.retention_ms < 0 {
+                continue;
+            }
+            let cutoff = now.saturating_sub(topic.record.retention_ms);
+            let mut starts = self.index.log_starts(topic.id, topic.record.partitions);
+            let mut changed = Vec::new();
+            for (p, start) in starts.iter_mut().enumerate() {
+                if let Some(end) = self.index.partition(topic.id, p as u32).expired_end(cutoff) {
+                    *start = end;
+                    changed.push(p as u32);
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            self.catalog.set_log_starts(&topic, &starts).await?;
+            for p in &changed {
+                self.index
+                    .partition(topic.id, *p)
+                    .set_log_start(starts[*p as usize]);
+            }
+            pass.partitions_trimmed += changed.len();
+        }
+
+        let live = self.topics.live_ids();
+        for (id, commit) in self.catalog.load_segments().await? {
+            let dead = commit.entries.iter().all(|e| {
+                !live.contains_key(&e.topic_id)
+                    || e.last_offset
+                        < self
+                            .index
+                            .partition(e.topic_id, e.partition)
+                            .offsets()
+                            .log_start
+            });
+            if !dead {
+                continue;
+            }
+            self.catalog.delete_segment(&id).await?;
+            let path = Path::from(commit.object.as_str());
+            self.cache.remove_object(&path, commit.object_len);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => warn!(object = %path, error = %e, "could not delete an expired segment"),
+            }
+            pass.segments_deleted += 1;
+        }
+        if pass != Pass::default() {
+            info!(
+                trimmed = pass.partitions_trimmed,
+                deleted = pass.segments_deleted,
+                "retention pass"
+            );
+        }
+        Ok(pass)
+    }
+
+    /// Deletes this broker's objects from earlier incarnations that were never committed.
+    pub async fn remove_orphans(&self, committed: &HashSet<String>) -> Result<usize, BrokerError> {
+        let prefix = broker_segments_prefix(&self.fence.broker_id);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| BrokerError::unavailable(format!("listing segments failed: {e}")))?;
+        let mut removed = 0;
+        for meta in objects {
+            let Some((_, incarnation, _)) = parse_segment_path(&meta.location) else {
+                continue;
+            };
+            if incarnation == self.fence.incarnation {
+                continue;
+            }
+            if committed.contains(&crate::flusher::object_id_of(&meta.location)) {
+                continue;
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                Err(e) => {
+                    warn!(object = %meta.location, error = %e, "could not delete an orphan segment")
+                }
+            }
+        }
+        if removed > 0 {
+            info!(
+                removed,
+                "deleted segment objects whose commit never happened"
+            );
+        }
+        Ok(removed)
+    }
+}

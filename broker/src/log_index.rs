@@ -1,0 +1,337 @@
+//! The committed view of every partition: which byte ranges of which segment objects hold which
+//! offsets, the high watermark and the log start offset.
+//!
+//! Built at start from the segment commits in metadata, then advanced by the flusher *after*
+//! each commit succeeds — so readers only ever see committed records (invariant 1). Each
+//! partition carries a `watch` channel of its high watermark that long-polling fetches and
+//! subscriptions wait on. The entries with their min/max timestamps double as the time index.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use object_store::path::Path;
+use silt_metadata::codec::{CommitEntry, SegmentCommit};
+use tokio::sync::watch;
+
+/// A committed segment object.
+#[derive(Debug)]
+pub struct ObjectRef {
+    /// The object id, also the suffix of its metadata key.
+    pub id: String,
+    pub path: Path,
+    pub len: u64,
+}
+
+/// One partition's byte range in one segment object.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    pub object: Arc<ObjectRef>,
+    pub position: u64,
+    pub length: u32,
+    pub crc32c: u32,
+}
+
+/// Offsets of a partition at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub log_start: i64,
+    pub high_watermark: i64,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    entries: VecDeque<IndexEntry>,
+    log_start: i64,
+    high_watermark: i64,
+}
+
+/// One partition's committed log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    state: Mutex<PartitionState>,
+    hwm_tx: watch::Sender<i64>,
+}
+
+impl PartitionLog {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(PartitionState::default()),
+            hwm_tx: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartitionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn offsets(&self) -> Offsets {
+        let s = self.lock();
+        Offsets {
+            log_start: s.log_start,
+            high_watermark: s.high_watermark,
+        }
+    }
+
+    /// A receiver that changes whenever the high watermark moves.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.hwm_tx.subscribe()
+    }
+
+    /// Entries holding offsets from `offset` on, until about `max_bytes` (at least one entry).
+    pub fn entries_from(&self, offset: i64, max_bytes: usize) -> (Offsets, Vec<IndexEntry>) {
+        let s = self.lock();
+        let offsets = Offsets {
+            log_start: s.log_start,
+            high_watermark: s.high_watermark,
+        };
+        let start = s.entries.partition_point(|e| e.last_offset < offset);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in s.entries.iter().skip(start) {
+            if !out.is_empty() && bytes + e.length as usize > max_bytes {
+                break;
+            }
+            bytes += e.length as usize;
+            out.push(e.clone());
+        }
+        (offsets, out)
+    }
+
+    /// The first entry whose records may have a timestamp at or after `ts` (the time index).
+    pub fn entry_for_timestamp(&self, ts: i64) -> (Offsets, Option<IndexEntry>) {
+        let s = self.lock();
+        let offsets = Offsets {
+            log_start: s.log_start,
+            high_watermark: s.high_watermark,
+        };
+        let found = s
+            .entries
+            .iter()
+            .find(|e| e.max_timestamp >= ts && e.last_offset >= s.log_start);
+        (offsets, found.cloned())
+    }
+
+    /// Entries of a partition whose newest record is older than `cutoff_ts`: their end offset.
+    pub fn expired_end(&self, cutoff_ts: i64) -> Option<i64> {
+        let s = self.lock();
+        let mut end = None;
+        for e in &s.entries {
+            if e.max_timestamp >= cutoff_ts {
+                break;
+            }
+            end = Some(e.last_offset + 1);
+        }
+        end.filter(|end| *end > s.log_start)
+    }
+
+    fn append(&self, entry: IndexEntry) {
+        let mut s = self.lock();
+        if entry.last_offset < s.high_watermark {
+            // Already known (a commit seen twice at start-up); never rewind.
+            return;
+        }
+        s.high_watermark = entry.last_offset + 1;
+        let hwm = s.high_watermark;
+        s.entries.push_back(entry);
+        drop(s);
+        self.hwm_tx.send_replace(hwm);
+    }
+
+    /// Moves the log start forward, dropping entries wholly below it.
+    pub fn set_log_start(&self, log_start: i64) {
+        let mut s = self.lock();
+        if log_start <= s.log_start {
+            return;
+        }
+        s.log_start = log_start.min(s.high_watermark);
+        while s.entries.front().is_some_and(|e| e.last_offset < log_start) {
+            s.entries.pop_front();
+        }
+    }
+}
+
+/// The committed logs of all partitions on this broker.
+#[derive(Debug, Default)]
+pub struct LogIndex {
+    partitions: RwLock<HashMap<(u64, u32), Arc<PartitionLog>>>,
+}
+
+impl LogIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The log of a partition, created empty if unknown.
+    pub fn partition(&self, topic_id: u64, partition: u32) -> Arc<PartitionLog> {
+        if let Some(p) = self
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic_id, partition))
+        {
+            return p.clone();
+        }
+        let mut map = self.partitions.write().unwrap_or_else(|e| e.into_inner());
+        map.entry((topic_id, partition))
+            .or_insert_with(|| Arc::new(PartitionLog::new()))
+            .clone()
+    }
+
+    /// Applies a committed segment: every entry becomes readable and high watermarks move.
+    pub fn apply(&self, object_id: &str, commit: &SegmentCommit) {
+        let object = Arc::new(ObjectRef {
+            id: object_id.to_string(),
+            path: Path::from(commit.object.as_str()),
+            len: commit.object_len,
+        });
+        for e in &commit.entries {
+            self.partition(e.topic_id, e.partition)
+                .append(entry(e, &object));
+        }
+    }
+
+    /// Applies many commits loaded at start, in offset order per partition.
+    pub fn load(&self, mut commits: Vec<(String, SegmentCommit)>) {
+        let mut entries: Vec<(CommitEntry, Arc<ObjectRef>)> = Vec::new();
+        for (id, commit) in commits.drain(..) {
+            let object = Arc::new(ObjectRef {
+                path: Path::from(commit.object.as_str()),
+                len: commit.object_len,
+                id,
+            });
+            entries.extend(commit.entries.into_iter().map(|e| (e, object.clone())));
+        }
+        entries.sort_by_key(|(e, _)| (e.topic_id, e.partition, e.first_offset));
+        for (e, object) in entries {
+            self.partition(e.topic_id, e.partition)
+                .append(entry(&e, &object));
+        }
+    }
+
+    /// Drops every partition of a topic.
+    pub fn remove_topic(&self, topic_id: u64) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _), _| *t != topic_id);
+    }
+
+    /// The log start offsets of a topic's partitions, as known here.
+    pub fn log_starts(&self, topic_id: u64, partitions: u32) -> Vec<i64> {
+        (0..partitions)
+            .map(|p| self.partition(topic_id, p).offsets().log_start)
+            .collect()
+    }
+}
+
+fn entry(e: &CommitEntry, object: &Arc<ObjectRef>) -> IndexEntry {
+    IndexEntry {
+        first_offset: e.first_offset,
+        last_offset: e.last_offset,
+        min_timestamp: e.min_timestamp,
+        max_timestamp: e.max_timestamp,
+        object: object.clone(),
+        position: e.position,
+        length: e.length,
+        crc32c: e.crc32c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(object: &str, entries: &[(u32, i64, i64, i64)]) -> SegmentCommit {
+        SegmentCommit {
+            object: object.into(),
+            object_len: 1000,
+            created_at_ms: 0,
+            entries: entries
+                .iter()
+                .map(|&(p, first, last, ts)| CommitEntry {
+                    topic_id: 1,
+                    partition: p,
+                    batch_count: 1,
+                    first_offset: first,
+                    last_offset: last,
+                    min_timestamp: ts,
+                    max_timestamp: ts + 10,
+                    position: 16,
+                    length: 100,
+                    crc32c: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn apply_moves_high_watermark_and_notifies() {
+        let index = LogIndex::new();
+        let log = index.partition(1, 0);
+        let mut rx = log.subscribe();
+        index.apply("a", &commit("s/a", &[(0, 0, 4, 100), (1, 0, 1, 100)]));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 5);
+        assert_eq!(
+            log.offsets(),
+            Offsets {
+                log_start: 0,
+                high_watermark: 5
+            }
+        );
+        assert_eq!(index.partition(1, 1).offsets().high_watermark, 2);
+    }
+
+    #[test]
+    fn entries_from_finds_the_entry_holding_an_offset_and_respects_max_bytes() {
+        let index = LogIndex::new();
+        index.apply("a", &commit("s/a", &[(0, 0, 4, 100)]));
+        index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
+        index.apply("c", &commit("s/c", &[(0, 10, 14, 300)]));
+        let log = index.partition(1, 0);
+        let (_, e) = log.entries_from(7, 150);
+        assert_eq!(
+            e.iter().map(|e| e.first_offset).collect::<Vec<_>>(),
+            vec![5]
+        );
+        let (_, e) = log.entries_from(0, 1 << 20);
+        assert_eq!(e.len(), 3);
+        let (o, e) = log.entries_from(15, 1 << 20);
+        assert!(e.is_empty());
+        assert_eq!(o.high_watermark, 15);
+    }
+
+    #[test]
+    fn load_sorts_and_ignores_duplicates() {
+        let index = LogIndex::new();
+        index.load(vec![
+            ("b".into(), commit("s/b", &[(0, 5, 9, 200)])),
+            ("a".into(), commit("s/a", &[(0, 0, 4, 100)])),
+        ]);
+        index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
+        let (_, e) = index.partition(1, 0).entries_from(0, 1 << 20);
+        assert_eq!(
+            e.iter().map(|e| e.first_offset).collect::<Vec<_>>(),
+            vec![0, 5]
+        );
+    }
+
+    #[test]
+    fn time_index_and_retention() {
+        let index = LogIndex::new();
+        index.apply("a", &commit("s/a", &[(0, 0, 4, 100)]));
+        index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
+        let log = index.partition(1, 0);
+        assert_eq!(log.entry_for_timestamp(150).1.unwrap().first_offset, 5);
+        assert!(log.entry_for_timestamp(1000).1.is_none());
+        assert_eq!(log.expired_end(150), Some(5));
+        log.set_log_start(5);
+        assert_eq!(log.offsets().log_start, 5);
+        assert_eq!(log.entries_from(0, 1 << 20).1.len(), 1);
+        assert_eq!(log.expired_end(150), None);
+    }
+}

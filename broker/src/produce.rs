@@ -1,0 +1,253 @@
+//! The produce path, before the WAL cache: request limits, batch validation, record routing.
+//!
+//! Fast path ([`ProducePath::produce_batches`]): client-built RecordBatch v2 bytes are validated
+//! (`silt_storage::batch::validate_batch`) and appended as they are; one bad batch refuses the
+//! whole request and nothing is stored. Per-record path ([`ProducePath::produce_records`]):
+//! records are checked one by one (a bad record fails alone), routed — explicit partition, else
+//! Kafka's murmur2 of the key, else one sticky partition per request — and encoded into one
+//! batch per partition. Both then wait on the [`DurableTicket`](crate::wal_cache::DurableTicket).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use silt_metadata::Clock;
+use silt_storage::batch::{
+    BatchCompression, BatchLimits, ProducerInfo, RecordData, encode_batch, validate_batch,
+};
+
+use crate::error::BrokerError;
+use crate::stats::Stats;
+use crate::topics::{TopicTable, check_partition, partition_for_key};
+use crate::wal_cache::{AppendBatch, BatchAck, WalCache};
+
+/// A record of a per-record produce request.
+#[derive(Debug, Clone, Default)]
+pub struct RecordInput {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    pub timestamp_ms: Option<i64>,
+    pub partition: Option<u32>,
+}
+
+/// Request-level limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceLimits {
+    /// Most record bytes (batch bytes, or keys + values + headers) in one request.
+    pub max_request_bytes: usize,
+    pub max_request_records: usize,
+    pub max_batch_bytes: usize,
+}
+
+/// Validates and routes produce requests into the WAL cache.
+#[derive(Debug)]
+pub struct ProducePath {
+    pub topics: Arc<TopicTable>,
+    pub wal: Arc<WalCache>,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<Stats>,
+    pub limits: ProduceLimits,
+    sticky: AtomicU32,
+}
+
+impl ProducePath {
+    pub fn new(
+        topics: Arc<TopicTable>,
+        wal: Arc<WalCache>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<Stats>,
+        limits: ProduceLimits,
+    ) -> Self {
+        Self {
+            topics,
+            wal,
+            clock,
+            stats,
+            limits,
+            sticky: AtomicU32::new(0),
+        }
+    }
+
+    /// Appends client-built batches; returns one ack per batch once all are durable.
+    pub async fn produce_batches(
+        &self,
+        topic: &str,
+        batches: Vec<(u32, Bytes)>,
+    ) -> Result<Vec<BatchAck>, BrokerError> {
+        let topic = self.topics.require(topic)?;
+        if batches.is_empty() {
+            return Err(BrokerError::InvalidArgument(
+                "the request holds no batches".into(),
+            ));
+        }
+        if batches.len() > self.limits.max_request_records {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the request holds {} batches; the limit is {} per request (max-request-records)",
+                batches.len(),
+                self.limits.max_request_records
+            )));
+        }
+        let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        if total > self.limits.max_request_bytes {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the request carries {total} bytes of batches; the limit is {} per request (max-request-bytes): send fewer or smaller batches per request",
+                self.limits.max_request_bytes
+            )));
+        }
+        let limits = BatchLimits {
+            max_batch_bytes: self.limits.max_batch_bytes,
+            max_record_bytes: topic.record.max_record_bytes as usize,
+        };
+        let mut append = Vec::with_capacity(batches.len());
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for (i, (partition, batch)) in batches.into_iter().enumerate() {
+            check_partition(&topic, partition)
+                .map_err(|e| BrokerError::NotFound(format!("batch {i}: {e}")))?;
+            let valid = validate_batch(&batch, &limits).map_err(|e| {
+                BrokerError::InvalidArgument(format!(
+                    "batch {i} (partition {partition}) is invalid, nothing was stored: {e}"
+                ))
+            })?;
+            records += u64::from(valid.record_count);
+            bytes += batch.len() as u64;
+            append.push(AppendBatch {
+                topic_id: topic.id,
+                partition,
+                record_count: valid.record_count,
+                first_timestamp: valid.header.base_timestamp,
+                max_timestamp: valid.header.max_timestamp,
+                bytes: batch,
+            });
+        }
+        let acks = self.wal.append(append)?.durable().await?;
+        self.stats.produced(records, bytes);
+        Ok(acks)
+    }
+
+    /// Appends records one by one; returns one result per record, in request order.
+    pub async fn produce_records(
+        &self,
+        topic: &str,
+        records: Vec<RecordInput>,
+    ) -> Result<Vec<Result<(u32, i64), BrokerError>>, BrokerError> {
+        let topic = self.topics.require(topic)?;
+        if records.is_empty() {
+            return Err(BrokerError::InvalidArgument(
+                "the request holds no records".into(),
+            ));
+        }
+        if records.len() > self.limits.max_request_records {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the request holds {} records; the limit is {} per request (max-request-records)",
+                records.len(),
+                self.limits.max_request_records
+            )));
+        }
+        let total: usize = records
+            .iter()
+            .map(|r| {
+                r.key.as_ref().map_or(0, Bytes::len)
+                    + r.value.len()
+                    + r.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                        .sum::<usize>()
+            })
+            .sum();
+        if total > self.limits.max_request_bytes {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the request carries {total} bytes of records; the limit is {} per request (max-request-bytes): send fewer records per request",
+                self.limits.max_request_bytes
+            )));
+        }
+        let partitions = topic.record.partitions;
+        let max_record = topic.record.max_record_bytes as usize;
+        let sticky = self.sticky.fetch_add(1, Ordering::Relaxed) % partitions;
+        let now = self.clock.now_ms();
+
+        // Route and check each record; group the good ones per partition, in order.
+        let mut results: Vec<Result<(u32, i64), BrokerError>> = Vec::with_capacity(records.len());
+        let mut groups: Vec<(u32, Vec<RecordData>, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let size = r.key.as_ref().map_or(0, Bytes::len)
+                + r.value.len()
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                    .sum::<usize>();
+            let partition = match (r.partition, &r.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_for_key(key, partitions),
+                (None, None) => sticky,
+            };
+            let check = if size > max_record {
+                Err(BrokerError::InvalidArgument(format!(
+                    "record {i} is {size} bytes; topic '{}' accepts at most {max_record} (max-record-bytes)",
+                    topic.record.name
+                )))
+            } else if let Some(ts) = r.timestamp_ms.filter(|ts| *ts < 0) {
+                Err(BrokerError::InvalidArgument(format!(
+                    "record {i} has negative timestamp {ts}"
+                )))
+            } else {
+                check_partition(&topic, partition)
+            };
+            if let Err(e) = check {
+                results.push(Err(e));
+                continue;
+            }
+            results.push(Ok((partition, -1)));
+            let data = RecordData {
+                key: r.key,
+                value: Some(r.value),
+                headers: r.headers,
+                timestamp_ms: r.timestamp_ms.unwrap_or(now),
+            };
+            let g = *group_of.entry(partition).or_insert_with(|| {
+                groups.push((partition, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(data);
+            groups[g].2.push(i);
+        }
+        if groups.is_empty() {
+            return Ok(results);
+        }
+
+        let mut append = Vec::with_capacity(groups.len());
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for (partition, recs, _) in &groups {
+            let batch = encode_batch(recs, BatchCompression::None, ProducerInfo::default())
+                .map_err(|e| BrokerError::Internal(format!("encoding a batch failed: {e}")))?;
+            if batch.len() > self.limits.max_batch_bytes {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "the records for partition {partition} make a {}-byte batch; the limit is {} (max-batch-bytes): send fewer records per request",
+                    batch.len(),
+                    self.limits.max_batch_bytes
+                )));
+            }
+            let first = recs.iter().map(|r| r.timestamp_ms).min().unwrap_or(now);
+            let max = recs.iter().map(|r| r.timestamp_ms).max().unwrap_or(now);
+            count += recs.len() as u64;
+            bytes += batch.len() as u64;
+            append.push(AppendBatch {
+                topic_id: topic.id,
+                partition: *partition,
+                bytes: batch,
+                record_count: recs.len() as u32,
+                first_timestamp: first,
+                max_timestamp: max,
+            });
+        }
+        let acks = self.wal.append(append)?.durable().await?;
+        self.stats.produced(count, bytes);
+        for ((partition, _, idx), ack) in groups.iter().zip(acks) {
+            for (n, i) in idx.iter().enumerate() {
+                results[*i] = Ok((*partition, ack.base_offset + n as i64));
+            }
+        }
+        Ok(results)
+    }
+}

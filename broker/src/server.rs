@@ -1,0 +1,289 @@
+//! Start-up and shutdown: builds the components from [`Settings`], serves gRPC, and stops in
+//! order — stop accepting produce → flush and commit the WAL cache → stop gRPC.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use silt_api::v1::admin_server::AdminServer;
+use silt_api::v1::log_server::LogServer;
+use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::{Clock, EmbeddedStore, MetaStore, SystemClock};
+use silt_storage::cache::{ReadCacheConfig, SegmentCache};
+use silt_storage::object::{InstrumentedStore, S3Options, open_object_store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::fetch::FetchPath;
+use crate::flusher::Flusher;
+use crate::housekeeping::Housekeeper;
+use crate::log_index::LogIndex;
+use crate::produce::{ProduceLimits, ProducePath};
+use crate::service::{AdminService, LogService};
+use crate::settings::Settings;
+use crate::stats::Stats;
+use crate::topics::TopicTable;
+use crate::wal_cache::{WalCache, run_linger_timer};
+
+/// A broker ready to serve.
+pub struct Broker {
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    /// The address gRPC is served on.
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl BrokerHandle {
+    /// Starts the ordered shutdown and waits for it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.task.await?
+    }
+
+    /// Waits until the broker stops by itself (it does not, unless `cancel` fires).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+
+    /// The token that stops the broker.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl Broker {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            clock: SystemClock::new(),
+        }
+    }
+
+    /// Uses another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the stores, loads metadata, binds the listener and starts serving.
+    pub async fn start(self) -> anyhow::Result<BrokerHandle> {
+        let s = self.settings;
+        let clock = self.clock;
+        std::fs::create_dir_all(&s.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", s.data_dir.display()))?;
+
+        let meta: Arc<dyn MetaStore> = match s.metadata.as_str() {
+            "memory" => EmbeddedStore::open_in_memory(clock.clone())?,
+            _ => EmbeddedStore::open(&s.data_dir.join("metadata.redb"), clock.clone())?,
+        };
+        let catalog = Catalog::new(meta, &s.cluster);
+
+        let url = s.object_store_url().map_err(anyhow::Error::msg)?;
+        let s3 = S3Options {
+            endpoint: s.s3_endpoint.clone(),
+            region: s.s3_region.clone(),
+            allow_http: s.s3_allow_http,
+            virtual_hosted_style: s.s3_virtual_hosted_style,
+        };
+        let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
+        let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();
+        let cache_config = ReadCacheConfig {
+            memory_bytes: s.cache_memory_bytes as usize,
+            disk_bytes: s.cache_disk_bytes as usize,
+            disk_dir: (s.cache_disk_bytes > 0).then(|| s.data_dir.join("cache")),
+            ..ReadCacheConfig::default()
+        };
+        let cache = Arc::new(SegmentCache::open(store.clone(), cache_config).await?);
+
+        // A new incarnation fences every earlier one of this broker id.
+        let previous = catalog
+            .store()
+            .get(&catalog.keys().writer(&s.broker_id))
+            .await?
+            .and_then(|kv| String::from_utf8(kv.value).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let incarnation = (clock.now_ms().max(0) as u64).max(previous + 1);
+        let fence = WriterFence {
+            broker_id: s.broker_id.clone(),
+            incarnation,
+        };
+        catalog.register_writer(&fence).await?;
+
+        let topics = Arc::new(TopicTable::new(catalog.list_topics().await?));
+        let index = Arc::new(LogIndex::new());
+        let live = topics.live_ids();
+        let segments = catalog.load_segments().await?;
+        let committed: HashSet<String> = segments.iter().map(|(id, _)| id.clone()).collect();
+        let segment_count = segments.len();
+        index.load(
+            segments
+                .into_iter()
+                .map(|(id, mut c)| {
+                    c.entries.retain(|e| live.contains_key(&e.topic_id));
+                    (id, c)
+                })
+                .collect(),
+        );
+        for (topic_id, starts) in catalog.load_log_starts().await? {
+            for (p, start) in starts.into_iter().enumerate() {
+                index.partition(topic_id, p as u32).set_log_start(start);
+            }
+        }
+
+        let stats = Arc::new(Stats::default());
+        let (wal, outputs) = WalCache::new(
+            s.wal_cache_bytes as usize,
+            s.flush_bytes as usize,
+            Duration::from_millis(s.linger_ms),
+        );
+        let wal = Arc::new(wal);
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let flusher = Flusher::new(
+            wal.clone(),
+            store.clone(),
+            cache.clone(),
+            catalog.clone(),
+            index.clone(),
+            fence.clone(),
+            clock.clone(),
+            stats.clone(),
+            s.max_inflight_flushes,
+        );
+        let flusher_task = tracker.spawn(flusher.run(outputs.sealed));
+        let linger_task = tokio::spawn(run_linger_timer(wal.clone(), outputs.opened));
+
+        let housekeeper = Arc::new(Housekeeper {
+            catalog: catalog.clone(),
+            topics: topics.clone(),
+            index: index.clone(),
+            store: store.clone(),
+            cache: cache.clone(),
+            clock: clock.clone(),
+            fence: fence.clone(),
+        });
+        {
+            let hk = housekeeper.clone();
+            tracker.spawn(async move {
+                if let Err(e) = hk.remove_orphans(&committed).await {
+                    tracing::warn!(error = %e, "orphan cleanup failed; it runs again at next start");
+                }
+            });
+        }
+        tracker.spawn(housekeeper.run(
+            Duration::from_millis(s.retention_check_ms.max(100)),
+            cancel.clone(),
+        ));
+
+        let produce = Arc::new(ProducePath::new(
+            topics.clone(),
+            wal.clone(),
+            clock.clone(),
+            stats.clone(),
+            ProduceLimits {
+                max_request_bytes: s.max_request_bytes as usize,
+                max_request_records: s.max_request_records as usize,
+                max_batch_bytes: s.max_batch_bytes as usize,
+            },
+        ));
+        let fetch = Arc::new(FetchPath {
+            topics: topics.clone(),
+            index: index.clone(),
+            cache,
+            stats: stats.clone(),
+        });
+        let log_service = LogService { produce, fetch };
+        let admin_service = AdminService {
+            catalog,
+            topics: topics.clone(),
+            index,
+            wal: wal.clone(),
+            store: instrumented,
+            stats,
+            clock: clock.clone(),
+            broker_id: s.broker_id.clone(),
+            started_ms: clock.now_ms(),
+            default_retention_ms: s.default_retention_ms,
+            default_max_record_bytes: s.default_max_record_bytes,
+            max_batch_bytes: s.max_batch_bytes.min(u64::from(u32::MAX)) as u32,
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<LogServer<LogService>>().await;
+        health_reporter
+            .set_serving::<AdminServer<AdminService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(silt_api::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // The gRPC frame limit leaves room for framing so the produce path, not the transport,
+        // refuses an over-limit request with a message naming `max-request-bytes`.
+        let max_message = (s.max_request_bytes as usize)
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+
+        let listener = TcpListener::bind(s.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
+        let addr = listener.local_addr()?;
+        info!(
+            broker_id = %s.broker_id,
+            incarnation,
+            data_dir = %s.data_dir.display(),
+            object_store = %url,
+            metadata = %s.metadata,
+            topics = topics.all().len(),
+            segments = segment_count,
+            "broker started"
+        );
+        info!(
+            "serving gRPC on {addr} (linger {} ms, flush at {} bytes)",
+            s.linger_ms, s.flush_bytes
+        );
+
+        let shutdown = cancel.clone();
+        let wal_for_shutdown = wal.clone();
+        let task = tokio::spawn(async move {
+            let server = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(
+                    LogServer::new(log_service)
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(AdminServer::new(admin_service).max_decoding_message_size(max_message))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    shutdown.cancelled().await;
+                    info!("shutting down: refusing new produce, flushing the WAL cache");
+                    health_reporter
+                        .set_not_serving::<LogServer<LogService>>()
+                        .await;
+                    // Seal and flush what was accepted; in-flight calls finish with their acks.
+                    wal_for_shutdown.close();
+                });
+            let served = server.await;
+            // The server is gone; nothing can append any more. Let the flusher drain.
+            linger_task.abort();
+            drop(wal);
+            tracker.close();
+            tracker.wait().await;
+            drop(flusher_task);
+            info!("broker stopped");
+            served.map_err(anyhow::Error::from)
+        });
+        Ok(BrokerHandle { addr, cancel, task })
+    }
+}

@@ -1,0 +1,353 @@
+//! Broker settings: one serde struct, layered defaults < TOML file < `SILT_*` environment <
+//! command-line flags. The flag doc comments below are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The default gRPC port: "SILT" on a phone keypad is 7458; 7450 is easier to remember.
+pub const DEFAULT_PORT: u16 = 7450;
+
+/// Everything a broker can be told. Field names are the TOML keys; `SILT_<FIELD>` in upper case
+/// is the environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None` means `file://<data_dir>/objects`.
+    pub object_store: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_allow_http: bool,
+    pub s3_virtual_hosted_style: bool,
+    /// `embedded` (on disk under `data_dir`) or `memory`.
+    pub metadata: String,
+    pub cluster: String,
+    pub broker_id: String,
+    pub linger_ms: u64,
+    pub flush_bytes: u64,
+    pub wal_cache_bytes: u64,
+    pub max_request_bytes: u64,
+    pub max_request_records: u64,
+    pub max_batch_bytes: u64,
+    pub default_max_record_bytes: u32,
+    pub default_retention_ms: i64,
+    pub cache_memory_bytes: u64,
+    pub cache_disk_bytes: u64,
+    pub retention_check_ms: u64,
+    pub max_inflight_flushes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: PathBuf::from("./silt-data"),
+            object_store: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            s3_virtual_hosted_style: false,
+            metadata: "embedded".into(),
+            cluster: "default".into(),
+            broker_id: "broker-0".into(),
+            linger_ms: 250,
+            flush_bytes: 8 << 20,
+            wal_cache_bytes: 256 << 20,
+            max_request_bytes: 32 << 20,
+            max_request_records: 50_000,
+            max_batch_bytes: 8 << 20,
+            default_max_record_bytes: 1 << 20,
+            default_retention_ms: 7 * 24 * 3600 * 1000,
+            cache_memory_bytes: 256 << 20,
+            cache_disk_bytes: 0,
+            retention_check_ms: 30_000,
+            max_inflight_flushes: 4,
+        }
+    }
+}
+
+/// Command-line flags. Every flag is optional: unset flags fall back to the environment, the
+/// config file, then the defaults.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(name = "silt-broker", version, about = "Silt: a diskless streaming broker", long_about = None)]
+pub struct Cli {
+    /// TOML config file with any of the settings below (keys are the flag names with `_`).
+    #[arg(long, env = "SILT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address serving gRPC [default: 127.0.0.1:7450].
+    #[arg(long, env = "SILT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for embedded metadata, the default local object store and the disk cache
+    /// [default: ./silt-data].
+    #[arg(long, env = "SILT_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where segment objects go: `file:///path`, `memory://` or `s3://bucket/prefix`
+    /// [default: file://<data-dir>/objects].
+    #[arg(long, env = "SILT_OBJECT_STORE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<String>,
+
+    /// S3 endpoint URL for S3-compatible stores (MinIO, Garage...) [default: AWS / AWS_ENDPOINT_URL].
+    #[arg(long, env = "SILT_S3_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region [default: AWS_REGION / AWS_DEFAULT_REGION].
+    #[arg(long, env = "SILT_S3_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+
+    /// Allow plain http to the S3 endpoint (loopback MinIO) [default: false].
+    #[arg(long, env = "SILT_S3_ALLOW_HTTP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_allow_http: Option<bool>,
+
+    /// Use virtual-hosted-style S3 URLs instead of path-style [default: false].
+    #[arg(long, env = "SILT_S3_VIRTUAL_HOSTED_STYLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_virtual_hosted_style: Option<bool>,
+
+    /// Metadata store: `embedded` (redb file under the data dir) or `memory` [default: embedded].
+    #[arg(long, env = "SILT_METADATA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+
+    /// Cluster name: the metadata key prefix `/silt/<cluster>/` [default: default].
+    #[arg(long, env = "SILT_CLUSTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+
+    /// This broker's id ([a-z0-9-]) [default: broker-0].
+    #[arg(long, env = "SILT_BROKER_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_id: Option<String>,
+
+    /// Longest time a produced record waits in the WAL cache before its segment is flushed.
+    /// Lower = lower ack latency but more object-store PUTs (at most 1000/linger per second;
+    /// S3 charges per PUT) [default: 250].
+    #[arg(long, env = "SILT_LINGER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
+
+    /// Flush a segment as soon as this many bytes are buffered [default: 8388608 (8 MiB)].
+    #[arg(long, env = "SILT_FLUSH_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush_bytes: Option<u64>,
+
+    /// Memory for accepted but not yet committed records; past it produce gets
+    /// RESOURCE_EXHAUSTED [default: 268435456 (256 MiB)].
+    #[arg(long, env = "SILT_WAL_CACHE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_cache_bytes: Option<u64>,
+
+    /// Largest gRPC request accepted [default: 33554432 (32 MiB)].
+    #[arg(long, env = "SILT_MAX_REQUEST_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+
+    /// Most records (Produce) or batches (ProduceBatches) in one request [default: 50000].
+    #[arg(long, env = "SILT_MAX_REQUEST_RECORDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_records: Option<u64>,
+
+    /// Largest single record batch [default: 8388608 (8 MiB)].
+    #[arg(long, env = "SILT_MAX_BATCH_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<u64>,
+
+    /// Largest record for topics that do not set their own [default: 1048576 (1 MiB)].
+    #[arg(long, env = "SILT_DEFAULT_MAX_RECORD_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_max_record_bytes: Option<u32>,
+
+    /// Retention for topics that do not set their own; -1 keeps forever [default: 604800000 (7 days)].
+    #[arg(long, env = "SILT_DEFAULT_RETENTION_MS", allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_retention_ms: Option<i64>,
+
+    /// Memory tier of the read cache [default: 268435456 (256 MiB)].
+    #[arg(long, env = "SILT_CACHE_MEMORY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_memory_bytes: Option<u64>,
+
+    /// Disk tier of the read cache under <data-dir>/cache; 0 disables it [default: 0].
+    #[arg(long, env = "SILT_CACHE_DISK_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_disk_bytes: Option<u64>,
+
+    /// How often retention and garbage collection run [default: 30000].
+    #[arg(long, env = "SILT_RETENTION_CHECK_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_check_ms: Option<u64>,
+
+    /// Segment uploads in flight at once (commits stay in order) [default: 4].
+    #[arg(long, env = "SILT_MAX_INFLIGHT_FLUSHES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_flushes: Option<usize>,
+}
+
+impl Settings {
+    /// Layers the defaults, the config file named by `cli.config`, and the flags (clap already
+    /// folded `SILT_*` variables into them, below explicit flags).
+    pub fn load(cli: &Cli) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &cli.config {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let settings: Settings = figment
+            .merge(Serialized::defaults(cli))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values a flag or file could get wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.broker_id.is_empty()
+            && self.broker_id.len() <= 64
+            && self
+                .broker_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return Err(format!(
+                "broker id '{}' must be 1-64 characters of a-z, 0-9 and '-'",
+                self.broker_id
+            ));
+        }
+        if self.cluster.is_empty() || self.cluster.contains('/') {
+            return Err(format!(
+                "cluster name '{}' must be non-empty and contain no '/'",
+                self.cluster
+            ));
+        }
+        if self.flush_bytes == 0 || self.wal_cache_bytes < self.flush_bytes {
+            return Err(format!(
+                "wal-cache-bytes ({}) must be at least flush-bytes ({}), which must be > 0",
+                self.wal_cache_bytes, self.flush_bytes
+            ));
+        }
+        if self.max_request_records == 0 || self.max_request_bytes < 1024 {
+            return Err("max-request-records must be > 0 and max-request-bytes >= 1024".into());
+        }
+        if !matches!(self.metadata.as_str(), "embedded" | "memory") {
+            return Err(format!(
+                "metadata store '{}' is not supported: use 'embedded' or 'memory'",
+                self.metadata
+            ));
+        }
+        if self.max_inflight_flushes == 0 {
+            return Err("max-inflight-flushes must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The object store URL, defaulting to a directory under the data dir.
+    pub fn object_store_url(&self) -> Result<String, String> {
+        match &self.object_store {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let dir = absolute(&self.data_dir.join("objects"))?;
+                Ok(format!("file://{}", dir.display()))
+            }
+        }
+    }
+}
+
+fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Settings::default().validate().unwrap();
+        let s = Settings::load(&Cli::default()).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silt.toml");
+        std::fs::write(
+            &path,
+            "linger_ms = 10\nflush_bytes = 1024\nbroker_id = \"b-7\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path),
+            linger_ms: Some(20),
+            ..Cli::default()
+        };
+        let s = Settings::load(&cli).unwrap();
+        assert_eq!(s.linger_ms, 20, "a flag beats the file");
+        assert_eq!(s.flush_bytes, 1024, "the file beats the default");
+        assert_eq!(s.broker_id, "b-7");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silt.toml");
+        std::fs::write(&path, "lingerms = 10\n").unwrap();
+        let err = Settings::load(&Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("lingerms"), "{err}");
+        let err = Settings::load(&Cli {
+            broker_id: Some("B/1".into()),
+            ..Cli::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("broker id"), "{err}");
+        let missing = Cli {
+            config: Some("/nonexistent/silt.toml".into()),
+            ..Cli::default()
+        };
+        assert!(
+            Settings::load(&missing)
+                .unwrap_err()
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn flags_parse_with_env_names_in_help() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for name in [
+            "SILT_LISTEN",
+            "SILT_LINGER_MS",
+            "SILT_WAL_CACHE_BYTES",
+            "SILT_OBJECT_STORE",
+        ] {
+            assert!(help.contains(name), "--help lacks {name}");
+        }
+        let cli =
+            Cli::try_parse_from(["silt-broker", "--linger-ms", "5", "--listen", "127.0.0.1:9"])
+                .unwrap();
+        assert_eq!(cli.linger_ms, Some(5));
+    }
+}

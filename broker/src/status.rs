@@ -1,0 +1,80 @@
+//! The one mapping from [`BrokerError`] to gRPC statuses, with the retry and offset hints as
+//! metadata (`retry-after-ms`, `silt-log-start-offset`, `silt-high-watermark`).
+
+use tonic::{Code, Status};
+
+use crate::error::BrokerError;
+
+/// Metadata key carrying how long to wait before retrying, in ms.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// Metadata key carrying the log start offset on OUT_OF_RANGE.
+pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
+/// Metadata key carrying the high watermark on OUT_OF_RANGE.
+pub const HIGH_WATERMARK: &str = "silt-high-watermark";
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        let message = e.to_string();
+        match e {
+            BrokerError::InvalidArgument(_) => Status::invalid_argument(message),
+            BrokerError::NotFound(_) => Status::not_found(message),
+            BrokerError::AlreadyExists(_) => Status::already_exists(message),
+            BrokerError::OutOfRange {
+                log_start,
+                high_watermark,
+                ..
+            } => {
+                let mut s = Status::out_of_range(message);
+                insert(&mut s, LOG_START_OFFSET, log_start);
+                insert(&mut s, HIGH_WATERMARK, high_watermark);
+                s
+            }
+            BrokerError::ResourceExhausted { retry_after_ms, .. } => {
+                let mut s = Status::resource_exhausted(message);
+                insert(&mut s, RETRY_AFTER_MS, retry_after_ms);
+                s
+            }
+            BrokerError::Unavailable { retry_after_ms, .. } => {
+                let mut s = Status::unavailable(message);
+                insert(&mut s, RETRY_AFTER_MS, retry_after_ms);
+                s
+            }
+            BrokerError::FailedPrecondition(_) => Status::failed_precondition(message),
+            BrokerError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+/// The gRPC code of an error, for per-record results.
+pub fn code_of(e: &BrokerError) -> Code {
+    Status::from(e.clone()).code()
+}
+
+fn insert(status: &mut Status, key: &'static str, value: impl ToString) {
+    if let Ok(v) = value.to_string().parse() {
+        status.metadata_mut().insert(key, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_travel_as_metadata() {
+        let s = Status::from(BrokerError::ResourceExhausted {
+            message: "full".into(),
+            retry_after_ms: 250,
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+        let s = Status::from(BrokerError::OutOfRange {
+            message: "below".into(),
+            log_start: 7,
+            high_watermark: 9,
+        });
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.metadata().get(LOG_START_OFFSET).unwrap(), "7");
+        assert_eq!(s.message(), "below");
+    }
+}

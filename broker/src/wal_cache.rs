@@ -1,0 +1,348 @@
+//! The WAL cache: where produced batches wait, in memory, for their segment to be flushed.
+//!
+//! Producers [`append`](WalCache::append) validated batches to the open *window* and get a
+//! [`DurableTicket`]. A window is sealed when it holds `flush_bytes`, when it touches
+//! `MAX_WINDOW_PARTITIONS` partitions (keeping the commit value small), or `linger` after its
+//! first batch; the sealed window goes to the [flusher](crate::flusher), which turns it into one
+//! segment object and one metadata commit. The ticket resolves only after that commit — the type
+//! is the durability promise: nothing else can produce a `BatchAck`.
+//!
+//! Memory is bounded: bytes accepted but not yet committed count against `limit`; past it
+//! `append` fails with RESOURCE_EXHAUSTED and a retry hint instead of growing.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::BrokerError;
+
+/// Most partitions one segment may hold (bounds the size of its metadata commit).
+pub const MAX_WINDOW_PARTITIONS: usize = 4096;
+
+/// Where one appended batch landed, once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchAck {
+    pub partition: u32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// A validated batch to append.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    pub topic_id: u64,
+    pub partition: u32,
+    pub bytes: Bytes,
+    pub record_count: u32,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+}
+
+/// Resolves once the appended batches are stored in object storage AND committed in metadata.
+#[derive(Debug)]
+#[must_use = "a produce is acknowledged only by awaiting its ticket"]
+pub struct DurableTicket(oneshot::Receiver<Result<Vec<BatchAck>, BrokerError>>);
+
+impl DurableTicket {
+    /// Waits for durability; the acks are in append order.
+    pub async fn durable(self) -> Result<Vec<BatchAck>, BrokerError> {
+        self.0.await.unwrap_or_else(|_| {
+            Err(BrokerError::unavailable(
+                "the broker stopped before the records were committed",
+            ))
+        })
+    }
+}
+
+/// A batch in a window, with the slot its ack goes to.
+#[derive(Debug)]
+pub struct PendingBatch {
+    pub batch: AppendBatch,
+    pub waiter: usize,
+    pub slot: usize,
+}
+
+/// A producer waiting on a window.
+#[derive(Debug)]
+pub struct Waiter {
+    pub tx: oneshot::Sender<Result<Vec<BatchAck>, BrokerError>>,
+    pub acks: Vec<BatchAck>,
+}
+
+/// The batches gathered between two flushes.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub generation: u64,
+    pub bytes: usize,
+    /// Batches per (topic id, partition), in append order; the map order is the segment layout.
+    pub partitions: BTreeMap<(u64, u32), Vec<PendingBatch>>,
+    pub waiters: Vec<Waiter>,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    /// Fails every waiter of the window.
+    pub fn fail(self, error: &BrokerError) {
+        for w in self.waiters {
+            let _ = w.tx.send(Err(error.clone()));
+        }
+    }
+}
+
+/// The in-memory write buffer of a broker.
+#[derive(Debug)]
+pub struct WalCache {
+    open: Mutex<Window>,
+    in_use: AtomicUsize,
+    limit: usize,
+    flush_bytes: usize,
+    linger: Duration,
+    closed: AtomicBool,
+    closed_token: tokio_util::sync::CancellationToken,
+    sealed_tx: mpsc::UnboundedSender<Window>,
+    opened_tx: mpsc::UnboundedSender<(u64, Instant)>,
+}
+
+/// The receiving ends a [`WalCache`] feeds: sealed windows (for the flusher) and window openings
+/// (for the linger timer).
+#[derive(Debug)]
+pub struct WalCacheOutputs {
+    pub sealed: mpsc::UnboundedReceiver<Window>,
+    pub opened: mpsc::UnboundedReceiver<(u64, Instant)>,
+}
+
+impl WalCache {
+    pub fn new(limit: usize, flush_bytes: usize, linger: Duration) -> (Self, WalCacheOutputs) {
+        let (sealed_tx, sealed) = mpsc::unbounded_channel();
+        let (opened_tx, opened) = mpsc::unbounded_channel();
+        let cache = Self {
+            open: Mutex::new(Window {
+                generation: 1,
+                ..Window::default()
+            }),
+            in_use: AtomicUsize::new(0),
+            limit,
+            flush_bytes,
+            linger,
+            closed: AtomicBool::new(false),
+            closed_token: tokio_util::sync::CancellationToken::new(),
+            sealed_tx,
+            opened_tx,
+        };
+        (cache, WalCacheOutputs { sealed, opened })
+    }
+
+    /// Bytes accepted and not yet committed (or failed).
+    pub fn bytes_in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    pub fn linger(&self) -> Duration {
+        self.linger
+    }
+
+    /// Adds batches (all of one request) to the open window; they flush together.
+    pub fn append(&self, batches: Vec<AppendBatch>) -> Result<DurableTicket, BrokerError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::unavailable(
+                "the broker is shutting down; retry on another broker",
+            ));
+        }
+        let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
+        let before = self.in_use.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > self.limit && before > 0 {
+            self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(BrokerError::ResourceExhausted {
+                message: format!(
+                    "the broker's WAL cache is full ({before} of {} bytes awaiting flush); retry shortly",
+                    self.limit
+                ),
+                retry_after_ms: self.linger.as_millis().max(10) as u64,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            drop(open);
+            self.release(bytes);
+            return Err(BrokerError::unavailable(
+                "the broker is shutting down; retry on another broker",
+            ));
+        }
+        let was_empty = open.is_empty();
+        let waiter = open.waiters.len();
+        open.waiters.push(Waiter {
+            tx,
+            acks: vec![BatchAck::default(); batches.len()],
+        });
+        open.bytes += bytes;
+        for (slot, batch) in batches.into_iter().enumerate() {
+            let key = (batch.topic_id, batch.partition);
+            open.partitions.entry(key).or_default().push(PendingBatch {
+                batch,
+                waiter,
+                slot,
+            });
+        }
+        if open.bytes >= self.flush_bytes || open.partitions.len() >= MAX_WINDOW_PARTITIONS {
+            self.seal_locked(&mut open);
+        } else if was_empty {
+            let _ = self
+                .opened_tx
+                .send((open.generation, Instant::now() + self.linger));
+        }
+        Ok(DurableTicket(rx))
+    }
+
+    /// Seals the open window if it is still generation `generation` (the linger timer's call).
+    pub fn seal_if(&self, generation: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.generation == generation && !open.is_empty() {
+            self.seal_locked(&mut open);
+        }
+    }
+
+    /// Seals whatever is open.
+    pub fn seal_now(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if !open.is_empty() {
+            self.seal_locked(&mut open);
+        }
+    }
+
+    /// Refuses further appends and seals the open window: the first step of shutdown.
+    pub fn close(&self) {
+        {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Release);
+            if !open.is_empty() {
+                self.seal_locked(&mut open);
+            }
+        }
+        self.closed_token.cancel();
+    }
+
+    /// Fires once [`close`](Self::close) sealed the last window: no window follows.
+    pub fn closed(&self) -> tokio_util::sync::CancellationToken {
+        self.closed_token.clone()
+    }
+
+    /// Returns memory once a window's flush finished (committed or failed).
+    pub fn release(&self, bytes: usize) {
+        self.in_use.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn seal_locked(&self, open: &mut Window) {
+        let next = Window {
+            generation: open.generation + 1,
+            ..Window::default()
+        };
+        let sealed = std::mem::replace(open, next);
+        if let Err(mpsc::error::SendError(window)) = self.sealed_tx.send(sealed) {
+            self.release(window.bytes);
+            window.fail(&BrokerError::unavailable(
+                "the broker's flusher has stopped",
+            ));
+        }
+    }
+}
+
+/// Seals each window `linger` after its first batch arrived.
+pub async fn run_linger_timer(
+    cache: std::sync::Arc<WalCache>,
+    mut opened: mpsc::UnboundedReceiver<(u64, Instant)>,
+) {
+    while let Some((generation, deadline)) = opened.recv().await {
+        tokio::time::sleep_until(deadline).await;
+        cache.seal_if(generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(partition: u32, len: usize) -> AppendBatch {
+        AppendBatch {
+            topic_id: 1,
+            partition,
+            bytes: Bytes::from(vec![0u8; len]),
+            record_count: 1,
+            first_timestamp: 0,
+            max_timestamp: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_window_is_sealed_at_flush_bytes() {
+        let (cache, mut out) = WalCache::new(1 << 20, 100, Duration::from_secs(60));
+        let _t1 = cache.append(vec![batch(0, 60)]).unwrap();
+        assert!(out.sealed.try_recv().is_err());
+        let _t2 = cache.append(vec![batch(1, 60), batch(0, 1)]).unwrap();
+        let w = out.sealed.try_recv().unwrap();
+        assert_eq!(w.bytes, 121);
+        assert_eq!(w.waiters.len(), 2);
+        assert_eq!(w.partitions[&(1, 0)].len(), 2);
+        assert_eq!(
+            w.partitions[&(1, 0)][1].slot,
+            1,
+            "slots follow request order"
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_and_released() {
+        let (cache, _out) = WalCache::new(100, 1000, Duration::from_secs(60));
+        let _t = cache.append(vec![batch(0, 80)]).unwrap();
+        let err = cache.append(vec![batch(0, 30)]).unwrap_err();
+        assert!(
+            matches!(err, BrokerError::ResourceExhausted { .. }),
+            "{err:?}"
+        );
+        cache.release(80);
+        let _t = cache.append(vec![batch(0, 30)]).unwrap();
+        assert_eq!(cache.bytes_in_use(), 30);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_limit_still_fits_an_empty_cache() {
+        let (cache, _out) = WalCache::new(100, 1000, Duration::from_secs(60));
+        let _t = cache.append(vec![batch(0, 150)]).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_cache_refuses_appends_and_fails_tickets_if_unflushed() {
+        let (cache, out) = WalCache::new(1 << 20, 1 << 20, Duration::from_secs(60));
+        let t = cache.append(vec![batch(0, 10)]).unwrap();
+        cache.close();
+        assert!(matches!(
+            cache.append(vec![batch(0, 1)]),
+            Err(BrokerError::Unavailable { .. })
+        ));
+        drop(out);
+        assert!(matches!(
+            t.durable().await,
+            Err(BrokerError::Unavailable { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_seals_a_quiet_window() {
+        let (cache, mut out) = WalCache::new(1 << 20, 1 << 20, Duration::from_millis(250));
+        let cache = std::sync::Arc::new(cache);
+        tokio::spawn(run_linger_timer(cache.clone(), out.opened));
+        let _t = cache.append(vec![batch(0, 10)]).unwrap();
+        let start = Instant::now();
+        let w = out.sealed.recv().await.unwrap();
+        assert_eq!(w.generation, 1);
+        assert!(start.elapsed() >= Duration::from_millis(250));
+    }
+}
