@@ -1,0 +1,57 @@
+//! The subcommands of `silt`, one module each, and what they share: connecting, the
+//! compression flag, byte sizes, terminal and broken-pipe handling.
+
+pub(crate) mod bench;
+pub(crate) mod consume;
+pub(crate) mod produce;
+mod size;
+pub(crate) mod topic;
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use silt_client::{BatchCompression, Client};
+
+pub(crate) use size::{ByteSize, format_bytes};
+
+/// Connects to the broker (the error names the URL).
+pub(crate) async fn connect(broker: &str) -> anyhow::Result<Client> {
+    Ok(Client::connect(broker).await?)
+}
+
+/// Batch compression, as a command-line value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub(crate) enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl From<Compression> for BatchCompression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => BatchCompression::None,
+            Compression::Gzip => BatchCompression::Gzip,
+            Compression::Snappy => BatchCompression::Snappy,
+            Compression::Lz4 => BatchCompression::Lz4,
+            Compression::Zstd => BatchCompression::Zstd,
+        }
+    }
+}
+
+/// True when progress output should be drawn (stderr is a terminal).
+pub(crate) fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// True when `err` (or anything it wraps) is a broken pipe: the reader of our stdout went away.
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,369 @@
+//! `silt bench produce`: generated events sent by C concurrent tasks, either each with its own
+//! connection and fast-path [`Producer`] (the default) or each sending per-record `Produce`
+//! requests of about 256 KiB (`--per-record`). Every record's ack latency (send → ack) goes into
+//! an HDR histogram; throughput counts acknowledged record values only.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+use clap::Args;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use silt_api::v1::record_result::Outcome;
+use silt_api::v1::{ProduceRequest, Record};
+use silt_client::{Client, ClientError, Producer, ProducerConfig, ProducerRecord, SendFuture};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::Code;
+
+use super::payload;
+use super::{
+    Report, broker_cpu_seconds, latency_histogram, quantile_ms, record_latency, throughput,
+};
+use crate::cli::{ByteSize, Compression, connect};
+
+/// Values per per-record `Produce` request: about 256 KiB, within the broker's record limit.
+const PER_RECORD_REQUEST_BYTES: u64 = 256 << 10;
+const MAX_REQUEST_RECORDS: u64 = 10_000;
+/// Retries of a per-record request refused with UNAVAILABLE or RESOURCE_EXHAUSTED.
+const MAX_RETRIES: u32 = 5;
+
+/// Produce benchmark.
+#[derive(Debug, Args)]
+pub(crate) struct ProduceBenchArgs {
+    /// Topic to produce to (created if missing).
+    #[arg(long)]
+    topic: String,
+    /// Number of records to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Size of each record value (e.g. 1KiB, 100, 4KB).
+    #[arg(long, default_value = "1KiB")]
+    record_size: ByteSize,
+    /// Concurrent producers (each with its own connection), or concurrent per-record senders.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Send with per-record `Produce` requests of ~256 KiB instead of the batch fast path.
+    #[arg(long)]
+    per_record: bool,
+    /// Partitions of the topic if it has to be created.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Batch compression (fast path only).
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
+    /// Producer linger in ms (fast path only).
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one sending task achieved.
+#[derive(Debug)]
+struct TaskResult {
+    acked: u64,
+    failed: u64,
+    latency: Histogram<u64>,
+    first_error: Option<ClientError>,
+}
+
+impl TaskResult {
+    fn new() -> Self {
+        Self {
+            acked: 0,
+            failed: 0,
+            latency: latency_histogram(),
+            first_error: None,
+        }
+    }
+
+    fn fail(&mut self, count: u64, error: ClientError) {
+        self.failed += count;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(&mut self, other: TaskResult) {
+        self.acked += other.acked;
+        self.failed += other.failed;
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<ExitCode> {
+    if args.concurrency == 0 || args.records == 0 {
+        bail!("--concurrency and --records must be at least 1");
+    }
+    let size = usize::try_from(args.record_size.0)?;
+    let client = connect(broker).await?;
+    let partitions = ensure_topic(&client, &args.topic, args.partitions).await?;
+    let values = Arc::new(payload::pool(
+        size,
+        payload::pool_len(args.records, size),
+        0x5117,
+    ));
+
+    let mut tasks = JoinSet::new();
+    let (cpu_before, started) = if args.per_record {
+        let next = Arc::new(AtomicU64::new(0));
+        let chunk =
+            (PER_RECORD_REQUEST_BYTES / args.record_size.0.max(1)).clamp(1, MAX_REQUEST_RECORDS);
+        let cpu_before = broker_cpu_seconds(&client).await?;
+        let started = Instant::now();
+        for _ in 0..args.concurrency {
+            let sender = PerRecordSender {
+                client: connect(broker).await?,
+                topic: args.topic.clone(),
+                values: values.clone(),
+                next: next.clone(),
+                total: args.records,
+                chunk,
+            };
+            tasks.spawn(sender.run());
+        }
+        (cpu_before, started)
+    } else {
+        let config = ProducerConfig {
+            linger: Duration::from_millis(args.linger_ms),
+            compression: args.compression.into(),
+            ..ProducerConfig::default()
+        };
+        let mut producers = Vec::with_capacity(args.concurrency);
+        for _ in 0..args.concurrency {
+            producers
+                .push(Producer::new(&connect(broker).await?, &args.topic, config.clone()).await?);
+        }
+        let per_task = args.records / args.concurrency as u64;
+        let extra = args.records % args.concurrency as u64;
+        let cpu_before = broker_cpu_seconds(&client).await?;
+        let started = Instant::now();
+        let mut first = 0u64;
+        for (i, producer) in producers.into_iter().enumerate() {
+            let count = per_task + u64::from((i as u64) < extra);
+            tasks.spawn(run_producer(producer, values.clone(), first, count));
+            first += count;
+        }
+        (cpu_before, started)
+    };
+
+    let mut total = TaskResult::new();
+    while let Some(result) = tasks.join_next().await {
+        total.merge(result?);
+    }
+    let elapsed = started.elapsed();
+    let cpu = broker_cpu_seconds(&client).await? - cpu_before;
+
+    let mode = if args.per_record {
+        "per-record"
+    } else {
+        "producer"
+    };
+    let compression = format!("{:?}", args.compression).to_lowercase();
+    let report = Report::new(format!(
+        "bench produce: topic {} ({partitions} partitions), {} records of {} B, concurrency {}, {mode}, compression {compression}",
+        args.topic, args.records, size, args.concurrency
+    ))
+    .field("topic", "topic", args.topic.clone())
+    .field("mode", "mode", mode)
+    .field("record_size", "record size (B)", size as u64)
+    .field("concurrency", "concurrency", args.concurrency as u64)
+    .field("compression", "compression", compression)
+    .field("failed", "failed records", total.failed);
+    let report = throughput(report, total.acked, total.acked * size as u64, elapsed, cpu)
+        .float(
+            "p50_ms",
+            "ack latency p50 (ms)",
+            quantile_ms(&total.latency, 0.5),
+            3,
+        )
+        .float(
+            "p99_ms",
+            "ack latency p99 (ms)",
+            quantile_ms(&total.latency, 0.99),
+            3,
+        )
+        .float(
+            "p999_ms",
+            "ack latency p99.9 (ms)",
+            quantile_ms(&total.latency, 0.999),
+            3,
+        );
+    report.print(args.json);
+    match total.first_error {
+        Some(e) if total.acked < args.records => Err(anyhow::Error::new(e).context(format!(
+            "{} of {} records failed",
+            total.failed, args.records
+        ))),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The partition count of `topic`, creating it with `partitions` if it does not exist.
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<u32> {
+    match client.describe_topic(topic).await {
+        Ok(described) => Ok(described.topic.unwrap_or_default().partitions),
+        Err(e) if e.code() == Code::NotFound => {
+            match client.create_topic(topic, partitions, None, None).await {
+                Ok(info) => Ok(info.partitions),
+                // Someone else created it meanwhile.
+                Err(e) if e.code() == Code::AlreadyExists => Ok(client
+                    .describe_topic(topic)
+                    .await?
+                    .topic
+                    .unwrap_or_default()
+                    .partitions),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One fast-path producer sending `count` values starting at pool position `first`.
+async fn run_producer(
+    producer: Producer,
+    values: Arc<Vec<Bytes>>,
+    first: u64,
+    count: u64,
+) -> TaskResult {
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(collect_acks(acks_rx));
+    let mut refused = TaskResult::new();
+    for i in first..first + count {
+        let value = values[(i % values.len() as u64) as usize].clone();
+        let sent_at = Instant::now();
+        match producer.send(ProducerRecord::new(value)).await {
+            Ok(future) => {
+                let _ = acks_tx.send((sent_at, future));
+            }
+            Err(e) => refused.fail(1, e),
+        }
+    }
+    drop(acks_tx);
+    // Failures also reach each record's future, which the collector counts.
+    let _ = producer.close().await;
+    match collector.await {
+        Ok(mut result) => {
+            result.merge(refused);
+            result
+        }
+        Err(e) => {
+            refused.fail(
+                count - refused.failed,
+                ClientError::Protocol(format!("ack collector failed: {e}")),
+            );
+            refused
+        }
+    }
+}
+
+/// Awaits ack futures as they resolve and records each one's latency.
+async fn collect_acks(mut acks_rx: mpsc::UnboundedReceiver<(Instant, SendFuture)>) -> TaskResult {
+    let mut result = TaskResult::new();
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            next = acks_rx.recv(), if open => match next {
+                Some((sent_at, future)) => pending.push(async move { (future.await, sent_at.elapsed()) }),
+                None => open = false,
+            },
+            Some((outcome, latency)) = pending.next(), if !pending.is_empty() => match outcome {
+                Ok(_) => {
+                    result.acked += 1;
+                    record_latency(&mut result.latency, latency, 1);
+                }
+                Err(e) => result.fail(1, e),
+            },
+        }
+    }
+    result
+}
+
+/// One task of the per-record path: claims chunks of the run and sends each as one `Produce`.
+struct PerRecordSender {
+    client: Client,
+    topic: String,
+    values: Arc<Vec<Bytes>>,
+    next: Arc<AtomicU64>,
+    total: u64,
+    chunk: u64,
+}
+
+impl PerRecordSender {
+    async fn run(self) -> TaskResult {
+        let mut result = TaskResult::new();
+        let mut log = self.client.log();
+        loop {
+            let first = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            if first >= self.total {
+                return result;
+            }
+            let count = self.chunk.min(self.total - first);
+            let records: Vec<Record> = (first..first + count)
+                .map(|i| Record {
+                    value: self.values[(i % self.values.len() as u64) as usize].clone(),
+                    ..Record::default()
+                })
+                .collect();
+            let request = ProduceRequest {
+                topic: self.topic.clone(),
+                records,
+            };
+            let sent_at = Instant::now();
+            let mut attempt = 0;
+            let response = loop {
+                match log.produce(request.clone()).await {
+                    Ok(response) => break Ok(response.into_inner()),
+                    Err(status) => {
+                        let e = ClientError::from(status);
+                        if !e.is_retriable() || attempt >= MAX_RETRIES {
+                            break Err(e);
+                        }
+                        let delay = e
+                            .retry_after()
+                            .unwrap_or(Duration::from_millis(100 << attempt));
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                }
+            };
+            let latency = sent_at.elapsed();
+            match response {
+                Ok(response) => {
+                    let returned = response.results.len() as u64;
+                    let mut acked = 0;
+                    for outcome in response.results.into_iter().map(|r| r.outcome) {
+                        match outcome {
+                            Some(Outcome::Ack(_)) => acked += 1,
+                            Some(Outcome::Error(e)) => result.fail(
+                                1,
+                                tonic::Status::new(Code::from_i32(e.code), e.message).into(),
+                            ),
+                            None => result
+                                .fail(1, ClientError::Protocol("a record result is empty".into())),
+                        }
+                    }
+                    result.acked += acked;
+                    record_latency(&mut result.latency, latency, acked);
+                    if returned < count {
+                        let missing =
+                            ClientError::Protocol("Produce returned too few results".into());
+                        result.fail(count - returned, missing);
+                    }
+                }
+                Err(e) => result.fail(count, e),
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The client's one error type, [`ClientError`]: a broker's gRPC status (code, message and hint
+//! metadata kept intact so callers can match on [`Code`]), a connection failure, a record batch
+//! that could not be encoded or decoded, or a misuse caught before anything was sent.
+//!
+//! Errors are `Clone` because one broker answer fails every record of a batch: each record's
+//! [`crate::SendFuture`] gets its own copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use silt_storage::BatchError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+/// Metadata key of the broker's retry hint (RESOURCE_EXHAUSTED, UNAVAILABLE), in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// Metadata key of the log start offset sent with OUT_OF_RANGE.
+pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
+
+/// Why a client call failed.
+#[derive(Debug, Clone, Error)]
+pub enum ClientError {
+    /// The broker answered with an error status.
+    #[error("{} ({})", .0.message(), code_name(.0.code()))]
+    Status(Status),
+    /// The broker could not be reached, or the URL is not valid.
+    #[error("cannot connect to the broker at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Arc<tonic::transport::Error>,
+    },
+    /// A record batch could not be built or read.
+    #[error("record batch: {0}")]
+    Batch(#[from] BatchError),
+    /// The broker's answer does not follow the API contract.
+    #[error("unexpected broker response: {0}")]
+    Protocol(String),
+    /// The call was refused by the client before anything was sent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The producer stopped before the record was acknowledged.
+    #[error("the producer was closed before the record was acknowledged")]
+    Closed,
+}
+
+impl ClientError {
+    /// The gRPC code: the broker's for [`ClientError::Status`], UNAVAILABLE for connection
+    /// failures, INVALID_ARGUMENT for client-side refusals, INTERNAL otherwise.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            ClientError::Connect { .. } | ClientError::Closed => Code::Unavailable,
+            ClientError::InvalidArgument(_) | ClientError::Batch(_) => Code::InvalidArgument,
+            ClientError::Protocol(_) => Code::Internal,
+        }
+    }
+
+    /// The broker's status, when the error is one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// True when the same call may succeed later (UNAVAILABLE, RESOURCE_EXHAUSTED).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self.code(), Code::Unavailable | Code::ResourceExhausted)
+    }
+
+    /// The broker's `retry-after-ms` hint, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        metadata_i64(self.status()?, RETRY_AFTER_MS)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis)
+    }
+
+    /// The log start offset the broker sent with OUT_OF_RANGE, if any.
+    pub fn log_start_offset(&self) -> Option<i64> {
+        metadata_i64(self.status()?, LOG_START_OFFSET)
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::Status(status)
+    }
+}
+
+fn metadata_i64(status: &Status, key: &str) -> Option<i64> {
+    status
+        .metadata()
+        .get(key)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The canonical upper-case name of a gRPC code (`NOT_FOUND`), as the proto comments use.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_keeps_code_message_and_hints() {
+        let mut status = Status::resource_exhausted("WAL cache full");
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_MS, "250".parse().unwrap());
+        let err = ClientError::from(status);
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(err.is_retriable());
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(250)));
+        assert_eq!(err.to_string(), "WAL cache full (RESOURCE_EXHAUSTED)");
+    }
+
+    #[test]
+    fn not_found_reads_as_the_cli_prints_it() {
+        let err = ClientError::from(Status::not_found("topic 'x' does not exist"));
+        assert_eq!(err.to_string(), "topic 'x' does not exist (NOT_FOUND)");
+        assert!(!err.is_retriable());
+        assert_eq!(err.retry_after(), None);
+    }
+
+    #[test]
+    fn out_of_range_carries_the_log_start() {
+        let mut status = Status::out_of_range("below the log start");
+        status
+            .metadata_mut()
+            .insert(LOG_START_OFFSET, "42".parse().unwrap());
+        assert_eq!(ClientError::from(status).log_start_offset(), Some(42));
+    }
+}

@@ -1,0 +1,21 @@
+//! The Silt Rust client: a [`Client`] connection to a broker with admin helpers, a Kafka-style
+//! fast-path [`Producer`] that builds Kafka RecordBatch v2 batches on the client and sends them
+//! with `ProduceBatches` (each record's [`SendFuture`] resolves once the record is durable), and
+//! a [`PartitionReader`] that fetches stored batches as they are and decodes them here.
+//!
+//! Follow a record: [`ProducerRecord`] → [`partitioner`] (explicit, murmur2 of the key, or
+//! sticky) → a partition batch in the producer → `ProduceBatches` → the broker's WAL cache,
+//! segment object and metadata commit → `Fetch` with `raw_batches` → [`ConsumedRecord`].
+
+mod client;
+pub mod clock;
+mod error;
+pub mod partitioner;
+mod producer;
+mod reader;
+
+pub use client::{Client, MAX_MESSAGE_BYTES};
+pub use error::{ClientError, LOG_START_OFFSET, RETRY_AFTER_MS, code_name};
+pub use producer::{AckResult, Producer, ProducerConfig, ProducerRecord, SendFuture};
+pub use reader::{ConsumedRecord, DEFAULT_FETCH_BYTES, PartitionReader, StartSpec, list_offsets};
+pub use silt_storage::batch::BatchCompression;

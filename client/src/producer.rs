@@ -1,0 +1,375 @@
+//! The fast-path producer, shaped like Kafka's: [`Producer::send`] routes a record to a partition
+//! (see [`crate::partitioner`]) and appends it to that partition's batch; batches close at
+//! `batch_bytes` or after `linger`, travel as Kafka RecordBatch v2 bytes in `ProduceBatches`
+//! requests of several partitions (up to `request_bytes`), and each record's [`SendFuture`]
+//! resolves to its `(partition, offset)` once the broker acknowledged it — which the broker does
+//! only when the record is durable in object storage and committed.
+//!
+//! Flow control: at most `max_in_flight` requests are outstanding and each partition has at
+//! most one of them, so records of a partition are stored in send order, retries included.
+//! While the request slots are full, batches wait in memory; once `max_in_flight ×
+//! request_bytes` bytes wait, [`Producer::send`] itself waits. Retries (UNAVAILABLE,
+//! RESOURCE_EXHAUSTED) give at-least-once delivery: a request whose answer was lost may be
+//! stored twice.
+
+mod accumulator;
+mod sender;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use silt_storage::batch::BatchCompression;
+use tokio::sync::{Notify, Semaphore, watch};
+
+use self::accumulator::{Accumulator, Limits, Outcome, PendingRecord};
+use self::sender::Shared;
+use crate::client::Client;
+use crate::clock::unix_now_ms;
+use crate::error::ClientError;
+use crate::partitioner::Partitioner;
+
+/// How a [`Producer`] batches and sends.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch waits for more records before it is sent (default 5 ms).
+    pub linger: Duration,
+    /// Size at which a partition's batch is sent without waiting for the linger (default
+    /// 256 KiB, counted before compression).
+    pub batch_bytes: usize,
+    /// Codec of the batches (default none).
+    pub compression: BatchCompression,
+    /// Most `ProduceBatches` requests outstanding at once (default 8).
+    pub max_in_flight: usize,
+    /// Soft limit on one request's batch bytes (default 4 MiB; one batch is always sent).
+    pub request_bytes: usize,
+    /// How many times a request refused with UNAVAILABLE or RESOURCE_EXHAUSTED is retried
+    /// before its records fail (default 5).
+    pub max_retries: u32,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_bytes: 256 << 10,
+            compression: BatchCompression::None,
+            max_in_flight: 8,
+            request_bytes: 4 << 20,
+            max_retries: 5,
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// The key; `None` is a null key (sticky spreading unless `partition` is set).
+    pub key: Option<Bytes>,
+    /// The value.
+    pub value: Bytes,
+    /// Headers: a string key and an optional value each.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Creation time in ms since the Unix epoch; `None` takes the time of [`Producer::send`].
+    pub timestamp_ms: Option<i64>,
+    /// Explicit partition; `None` hashes the key with murmur2 (as Kafka does).
+    pub partition: Option<u32>,
+}
+
+impl ProducerRecord {
+    /// A record with this value and nothing else set.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Self {
+            value: value.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets an explicit partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the creation timestamp (ms since the Unix epoch).
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, key: impl Into<String>, value: Option<Bytes>) -> Self {
+        self.headers.push((key.into(), value));
+        self
+    }
+
+    /// Key + value + header bytes: what the topic's `max_record_bytes` limits.
+    fn payload_bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+    }
+}
+
+/// Resolves to a sent record's `(partition, offset)` once the broker acknowledged it (it is then
+/// durable), or to the error that made it fail.
+#[must_use = "a SendFuture tells whether the record was stored"]
+pub struct SendFuture {
+    partition: u32,
+    inner: Pin<Box<dyn Future<Output = AckResult> + Send>>,
+}
+
+/// A record's `(partition, offset)`, or why it was not stored.
+pub type AckResult = Result<(u32, i64), ClientError>;
+
+impl SendFuture {
+    fn new(partition: u32, index: usize, mut outcome: watch::Receiver<Outcome>) -> Self {
+        let inner = Box::pin(async move {
+            let resolved = outcome
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+            match resolved.as_ref() {
+                Some(Ok(base_offset)) => Ok((partition, base_offset + index as i64)),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(ClientError::Closed),
+            }
+        });
+        Self { partition, inner }
+    }
+
+    /// The partition the record was routed to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl Future for SendFuture {
+    type Output = AckResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for SendFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFuture")
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A producer for one topic. Share it by reference (or in an `Arc`) between tasks; dropping it
+/// still sends what was buffered, [`Producer::close`] also waits for it.
+#[derive(Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    topic: String,
+    partitions: u32,
+    max_record_bytes: u32,
+}
+
+impl Producer {
+    /// Creates a producer for `topic`, whose partition count and record limit are read once
+    /// with `DescribeTopic` (NOT_FOUND if the topic does not exist).
+    pub async fn new(
+        client: &Client,
+        topic: &str,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        if config.max_in_flight == 0 || config.batch_bytes == 0 || config.request_bytes == 0 {
+            return Err(ClientError::InvalidArgument(
+                "producer max_in_flight, batch_bytes and request_bytes must be at least 1".into(),
+            ));
+        }
+        let described = client.describe_topic(topic).await?;
+        let info = described.topic.unwrap_or_default();
+        if info.partitions == 0 {
+            return Err(ClientError::Protocol(format!(
+                "topic '{topic}' has no partitions"
+            )));
+        }
+        let limits = Limits {
+            linger: config.linger,
+            batch_bytes: config.batch_bytes,
+            request_bytes: config.request_bytes,
+            buffer_bytes: config.max_in_flight.saturating_mul(config.request_bytes),
+        };
+        let partitioner = Partitioner::new(info.partitions, rand::random::<u32>());
+        let shared = Arc::new(Shared {
+            accumulator: Mutex::new(Accumulator::new(limits, partitioner)),
+            wake: Notify::new(),
+            space: Notify::new(),
+            closing: Default::default(),
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            log: client.log(),
+            topic: topic.to_string(),
+            compression: config.compression,
+            max_retries: config.max_retries,
+        });
+        tokio::spawn(sender::run(shared.clone()));
+        Ok(Producer {
+            shared,
+            topic: topic.to_string(),
+            partitions: info.partitions,
+            max_record_bytes: info.max_record_bytes,
+        })
+    }
+
+    /// The topic this producer writes.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic's partition count, as read at creation.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Buffers `record` for sending and returns the future of its acknowledgement. Waits while
+    /// the producer's buffer is full (the broker is behind); fails at once for a record the
+    /// topic cannot take (too large, partition out of range).
+    pub async fn send(&self, record: ProducerRecord) -> Result<SendFuture, ClientError> {
+        if self.max_record_bytes > 0 && record.payload_bytes() > self.max_record_bytes as usize {
+            return Err(ClientError::InvalidArgument(format!(
+                "record of {} bytes is over the {}-byte record limit of topic '{}'",
+                record.payload_bytes(),
+                self.max_record_bytes,
+                self.topic
+            )));
+        }
+        let record = PendingRecord {
+            timestamp_ms: record.timestamp_ms.unwrap_or_else(unix_now_ms),
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            partition: record.partition,
+        };
+        loop {
+            let space = self.shared.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut acc = self.shared.lock();
+                if acc.has_room() {
+                    let appended = acc.append(record, Instant::now())?;
+                    drop(acc);
+                    if appended.wake_sender {
+                        self.shared.wake.notify_one();
+                    }
+                    return Ok(SendFuture::new(
+                        appended.partition,
+                        appended.index,
+                        appended.outcome,
+                    ));
+                }
+            }
+            self.shared.wake.notify_one();
+            space.await;
+        }
+    }
+
+    /// Sends every buffered record now and waits until all records sent before this call are
+    /// acknowledged or failed. Returns the first failure, if any (each record's [`SendFuture`]
+    /// has its own outcome too).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let outcomes = {
+            let mut acc = self.shared.lock();
+            acc.close_all();
+            acc.pending_outcomes()
+        };
+        self.shared.wake.notify_one();
+        let mut first_error = None;
+        for mut outcome in outcomes {
+            let result = match outcome.wait_for(Option::is_some).await {
+                Ok(resolved) => match resolved.as_ref() {
+                    Some(Err(e)) => Some(e.clone()),
+                    _ => None,
+                },
+                Err(_) => Some(ClientError::Closed),
+            };
+            if first_error.is_none() {
+                first_error = result;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Flushes and stops the producer.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush().await
+        // Drop marks the sender task closing; with nothing pending it ends.
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kafka_like() {
+        let c = ProducerConfig::default();
+        assert_eq!(c.linger, Duration::from_millis(5));
+        assert_eq!(c.batch_bytes, 256 * 1024);
+        assert_eq!(c.max_in_flight, 8);
+        assert_eq!(c.request_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.compression, BatchCompression::None);
+    }
+
+    #[test]
+    fn record_builder_and_payload_size() {
+        let r = ProducerRecord::new("value")
+            .with_key("k")
+            .with_partition(2)
+            .with_timestamp_ms(7)
+            .with_header("h", Some(Bytes::from_static(b"xy")));
+        assert_eq!(r.partition, Some(2));
+        assert_eq!(r.timestamp_ms, Some(7));
+        assert_eq!(r.payload_bytes(), 5 + 1 + 1 + 2);
+    }
+
+    #[tokio::test]
+    async fn send_future_resolves_to_partition_and_offset() {
+        let (tx, rx) = watch::channel(None);
+        let fut = SendFuture::new(3, 2, rx);
+        assert_eq!(fut.partition(), 3);
+        tx.send_replace(Some(Ok(40)));
+        assert_eq!(fut.await.unwrap(), (3, 42));
+    }
+
+    #[tokio::test]
+    async fn send_future_reports_the_batch_error_or_a_lost_sender() {
+        let (tx, rx) = watch::channel(None);
+        let fut = SendFuture::new(0, 0, rx);
+        tx.send_replace(Some(Err(tonic::Status::not_found("gone").into())));
+        assert_eq!(fut.await.unwrap_err().code(), tonic::Code::NotFound);
+        let (tx, rx) = watch::channel(None);
+        drop(tx);
+        assert!(matches!(
+            SendFuture::new(0, 0, rx).await,
+            Err(ClientError::Closed)
+        ));
+    }
+}
