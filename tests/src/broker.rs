@@ -1,0 +1,188 @@
+//! A real `silt-broker` process on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use silt_client::Client;
+
+use crate::bin_path;
+
+/// How to start a broker. The data directory outlives the process so a restart finds its data.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub data_dir: PathBuf,
+    pub linger_ms: u64,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+impl BrokerOptions {
+    /// Defaults for tests: a short linger so acks come fast.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            linger_ms: 20,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `--flag value`.
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+}
+
+/// A running broker. Dropping it kills the process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    addr: SocketAddr,
+    options: BrokerOptions,
+}
+
+/// How long a broker may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl BrokerProcess {
+    /// Starts a broker on a free loopback port and waits until it serves gRPC.
+    pub async fn start(options: BrokerOptions) -> BrokerProcess {
+        let mut child = Command::new(bin_path("silt-broker"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&options.data_dir)
+            .arg("--linger-ms")
+            .arg(options.linger_ms.to_string())
+            .args(&options.args)
+            .env("SILT_LOG", "info,silt_broker=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn silt-broker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let pid = child.id();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[broker {pid}] {line}");
+                if let Some(addr) = line.split("serving gRPC on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    if let (Some(sender), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>()) {
+                        let _ = sender.send(addr);
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("silt-broker exited during start-up: {status}");
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "silt-broker did not start in {START_TIMEOUT:?}"
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("wait");
+                    panic!("silt-broker exited during start-up: {status}");
+                }
+            }
+        };
+        let broker = BrokerProcess {
+            child,
+            addr,
+            options,
+        };
+        broker.wait_ready().await;
+        broker
+    }
+
+    /// Waits until the broker answers an admin call.
+    async fn wait_ready(&self) {
+        let url = self.url();
+        crate::wait_for("broker to answer ListTopics", START_TIMEOUT, || {
+            let url = url.clone();
+            async move {
+                let client = Client::connect(&url).await.ok()?;
+                client.list_topics().await.ok().map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url())
+            .await
+            .expect("connect to broker")
+    }
+
+    /// `kill -9`: the process dies at once, with whatever it had in memory.
+    pub fn kill9(mut self) -> BrokerOptions {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.options.clone()
+    }
+
+    /// `kill -TERM` and wait (bounded) for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, BrokerOptions) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status, self.options.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

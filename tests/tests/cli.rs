@@ -1,0 +1,179 @@
+//! The `silt` CLI against a real broker, as a new user runs it.
+
+use silt_tests::{BrokerOptions, BrokerProcess, run_cli, run_cli_with_input};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_produce_consume_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+    let url = broker.url();
+
+    let out = run_cli(&url, &["topic", "create", "orders", "--partitions", "3"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = run_cli(&url, &["topic", "create", "orders", "--partitions", "3"]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+
+    let out = run_cli(&url, &["topic", "list"]);
+    assert!(
+        out.success && out.stdout.contains("orders"),
+        "{}",
+        out.stdout
+    );
+
+    // Keyed lines: the key decides the partition, as a Kafka client would.
+    let input: String = (0..300)
+        .map(|i| format!("user-{}\tevent {i}\n", i % 7))
+        .collect();
+    let out = run_cli_with_input(
+        &url,
+        &["produce", "orders", "--key-separator", "\t"],
+        input.as_bytes(),
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("acknowledged 300 of 300"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run_cli(
+        &url,
+        &["consume", "orders", "--print-key", "--print-offset"],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 300);
+    let mut values: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let parts: Vec<&str> = l.splitn(3, '\t').collect();
+            assert_eq!(parts.len(), 3, "offset, key, value: {l}");
+            parts[0].parse::<i64>().expect("offset");
+            let i: u32 = parts[2].strip_prefix("event ").unwrap().parse().unwrap();
+            assert_eq!(
+                parts[1],
+                format!("user-{}", i % 7),
+                "key travels with its value"
+            );
+            parts[2].to_string()
+        })
+        .collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), 300, "every line read back once");
+
+    // Same key → same partition, in order.
+    let key = silt_client::partitioner::partition_for_key(b"user-3", 3);
+    let out = run_cli(
+        &url,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            &key.to_string(),
+            "--print-key",
+        ],
+    );
+    let mine: Vec<u32> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("user-3\t"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let expected: Vec<u32> = (0..300).filter(|i| i % 7 == 3).collect();
+    assert_eq!(
+        mine, expected,
+        "one key's records in produce order in one partition"
+    );
+
+    // --max and offset: starts.
+    let out = run_cli(
+        &url,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            &key.to_string(),
+            "--from",
+            "offset:1",
+            "--max",
+            "2",
+            "--print-offset",
+        ],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let offsets: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(offsets, ["1", "2"]);
+
+    let out = run_cli(&url, &["topic", "describe", "orders"]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(out.stdout.contains("orders"), "{}", out.stdout);
+
+    // Explicit partition, values with no key separator.
+    let out = run_cli_with_input(&url, &["produce", "orders", "--partition", "2"], b"x\ny\n");
+    assert!(out.success, "{}", out.stderr);
+
+    let out = run_cli(&url, &["topic", "delete", "orders"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = run_cli(&url, &["topic", "describe", "orders"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("NOT_FOUND") || out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reports_errors_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+    let url = broker.url();
+
+    let out = run_cli_with_input(&url, &["produce", "missing"], b"a\n");
+    assert!(!out.success);
+    assert!(out.stderr.contains("missing"), "{}", out.stderr);
+
+    let out = run_cli(&url, &["topic", "create", "bad/name", "--partitions", "1"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("INVALID_ARGUMENT") || out.stderr.contains("name"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run_cli(
+        &url,
+        &[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "1",
+            "--max-record-bytes",
+            "100",
+        ],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let big = format!("{}\nsmall\n", "v".repeat(500));
+    let out = run_cli_with_input(&url, &["produce", "t"], big.as_bytes());
+    assert!(!out.success, "an oversized record makes produce fail");
+    assert!(
+        out.stderr.contains("100"),
+        "the message names the limit: {}",
+        out.stderr
+    );
+
+    let out = run_cli("http://127.0.0.1:1", &["topic", "list"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("127.0.0.1:1"),
+        "names the broker it could not reach: {}",
+        out.stderr
+    );
+}

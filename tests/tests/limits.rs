@@ -1,0 +1,253 @@
+//! Every limit is enforced with a precise status, and nothing invalid is stored.
+
+use bytes::Bytes;
+use silt_api::v1::log_client::LogClient;
+use silt_api::v1::{FetchRequest, PartitionBatch, ProduceBatchesRequest, ProduceRequest, Record};
+use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
+use silt_tests::{BrokerOptions, BrokerProcess};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn value_batch(count: usize, value_size: usize) -> Bytes {
+    let records: Vec<RecordData> = (0..count)
+        .map(|i| RecordData {
+            key: None,
+            value: Some(Bytes::from(silt_tests::event_value(i as u64, value_size))),
+            headers: Vec::new(),
+            timestamp_ms: 1,
+        })
+        .collect();
+    encode_batch(&records, BatchCompression::None, ProducerInfo::default()).unwrap()
+}
+
+async fn log_client(broker: &BrokerProcess) -> LogClient<Channel> {
+    let channel = Channel::from_shared(broker.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    LogClient::new(channel).max_encoding_message_size(256 << 20)
+}
+
+async fn high_watermark(log: &mut LogClient<Channel>, topic: &str, partition: u32) -> i64 {
+    log.fetch(FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset: 0,
+        max_bytes: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .high_watermark
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_cache_is_bounded_with_retry_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long linger and large flush size: nothing leaves the WAL cache by itself.
+    let options = BrokerOptions::new(dir.path())
+        .arg("--wal-cache-bytes", 1 << 20)
+        .arg("--flush-bytes", 1 << 20);
+    let broker = BrokerProcess::start(BrokerOptions {
+        linger_ms: 60_000,
+        ..options
+    })
+    .await;
+    let client = broker.client().await;
+    client.create_topic("w", 1, None, None).await.unwrap();
+    let mut log = log_client(&broker).await;
+    let batch = value_batch(100, 1000); // ~100 KiB
+    let mut pending = Vec::new();
+    let err = loop {
+        let mut l = log.clone();
+        let request = ProduceBatchesRequest {
+            topic: "w".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: batch.clone(),
+            }],
+        };
+        // Appends are acknowledged only at flush; keep them outstanding.
+        let call = tokio::spawn(async move { l.produce_batches(request).await });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        if call.is_finished() {
+            break call.await.unwrap().unwrap_err();
+        }
+        pending.push(call);
+        assert!(pending.len() < 40, "the WAL cache never pushed back");
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    let retry: u64 = err
+        .metadata()
+        .get("retry-after-ms")
+        .expect("retry advice")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    assert!(
+        err.message().to_lowercase().contains("wal cache"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        high_watermark(&mut log, "w", 0).await,
+        0,
+        "nothing visible before a flush"
+    );
+    drop(pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_record_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions::new(dir.path())
+        .arg("--max-request-records", 100)
+        .arg("--max-batch-bytes", 256 << 10)
+        .arg("--max-request-bytes", 1 << 20);
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("l", 1, None, Some(2000)).await.unwrap();
+    let mut log = log_client(&broker).await;
+
+    // Too many records in one Produce.
+    let records: Vec<Record> = (0..101)
+        .map(|_| Record {
+            value: Bytes::from_static(b"v"),
+            ..Record::default()
+        })
+        .collect();
+    let err = log
+        .produce(ProduceRequest {
+            topic: "l".into(),
+            records,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("100"), "{}", err.message());
+
+    // A batch over the batch size limit.
+    let err = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: value_batch(200, 1500),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::InvalidArgument | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(
+        err.message().contains("262144") || err.message().contains("256"),
+        "{}",
+        err.message()
+    );
+
+    // A record over the topic's max record size, inside a batch: the batch is refused whole.
+    let err = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: value_batch(3, 5000),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("2000"), "{}", err.message());
+
+    // A request over the request size limit.
+    let batches = (0..8)
+        .map(|_| PartitionBatch {
+            partition: 0,
+            batch: value_batch(100, 1500),
+        })
+        .collect();
+    let err = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("max-request-bytes"),
+        "{}",
+        err.message()
+    );
+    let records: Vec<Record> = (0..20)
+        .map(|_| Record {
+            value: Bytes::from(vec![b'r'; 60_000]),
+            ..Record::default()
+        })
+        .collect();
+    let err = log
+        .produce(ProduceRequest {
+            topic: "l".into(),
+            records,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("max-request-bytes"),
+        "{}",
+        err.message()
+    );
+
+    // A batch whose record count lies.
+    let mut lying = value_batch(3, 10).to_vec();
+    lying[57..61].copy_from_slice(&5i32.to_be_bytes());
+    let err = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: Bytes::from(lying),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    // Unknown partition.
+    let err = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches: vec![PartitionBatch {
+                partition: 1,
+                batch: value_batch(1, 10),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+
+    assert_eq!(
+        high_watermark(&mut log, "l", 0).await,
+        0,
+        "nothing invalid was stored"
+    );
+    let ok = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "l".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: value_batch(3, 100),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.acks[0].base_offset, 0);
+}
