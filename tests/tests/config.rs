@@ -1,0 +1,94 @@
+//! Broker settings are layered: defaults < TOML file < SILT_* environment < flags.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use silt_tests::bin_path;
+
+/// Starts a broker, returns its "serving gRPC" log line, and kills it.
+fn serving_line(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut child = Command::new(bin_path("silt-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .inspect(|l| eprintln!("{l}"))
+        .find(|l| l.contains("serving gRPC on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("the broker logs the address it serves")
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("silt.toml");
+    std::fs::write(&config, "linger_ms = 111\nflush_bytes = 2097152\n").unwrap();
+    let file = config.to_str().unwrap();
+
+    let line = serving_line(dir.path(), &[], &["--config", file]);
+    assert!(
+        line.contains("linger 111 ms") && line.contains("flush at 2097152 bytes"),
+        "{line}"
+    );
+    let line = serving_line(
+        dir.path(),
+        &[("SILT_LINGER_MS", "222")],
+        &["--config", file],
+    );
+    assert!(
+        line.contains("linger 222 ms") && line.contains("flush at 2097152 bytes"),
+        "{line}"
+    );
+    let line = serving_line(
+        dir.path(),
+        &[("SILT_LINGER_MS", "222")],
+        &["--config", file, "--linger-ms", "333"],
+    );
+    assert!(line.contains("linger 333 ms"), "{line}");
+}
+
+#[test]
+fn invalid_settings_exit_non_zero_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(bin_path("silt-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--flush-bytes", "1000", "--wal-cache-bytes", "10"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wal-cache-bytes"), "{stderr}");
+
+    let output = Command::new(bin_path("silt-broker"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--object-store",
+        "--linger-ms",
+        "--flush-bytes",
+        "--wal-cache-bytes",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+    assert!(
+        help.contains("SILT_LINGER_MS"),
+        "--help names the environment variables"
+    );
+}
