@@ -177,3 +177,69 @@ async fn cli_reports_errors_and_exits_non_zero() {
         out.stderr
     );
 }
+
+/// The benchmarks run end to end and report what BENCHMARKS.md quotes (small sizes: this checks
+/// that they work, not how fast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_commands_report_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+    let url = broker.url();
+    let field = |json: &serde_json::Value, key: &str| -> f64 {
+        json.get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{key} in {json}"))
+    };
+    for extra in [&[][..], &["--per-record"][..]] {
+        let mut args = vec![
+            "bench",
+            "produce",
+            "--topic",
+            "bench",
+            "--records",
+            "3000",
+            "--record-size",
+            "1KiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_cli(&url, &args);
+        assert!(out.success, "{}", out.stderr);
+        let json: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+        assert!(field(&json, "mib_per_s") > 0.0);
+        assert!(field(&json, "p99_ms") >= field(&json, "p50_ms"));
+        assert!(
+            field(&json, "broker_cpu_seconds") > 0.0,
+            "the broker's CPU is accounted: {json}"
+        );
+        assert!(field(&json, "mib_per_broker_cpu_second") > 0.0);
+    }
+    let out = run_cli(&url, &["bench", "consume", "--topic", "bench", "--json"]);
+    assert!(out.success, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(field(&json, "records_per_s") > 0.0);
+
+    let store = tempfile::tempdir().unwrap();
+    let url_store = format!("file://{}", store.path().display());
+    let out = run_cli(
+        &url,
+        &[
+            "bench",
+            "object-store",
+            "--object-store",
+            &url_store,
+            "--object-size",
+            "256KiB",
+            "--total-bytes",
+            "2MiB",
+            "--json",
+        ],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(field(&json, "objects"), 8.0);
+    assert!(field(&json, "mib_per_s") > 0.0);
+}
