@@ -97,6 +97,7 @@ async fn send_request(shared: Arc<Shared>, request: Request, permit: OwnedSemaph
         .collect();
     let mut encoded = Vec::with_capacity(request.batches.len());
     let mut slots = Vec::with_capacity(request.batches.len());
+    let mut resolved = Vec::with_capacity(request.batches.len());
     for batch in &request.batches {
         match encode_batch(&batch.records, shared.compression, ProducerInfo::default()) {
             Ok(bytes) => {
@@ -107,18 +108,19 @@ async fn send_request(shared: Arc<Shared>, request: Request, permit: OwnedSemaph
                     count: batch.records.len(),
                 });
             }
-            Err(e) => {
-                batch.outcome.send_replace(Some(Err(e.into())));
-            }
+            Err(e) => resolved.push((batch, Err(e.into()))),
         }
     }
     if !encoded.is_empty() {
         let outcomes = produce_isolating(&shared, &encoded).await;
-        for (batch, outcome) in slots.into_iter().zip(outcomes) {
-            batch.outcome.send_replace(Some(outcome));
-        }
+        resolved.extend(slots.into_iter().zip(outcomes));
     }
+    // Forget the batches before resolving them, so a flush that sees a resolved outcome never
+    // finds its batch still pending.
     shared.lock().complete(&ids);
+    for (batch, outcome) in resolved {
+        batch.outcome.send_replace(Some(outcome));
+    }
     drop(permit);
     shared.wake.notify_one();
 }
