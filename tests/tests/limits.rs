@@ -4,7 +4,9 @@ use bytes::Bytes;
 use silt_api::v1::log_client::LogClient;
 use silt_api::v1::{FetchRequest, PartitionBatch, ProduceBatchesRequest, ProduceRequest, Record};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
-use silt_tests::{BrokerOptions, BrokerProcess};
+use std::time::Duration;
+
+use silt_tests::{BrokerOptions, BrokerProcess, wait_for};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -69,10 +71,27 @@ async fn wal_cache_is_bounded_with_retry_advice() {
                 batch: batch.clone(),
             }],
         };
-        // Appends are acknowledged only at flush; keep them outstanding.
+        // Appends are acknowledged only at flush; keep them outstanding. Each call is either
+        // refused or visibly held in the WAL cache before the next one goes.
         let call = tokio::spawn(async move { l.produce_batches(request).await });
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        if call.is_finished() {
+        let held = (pending.len() + 1) as u64 * batch.len() as u64;
+        let refused = wait_for(
+            "the append to be held or refused",
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                let finished = call.is_finished();
+                async move {
+                    if finished {
+                        return Some(true);
+                    }
+                    let in_cache = client.stats().await.ok()?.wal_cache_bytes;
+                    (in_cache >= held).then_some(false)
+                }
+            },
+        )
+        .await;
+        if refused {
             break call.await.unwrap().unwrap_err();
         }
         pending.push(call);
