@@ -85,6 +85,11 @@ impl Broker {
 
         let meta: Arc<dyn MetaStore> = match s.metadata.as_str() {
             "memory" => EmbeddedStore::open_in_memory(clock.clone())?,
+            #[cfg(feature = "etcd")]
+            url if url.starts_with("etcd://") => {
+                let options = silt_metadata::EtcdOptions::from_url(url)?;
+                Arc::new(silt_metadata::EtcdStore::connect(&options).await?)
+            }
             _ => EmbeddedStore::open(&s.data_dir.join("metadata.redb"), clock.clone())?,
         };
         let catalog = Catalog::new(meta, &s.cluster);

@@ -119,7 +119,8 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_virtual_hosted_style: Option<bool>,
 
-    /// Metadata store: `embedded` (redb file under the data dir) or `memory` [default: embedded].
+    /// Metadata store: `embedded` (redb file under the data dir), `memory`, or
+    /// `etcd://host:port[,host:port...]` (builds with the `etcd` feature) [default: embedded].
     #[arg(long, env = "SILT_METADATA")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
@@ -246,9 +247,16 @@ impl Settings {
         if self.max_request_records == 0 || self.max_request_bytes < 1024 {
             return Err("max-request-records must be > 0 and max-request-bytes >= 1024".into());
         }
-        if !matches!(self.metadata.as_str(), "embedded" | "memory") {
+        let etcd = self.metadata.starts_with("etcd://");
+        if !matches!(self.metadata.as_str(), "embedded" | "memory") && !etcd {
             return Err(format!(
-                "metadata store '{}' is not supported: use 'embedded' or 'memory'",
+                "metadata store '{}' is not supported: use 'embedded', 'memory' or etcd://host:port[,host:port...]",
+                self.metadata
+            ));
+        }
+        if etcd && !cfg!(feature = "etcd") {
+            return Err(format!(
+                "metadata store '{}' needs etcd support, which this build lacks: rebuild with `cargo build --release -p silt-broker --features etcd` (needs protoc)",
                 self.metadata
             ));
         }

@@ -325,10 +325,11 @@ pub async fn leases_expire_and_keep_alive(h: &Harness) {
         }
     }
     assert!(gone, "the key goes with its expired lease");
-    assert!(matches!(
-        h.store.keep_alive(lease).await,
-        Err(MetaError::LeaseNotFound(_))
-    ));
+    let expired = h.store.keep_alive(lease).await;
+    assert!(
+        matches!(expired, Err(MetaError::LeaseNotFound(_))),
+        "{expired:?}"
+    );
     let err = h
         .store
         .txn(Txn::new().and_then([Op::put_with_lease(h.key("lease/x"), "v", lease)]))

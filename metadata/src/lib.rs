@@ -15,12 +15,16 @@ pub mod codec;
 pub mod conformance;
 mod embedded;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 pub mod keys;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use embedded::EmbeddedStore;
 pub use error::{CatalogError, MetaError};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use store::{
     Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaStore, Op, OpResponse, RangeRequest,
     RangeResponse, StoreLimits, Txn, TxnResponse, WatchEvent, WatchResponse, WatchStream,

@@ -10,6 +10,7 @@
 mod broker;
 mod checker;
 mod cli;
+mod etcd;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub use broker::{BrokerOptions, BrokerProcess};
 pub use checker::{CheckReport, Checker, read_partition};
 pub use cli::{CliOutput, run_cli, run_cli_with_input};
+pub use etcd::EtcdProcess;
 
 /// The path of one of Silt's binaries (`silt-broker`, `silt`).
 pub fn bin_path(name: &str) -> PathBuf {
