@@ -18,6 +18,9 @@ use object_store::{
 
 use crate::error::StorageError;
 
+pub mod conformance;
+pub mod faults;
+
 /// Settings of an `s3://` store; unset fields come from the standard AWS environment.
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
@@ -266,5 +269,71 @@ impl ObjectStore for InstrumentedStore {
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    #[test]
+    fn segment_paths_round_trip() {
+        let p = segment_path("broker-7", 0x1234, 42);
+        assert_eq!(
+            p.as_ref(),
+            "segments/broker-7/0000000000001234-000000000042.seg"
+        );
+        assert_eq!(
+            parse_segment_path(&p),
+            Some(("broker-7".into(), 0x1234, 42))
+        );
+        for other in [
+            "segments/b/x.seg",
+            "segments/b/0000000000001234-000000000042",
+            "other/b/0000000000001234-000000000042.seg",
+            "segments/0000000000001234-000000000042.seg",
+        ] {
+            assert_eq!(parse_segment_path(&Path::from(other)), None, "{other}");
+        }
+        assert!(p.prefix_matches(&broker_segments_prefix("broker-7")));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let s3 = S3Options::default();
+        assert!(open_object_store("memory://", &s3).is_ok());
+        for bad in ["ftp://x/y", "not a url", "s3://"] {
+            let err = open_object_store(bad, &s3).map(|_| ()).unwrap_err();
+            assert!(matches!(err, StorageError::Config(_)), "{bad}: {err}");
+        }
+        let s3 = S3Options {
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            allow_http: true,
+            ..S3Options::default()
+        };
+        assert!(
+            open_object_store("s3://bucket/some/prefix", &s3).is_ok(),
+            "S3 is wired (no request is made)"
+        );
+    }
+
+    #[tokio::test]
+    async fn instrumentation_counts_requests_and_bytes() {
+        let store = InstrumentedStore::new(Arc::new(InMemory::new()));
+        let p = Path::from("a/b");
+        store
+            .put(&p, Bytes::from_static(b"hello world").into())
+            .await
+            .unwrap();
+        let _ = store.get_range(&p, 0..5).await.unwrap();
+        store.delete(&p).await.unwrap();
+        let s = store.stats();
+        assert_eq!(
+            (s.puts, s.put_bytes, s.gets, s.get_bytes, s.deletes),
+            (1, 11, 1, 5, 1)
+        );
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::{
@@ -92,6 +93,29 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    let store = Arc::new(FlakyStore::default());
+    let parts = setup(store.clone()).await;
+    Harness {
+        wal: parts.wal,
+        store,
+        catalog: parts.catalog,
+        index: parts.index,
+        topic_id: parts.topic_id,
+        flusher: parts.flusher,
+    }
+}
+
+/// A flusher over `store` with a two-partition topic.
+struct Parts {
+    wal: Arc<WalCache>,
+    catalog: Catalog,
+    index: Arc<LogIndex>,
+    cache: Arc<SegmentCache>,
+    topic_id: u64,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
     let clock = ManualClock::new(1_700_000_000_000);
     let meta: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(clock.clone()).unwrap();
     let catalog = Catalog::new(meta, "test");
@@ -111,8 +135,6 @@ async fn harness() -> Harness {
         incarnation: 1,
     };
     catalog.register_writer(&fence).await.unwrap();
-    let store = Arc::new(FlakyStore::default());
-    let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let cache = Arc::new(
         SegmentCache::open(dyn_store.clone(), ReadCacheConfig::default())
             .await
@@ -125,7 +147,7 @@ async fn harness() -> Harness {
     let flusher = Flusher::new(
         wal.clone(),
         dyn_store,
-        cache,
+        cache.clone(),
         catalog.clone(),
         index.clone(),
         fence,
@@ -134,11 +156,11 @@ async fn harness() -> Harness {
         4,
     );
     let flusher = tokio::spawn(flusher.run(out.sealed));
-    Harness {
+    Parts {
         wal,
-        store,
         catalog,
         index,
+        cache,
         topic_id: topic.id,
         flusher,
     }
@@ -230,4 +252,108 @@ async fn close_flushes_what_was_accepted_then_the_flusher_stops() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Seeded object-store trouble (PUT errors, lost PUT responses, latency): every ack is true —
+/// its records are committed at the acknowledged offsets with the bytes sent — offsets stay
+/// dense, and objects whose PUT "failed" but landed are not left committed.
+#[tokio::test]
+async fn seeded_store_faults_never_produce_a_false_ack() {
+    use silt_storage::object::faults::{Faults, FaultyStore};
+    for seed in [1u64, 2, 3] {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let faults = Faults {
+            put_error: 0.2,
+            put_lost_response: 0.1,
+            get_error: 0.0,
+            latency: (Duration::from_millis(0), Duration::from_millis(8)),
+        };
+        let faulty = Arc::new(FaultyStore::new(inner.clone(), faults, seed));
+        let parts = setup(faulty.clone()).await;
+        let mut tickets = Vec::new();
+        for i in 0..200usize {
+            let b = batch(parts.topic_id, (i % 2) as u32, 1 + i % 3);
+            let bytes = b.bytes.clone();
+            tickets.push((bytes, parts.wal.append(vec![b]).unwrap()));
+            if i % 5 == 4 {
+                // Let the linger seal a window: about 40 segments per seed.
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        }
+        let mut acked = Vec::new();
+        for (bytes, ticket) in tickets {
+            if let Ok(acks) = ticket.durable().await {
+                acked.push((acks[0], bytes));
+            }
+        }
+        let injected = faulty.injected();
+        assert!(injected.put_errors > 0, "seed {seed} injected no errors");
+        assert!(!acked.is_empty(), "seed {seed}: some records got through");
+        for (ack, sent) in &acked {
+            let log = parts.index.partition(parts.topic_id, ack.partition);
+            let (_, entries) = log.entries_from(ack.base_offset, 1 << 20);
+            let entry = entries.first().expect("acked offset is committed");
+            let range = entry.position..entry.position + u64::from(entry.length);
+            let stored = parts
+                .cache
+                .read_range(&entry.object.path, range, entry.object.len)
+                .await
+                .unwrap();
+            let found = silt_storage::batch::split_batches(&stored)
+                .map(|b| b.unwrap())
+                .find(|(h, _)| h.base_offset == ack.base_offset)
+                .expect("a batch starts at the acked offset");
+            assert_eq!(
+                &found.1[8..],
+                &sent[8..],
+                "the stored batch is the one sent"
+            );
+        }
+        // Dense: committed entries of each partition cover 0..hwm without gaps.
+        for p in 0..2 {
+            let log = parts.index.partition(parts.topic_id, p);
+            let hwm = log.offsets().high_watermark;
+            let mut next = 0;
+            while next < hwm {
+                let (_, entries) = log.entries_from(next, 1 << 20);
+                let e = entries.first().expect("no gap");
+                assert!(e.first_offset <= next && next <= e.last_offset);
+                next = e.last_offset + 1;
+            }
+        }
+        // Committed segments are exactly the objects left in the store once deletes settle.
+        faulty.set_enabled(false);
+        parts.wal.close();
+        parts.flusher.await.unwrap();
+        let committed: std::collections::HashSet<String> = parts
+            .catalog
+            .load_segments()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        for _ in 0..100 {
+            let stored: std::collections::HashSet<String> = inner
+                .list(None)
+                .map_ok(|m| object_id_of(&m.location))
+                .try_collect()
+                .await
+                .unwrap();
+            if stored == committed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stored: std::collections::HashSet<String> = inner
+            .list(None)
+            .map_ok(|m| object_id_of(&m.location))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, committed,
+            "seed {seed}: uncommitted objects were cleaned up"
+        );
+    }
 }
