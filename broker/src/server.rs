@@ -100,6 +100,7 @@ impl Broker {
             region: s.s3_region.clone(),
             allow_http: s.s3_allow_http,
             virtual_hosted_style: s.s3_virtual_hosted_style,
+            credentials: None,
         };
         let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
         let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();

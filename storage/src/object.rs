@@ -31,6 +31,8 @@ pub struct S3Options {
     pub allow_http: bool,
     /// Virtual-hosted-style URLs (`bucket.host`) instead of path-style (`host/bucket`).
     pub virtual_hosted_style: bool,
+    /// Access key id and secret; `None` takes them from the standard AWS environment.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Opens the object store named by `url`: `file:///abs/dir`, `memory://` or
@@ -61,6 +63,11 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
                 .with_allow_http(s3.allow_http);
+            if let Some((key_id, secret)) = &s3.credentials {
+                builder = builder
+                    .with_access_key_id(key_id)
+                    .with_secret_access_key(secret);
+            }
             if let Some(endpoint) = &s3.endpoint {
                 builder = builder.with_endpoint(endpoint);
             }

@@ -18,6 +18,8 @@ pub struct BrokerOptions {
     pub linger_ms: u64,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl BrokerOptions {
@@ -27,6 +29,7 @@ impl BrokerOptions {
             data_dir: data_dir.to_path_buf(),
             linger_ms: 20,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -60,6 +63,7 @@ impl BrokerProcess {
             .arg("--linger-ms")
             .arg(options.linger_ms.to_string())
             .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("SILT_LOG", "info,silt_broker=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

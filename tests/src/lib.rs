@@ -11,6 +11,8 @@ mod broker;
 mod checker;
 mod cli;
 mod etcd;
+mod garage;
+pub mod load;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ pub use broker::{BrokerOptions, BrokerProcess};
 pub use checker::{CheckReport, Checker, read_partition};
 pub use cli::{CliOutput, run_cli, run_cli_with_input};
 pub use etcd::EtcdProcess;
+pub use garage::GarageProcess;
 
 /// The path of one of Silt's binaries (`silt-broker`, `silt`).
 pub fn bin_path(name: &str) -> PathBuf {

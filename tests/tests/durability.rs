@@ -10,116 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{FuturesOrdered, StreamExt};
-use silt_api::v1::record_result::Outcome;
-use silt_api::v1::{ProduceRequest, Record};
-use silt_client::{Client, Producer, ProducerConfig, ProducerRecord};
+use silt_client::{Producer, ProducerConfig, ProducerRecord};
 use silt_metadata::catalog::Catalog;
 use silt_metadata::{EmbeddedStore, SystemClock};
+use silt_tests::load::{fast_path_load, per_record_load};
 use silt_tests::{BrokerOptions, BrokerProcess, Checker, event_value, wait_for};
 
 const PARTITIONS: u32 = 4;
-
-/// Sends records to `partition` through the fast path until `stop`, recording every ack.
-async fn fast_path_load(
-    client: Client,
-    partition: u32,
-    checker: Arc<Checker>,
-    stop: Arc<AtomicBool>,
-    run: u64,
-) {
-    let config = ProducerConfig {
-        linger: Duration::from_millis(2),
-        max_retries: 0,
-        ..ProducerConfig::default()
-    };
-    let Ok(producer) = Producer::new(&client, "d", config).await else {
-        return;
-    };
-    let mut seq = 0u64;
-    let mut pending = FuturesOrdered::new();
-    while !stop.load(Ordering::Relaxed) {
-        let value = Bytes::from(event_value(
-            seq + u64::from(partition) * 1_000_000_000 + run * 100_000_000,
-            200,
-        ));
-        let Ok(ack) = producer
-            .send(ProducerRecord::new(value.clone()).with_partition(partition))
-            .await
-        else {
-            break;
-        };
-        let this_seq = seq;
-        pending.push_back(async move { (this_seq, value, ack.await) });
-        seq += 1;
-        while pending.len() > 256 {
-            settle(pending.next().await.unwrap(), partition, &checker);
-        }
-    }
-    while let Some(done) = pending.next().await {
-        settle(done, partition, &checker);
-    }
-}
-
-fn settle(done: (u64, Bytes, silt_client::AckResult), partition: u32, checker: &Checker) {
-    match done {
-        (seq, value, Ok((p, offset))) => {
-            assert_eq!(p, partition);
-            checker.acked(p, offset, seq, value);
-        }
-        (_, _, Err(_)) => checker.failed(),
-    }
-}
-
-/// Sends one-record `Produce` calls (the per-record path) to `partition` until `stop`.
-async fn per_record_load(
-    client: Client,
-    partition: u32,
-    checker: Arc<Checker>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut log = client.log();
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let records: Vec<Record> = (0..20)
-            .map(|i| Record {
-                value: Bytes::from(event_value(
-                    seq + i + u64::from(partition) * 1_000_000_000,
-                    100,
-                )),
-                partition: Some(partition),
-                ..Record::default()
-            })
-            .collect();
-        let values: Vec<Bytes> = records.iter().map(|r| r.value.clone()).collect();
-        match log
-            .produce(ProduceRequest {
-                topic: "d".into(),
-                records,
-            })
-            .await
-        {
-            Ok(response) => {
-                for (i, result) in response.into_inner().results.into_iter().enumerate() {
-                    match result.outcome {
-                        Some(Outcome::Ack(ack)) => checker.acked(
-                            ack.partition,
-                            ack.offset,
-                            seq + i as u64,
-                            values[i].clone(),
-                        ),
-                        _ => checker.failed(),
-                    }
-                }
-            }
-            Err(_) => {
-                checker.failed();
-                break;
-            }
-        }
-        seq += 20;
-    }
-}
 
 fn segment_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -158,9 +55,11 @@ async fn kill_9_under_load_loses_no_acknowledged_record() {
     for p in 0..PARTITIONS {
         let (client, checker, stop) = (client.clone(), checker.clone(), stop.clone());
         if p == PARTITIONS - 1 {
-            load.push(tokio::spawn(per_record_load(client, p, checker, stop)));
+            load.push(tokio::spawn(per_record_load("d", client, p, checker, stop)));
         } else {
-            load.push(tokio::spawn(fast_path_load(client, p, checker, stop, 0)));
+            load.push(tokio::spawn(fast_path_load(
+                "d", client, p, checker, stop, 0,
+            )));
         }
     }
     // Kill in the middle of the load, once a good number of acks came back.
@@ -204,6 +103,7 @@ async fn kill_9_under_load_loses_no_acknowledged_record() {
     // Offsets continue densely after the restart.
     let stop = Arc::new(AtomicBool::new(false));
     let more = tokio::spawn(fast_path_load(
+        "d",
         client.clone(),
         0,
         checker.clone(),

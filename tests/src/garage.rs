@@ -1,0 +1,217 @@
+//! A real Garage (S3-compatible object store) on loopback: one node, one bucket, one key,
+//! set up with Garage's own CLI as its quick-start does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use silt_storage::object::{S3Options, open_object_store};
+
+/// A running single-node Garage with a bucket and a key. Dropping it kills the process.
+#[derive(Debug)]
+pub struct GarageProcess {
+    child: Child,
+    bin: PathBuf,
+    config: PathBuf,
+    s3_port: u16,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The garage binary: `SILT_GARAGE_BIN`, else `~/.cache/silt/tools/bin/garage` (where
+/// `.ci/run` installs it), else `garage` on the PATH.
+fn garage_bin() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SILT_GARAGE_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let cached =
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/silt/tools/bin/garage"));
+    if let Some(path) = cached.filter(|p| p.exists()) {
+        return Some(path);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join("garage"))
+        .find(|p| p.exists())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Runs `garage -c <config> <args>` and returns its stdout.
+fn garage_cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running garage: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "garage {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The value after `label` on the line that has it (`Key ID: GK...`).
+fn field(text: &str, label: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (_, rest) = l.split_once(label)?;
+        let value = rest.trim_start_matches(':').trim();
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
+impl GarageProcess {
+    /// Starts Garage and creates bucket `silt` and a key allowed on it, or returns `None` when
+    /// no garage binary exists and `SILT_REQUIRE_GARAGE` is unset (`.ci/run` sets it).
+    pub async fn start() -> Option<GarageProcess> {
+        let Some(bin) = garage_bin() else {
+            assert!(
+                std::env::var_os("SILT_REQUIRE_GARAGE").is_none(),
+                "SILT_REQUIRE_GARAGE is set but no garage binary was found (cargo install garage --locked)"
+            );
+            eprintln!(
+                "skipping: no garage binary (cargo install garage --locked, or set SILT_GARAGE_BIN)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (rpc_port, s3_port) = (free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        let secret: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 37 + 11) as u8))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc_port}\"\nrpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{secret}\"\n\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n",
+                meta = dir.path().join("meta").display(),
+                data = dir.path().join("data").display(),
+            ),
+        )
+        .expect("write garage config");
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn garage");
+        let mut garage = GarageProcess {
+            child,
+            bin,
+            config,
+            s3_port,
+            bucket: "silt".into(),
+            key_id: String::new(),
+            secret: String::new(),
+            _dir: dir,
+        };
+        let (bin, config) = (garage.bin.clone(), garage.config.clone());
+        let node = crate::wait_for(
+            "garage to answer `node id`",
+            Duration::from_secs(60),
+            || {
+                let out = garage_cli(&bin, &config, &["node", "id", "-q"]).ok();
+                async move {
+                    out.and_then(|o| o.trim().split('@').next().map(str::to_string))
+                        .filter(|id| !id.is_empty())
+                }
+            },
+        )
+        .await;
+        garage.run(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        garage.run(&["layout", "apply", "--version", "1"]);
+        let bucket = garage.bucket.clone();
+        crate::wait_for(
+            "garage to create the bucket",
+            Duration::from_secs(60),
+            || {
+                let ok = garage_cli(&bin, &config, &["bucket", "create", &bucket]).is_ok();
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+        let key = garage.run(&["key", "create", "silt-key"]);
+        garage.key_id = field(&key, "Key ID").expect("key id in `garage key create` output");
+        garage.secret = field(&key, "Secret key").expect("secret in `garage key create` output");
+        garage.run(&[
+            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "silt-key",
+        ]);
+        Some(garage)
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        garage_cli(&self.bin, &self.config, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The S3 endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// `s3://<bucket>/<prefix>`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// S3 settings for this server, with its key.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint()),
+            region: Some("garage".into()),
+            allow_http: true,
+            virtual_hosted_style: false,
+            credentials: Some((self.key_id.clone(), self.secret.clone())),
+        }
+    }
+
+    /// An object store on this server under `prefix`.
+    pub fn store(&self, prefix: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        open_object_store(&self.url(prefix), &self.s3_options()).expect("open garage store")
+    }
+
+    /// Broker flags and environment for this server.
+    pub fn broker_args(&self, prefix: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let args = [
+            ("--object-store", self.url(prefix)),
+            ("--s3-endpoint", self.endpoint()),
+            ("--s3-region", "garage".to_string()),
+            ("--s3-allow-http", "true".to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+        let env = vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), self.secret.clone()),
+        ];
+        (args, env)
+    }
+}
+
+impl Drop for GarageProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

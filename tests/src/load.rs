@@ -1,0 +1,121 @@
+//! Produce loads that record every acknowledgement in a [`Checker`], for tests that produce
+//! while brokers die or stores fail.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use silt_api::v1::record_result::Outcome;
+use silt_api::v1::{ProduceRequest, Record};
+use silt_client::{Client, Producer, ProducerConfig, ProducerRecord};
+
+use crate::{Checker, event_value};
+
+/// Sends records to `partition` through the fast path until `stop`, recording every ack.
+pub async fn fast_path_load(
+    topic: &str,
+    client: Client,
+    partition: u32,
+    checker: Arc<Checker>,
+    stop: Arc<AtomicBool>,
+    run: u64,
+) {
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        max_retries: 0,
+        ..ProducerConfig::default()
+    };
+    let Ok(producer) = Producer::new(&client, topic, config).await else {
+        return;
+    };
+    let mut seq = 0u64;
+    let mut pending = FuturesOrdered::new();
+    while !stop.load(Ordering::Relaxed) {
+        let value = Bytes::from(event_value(
+            seq + u64::from(partition) * 1_000_000_000 + run * 100_000_000,
+            200,
+        ));
+        let Ok(ack) = producer
+            .send(ProducerRecord::new(value.clone()).with_partition(partition))
+            .await
+        else {
+            break;
+        };
+        let this_seq = seq;
+        pending.push_back(async move { (this_seq, value, ack.await) });
+        seq += 1;
+        while pending.len() > 256 {
+            settle(pending.next().await.unwrap(), partition, &checker);
+        }
+    }
+    while let Some(done) = pending.next().await {
+        settle(done, partition, &checker);
+    }
+}
+
+pub(crate) fn settle(
+    done: (u64, Bytes, silt_client::AckResult),
+    partition: u32,
+    checker: &Checker,
+) {
+    match done {
+        (seq, value, Ok((p, offset))) => {
+            assert_eq!(p, partition);
+            checker.acked(p, offset, seq, value);
+        }
+        (_, _, Err(_)) => checker.failed(),
+    }
+}
+
+/// Sends one-record `Produce` calls (the per-record path) to `partition` until `stop`.
+pub async fn per_record_load(
+    topic: &str,
+    client: Client,
+    partition: u32,
+    checker: Arc<Checker>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut log = client.log();
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let records: Vec<Record> = (0..20)
+            .map(|i| Record {
+                value: Bytes::from(event_value(
+                    seq + i + u64::from(partition) * 1_000_000_000,
+                    100,
+                )),
+                partition: Some(partition),
+                ..Record::default()
+            })
+            .collect();
+        let values: Vec<Bytes> = records.iter().map(|r| r.value.clone()).collect();
+        match log
+            .produce(ProduceRequest {
+                topic: topic.to_string(),
+                records,
+            })
+            .await
+        {
+            Ok(response) => {
+                for (i, result) in response.into_inner().results.into_iter().enumerate() {
+                    match result.outcome {
+                        Some(Outcome::Ack(ack)) => checker.acked(
+                            ack.partition,
+                            ack.offset,
+                            seq + i as u64,
+                            values[i].clone(),
+                        ),
+                        _ => checker.failed(),
+                    }
+                }
+            }
+            Err(_) => {
+                checker.failed();
+                break;
+            }
+        }
+        seq += 20;
+    }
+}
