@@ -104,6 +104,9 @@ impl Broker {
         };
         let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
         let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();
+        silt_storage::object::claim_for_cluster(store.as_ref(), &s.cluster, clock.now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("object store {url}: {e}"))?;
         let cache_config = ReadCacheConfig {
             memory_bytes: s.cache_memory_bytes as usize,
             disk_bytes: s.cache_disk_bytes as usize,

@@ -94,6 +94,53 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
     }
 }
 
+/// The object that says which Silt cluster owns a store prefix.
+pub const CLUSTER_MARKER: &str = "silt-cluster.json";
+
+/// Claims the store for `cluster`: reads the cluster marker, writes it if missing, and refuses
+/// a prefix that another cluster owns (two clusters writing one prefix would delete each
+/// other's objects as orphans). The write also proves the bucket exists and the credentials can
+/// write, so a broker fails at start, not at its first flush.
+pub async fn claim_for_cluster(
+    store: &dyn ObjectStore,
+    cluster: &str,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    use object_store::ObjectStoreExt;
+    let marker = Path::from(CLUSTER_MARKER);
+    let hint = "check that the bucket exists and the credentials may read and write it";
+    match store.get(&marker).await {
+        Ok(found) => {
+            let bytes = found
+                .bytes()
+                .await
+                .map_err(|e| StorageError::Config(format!("reading {marker}: {e}; {hint}")))?;
+            let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("cluster")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if owner != cluster {
+                return Err(StorageError::Config(format!(
+                    "this object-store prefix belongs to Silt cluster '{owner}', not '{cluster}': use another prefix or --cluster {owner}"
+                )));
+            }
+            Ok(())
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            let body = serde_json::json!({ "v": 1, "cluster": cluster, "created_at_ms": now_ms })
+                .to_string();
+            store
+                .put(&marker, Bytes::from(body).into())
+                .await
+                .map(|_| ())
+                .map_err(|e| StorageError::Config(format!("cannot write {marker}: {e}; {hint}")))
+        }
+        Err(e) => Err(StorageError::Config(format!(
+            "cannot read {marker}: {e}; {hint}"
+        ))),
+    }
+}
+
 /// The folder of one broker's segment objects.
 pub fn broker_segments_prefix(broker_id: &str) -> Path {
     Path::from(format!("segments/{broker_id}"))
@@ -324,6 +371,18 @@ mod tests {
         assert!(
             open_object_store("s3://bucket/some/prefix", &s3).is_ok(),
             "S3 is wired (no request is made)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prefix_belongs_to_one_cluster() {
+        let store = InMemory::new();
+        claim_for_cluster(&store, "a", 1).await.unwrap();
+        claim_for_cluster(&store, "a", 2).await.unwrap();
+        let err = claim_for_cluster(&store, "b", 3).await.unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to Silt cluster 'a'"),
+            "{err}"
         );
     }
 

@@ -115,6 +115,30 @@ impl BrokerProcess {
         broker
     }
 
+    /// Runs a broker that must refuse to start (bad settings, unreachable or foreign stores);
+    /// returns what it printed on stderr.
+    pub fn refused(options: &BrokerOptions) -> String {
+        let output = Command::new(bin_path("silt-broker"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&options.data_dir)
+            .arg("--linger-ms")
+            .arg(options.linger_ms.to_string())
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run silt-broker");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "the broker started but should have refused:\n{stderr}"
+        );
+        stderr
+    }
+
     /// Waits until the broker answers an admin call.
     async fn wait_ready(&self) {
         let url = self.url();

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use silt_tests::bin_path;
+use silt_tests::{BrokerOptions, BrokerProcess, bin_path};
 
 /// Starts a broker, returns its "serving gRPC" log line, and kills it.
 fn serving_line(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
@@ -91,4 +91,28 @@ fn invalid_settings_exit_non_zero_with_a_reason() {
         help.contains("SILT_LINGER_MS"),
         "--help names the environment variables"
     );
+}
+
+#[test]
+fn start_up_checks_refuse_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // A prefix owned by another cluster.
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(
+        objects.join("silt-cluster.json"),
+        r#"{"v":1,"cluster":"other","created_at_ms":0}"#,
+    )
+    .unwrap();
+    let stderr = BrokerProcess::refused(&BrokerOptions::new(dir.path()));
+    assert!(
+        stderr.contains("belongs to Silt cluster 'other'"),
+        "{stderr}"
+    );
+    // Unreachable etcd.
+    let options = BrokerOptions::new(dir.path())
+        .arg("--metadata", "etcd://127.0.0.1:1")
+        .arg("--cluster", "other");
+    let stderr = BrokerProcess::refused(&options);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }

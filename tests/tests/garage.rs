@@ -64,3 +64,32 @@ async fn broker_on_etcd_and_garage_survives_kill_9_under_load() {
     report.assert_clean();
     assert!(report.acked >= 3_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_a_missing_bucket_and_wrong_credentials() {
+    let Some(garage) = GarageProcess::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (args, env) = garage.broker_args("p");
+    let mut options = BrokerOptions::new(dir.path());
+    options.args.extend(args.clone());
+    options.env = vec![
+        env[0].clone(),
+        ("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()),
+    ];
+    let stderr = BrokerProcess::refused(&options);
+    assert!(
+        stderr.contains("credentials"),
+        "names what to check: {stderr}"
+    );
+
+    let mut options = BrokerOptions::new(dir.path());
+    options.args.extend(
+        args.into_iter()
+            .map(|a| a.replace("s3://silt/", "s3://no-such-bucket/")),
+    );
+    options.env = env;
+    let stderr = BrokerProcess::refused(&options);
+    assert!(stderr.contains("bucket"), "names what to check: {stderr}");
+}
