@@ -9,8 +9,10 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct EtcdProcess {
     child: Child,
+    bin: PathBuf,
     client_port: u16,
-    _dir: tempfile::TempDir,
+    peer_port: u16,
+    dir: tempfile::TempDir,
 }
 
 /// The etcd binary: `SILT_ETCD_BIN`, else `/usr/bin/etcd`, else `etcd` on the PATH.
@@ -53,27 +55,20 @@ impl EtcdProcess {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(bin)
-            .arg("--name=silt-test")
-            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=silt-test={peer}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
+        let child = spawn(&bin, dir.path(), client_port, peer_port);
         let etcd = EtcdProcess {
             child,
+            bin,
             client_port,
-            _dir: dir,
+            peer_port,
+            dir,
         };
-        let endpoint = etcd.endpoint();
+        etcd.wait_ready().await;
+        Some(etcd)
+    }
+
+    async fn wait_ready(&self) {
+        let endpoint = self.endpoint();
         crate::wait_for("etcd to answer", Duration::from_secs(30), || {
             let endpoint = endpoint.clone();
             async move {
@@ -88,7 +83,19 @@ impl EtcdProcess {
             }
         })
         .await;
-        Some(etcd)
+    }
+
+    /// Kills etcd (SIGKILL) and leaves it down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.bin, self.dir.path(), self.client_port, self.peer_port);
+        self.wait_ready().await;
     }
 
     /// `127.0.0.1:<port>`.
@@ -100,6 +107,24 @@ impl EtcdProcess {
     pub fn url(&self) -> String {
         format!("etcd://{}", self.endpoint())
     }
+}
+
+fn spawn(bin: &std::path::Path, dir: &std::path::Path, client_port: u16, peer_port: u16) -> Child {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    Command::new(bin)
+        .arg("--name=silt-test")
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=silt-test={peer}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcd")
 }
 
 impl Drop for EtcdProcess {

@@ -76,6 +76,7 @@ pub async fn per_record_load(
     partition: u32,
     checker: Arc<Checker>,
     stop: Arc<AtomicBool>,
+    run: u64,
 ) {
     let mut log = client.log();
     let mut seq = 0u64;
@@ -83,7 +84,7 @@ pub async fn per_record_load(
         let records: Vec<Record> = (0..20)
             .map(|i| Record {
                 value: Bytes::from(event_value(
-                    seq + i + u64::from(partition) * 1_000_000_000,
+                    seq + i + u64::from(partition) * 1_000_000_000 + run * 100_000_000,
                     100,
                 )),
                 partition: Some(partition),

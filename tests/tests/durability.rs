@@ -55,7 +55,9 @@ async fn kill_9_under_load_loses_no_acknowledged_record() {
     for p in 0..PARTITIONS {
         let (client, checker, stop) = (client.clone(), checker.clone(), stop.clone());
         if p == PARTITIONS - 1 {
-            load.push(tokio::spawn(per_record_load("d", client, p, checker, stop)));
+            load.push(tokio::spawn(per_record_load(
+                "d", client, p, checker, stop, 0,
+            )));
         } else {
             load.push(tokio::spawn(fast_path_load(
                 "d", client, p, checker, stop, 0,

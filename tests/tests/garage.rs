@@ -40,7 +40,7 @@ async fn broker_on_etcd_and_garage_survives_kill_9_under_load() {
     for p in 0..3 {
         let (client, checker, stop) = (client.clone(), checker.clone(), stop.clone());
         load.push(if p == 2 {
-            tokio::spawn(per_record_load("g", client, p, checker, stop))
+            tokio::spawn(per_record_load("g", client, p, checker, stop, 0))
         } else {
             tokio::spawn(fast_path_load("g", client, p, checker, stop, 0))
         });
