@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::error::BrokerError;
 use crate::log_index::LogIndex;
-use crate::stats::Stats;
+use crate::stats::{FlushTimes, Stats};
 use crate::wal_cache::{BatchAck, Waiter, WalCache, Window};
 
 /// How long a commit keeps retrying a metadata store that is unavailable.
@@ -45,6 +45,8 @@ struct Built {
     waiters: Vec<Waiter>,
     held: usize,
     epoch: u64,
+    opened_at: tokio::time::Instant,
+    upload_started: tokio::time::Instant,
 }
 
 /// Everything the flusher works with.
@@ -94,7 +96,7 @@ impl Flusher {
 
     /// Runs until the WAL cache's sender side is gone (shutdown), draining every window.
     pub async fn run(mut self, mut sealed: mpsc::UnboundedReceiver<Window>) {
-        let mut inflight: VecDeque<(Built, JoinHandle<Result<(), object_store::Error>>)> =
+        let mut inflight: VecDeque<(Built, JoinHandle<Result<Duration, object_store::Error>>)> =
             VecDeque::new();
         let mut open = true;
         let closed = self.wal.closed();
@@ -134,10 +136,16 @@ impl Flusher {
     }
 
     /// Starts the upload of a built segment.
-    fn upload(&self, built: &Built) -> JoinHandle<Result<(), object_store::Error>> {
+    fn upload(&self, built: &Built) -> JoinHandle<Result<Duration, object_store::Error>> {
         let store = self.store.clone();
         let (path, bytes) = (built.path.clone(), built.bytes.clone());
-        tokio::spawn(async move { store.put(&path, PutPayload::from(bytes)).await.map(|_| ()) })
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map(|_| started.elapsed())
+        })
     }
 
     /// Assigns offsets and lays the window out as a segment object.
@@ -203,6 +211,7 @@ impl Flusher {
                 })
                 .collect(),
         };
+        let now = tokio::time::Instant::now();
         Built {
             object_id,
             path,
@@ -211,26 +220,47 @@ impl Flusher {
             waiters,
             held: window.bytes,
             epoch: self.epoch,
+            opened_at: window.opened_at.unwrap_or(now),
+            upload_started: now,
         }
     }
 
     /// Commits an uploaded segment (or fails it) and answers its producers.
-    async fn finish(&mut self, built: Built, upload: Result<(), object_store::Error>) {
+    async fn finish(&mut self, built: Built, upload: Result<Duration, object_store::Error>) {
         let outcome = if built.epoch != self.epoch {
             Err(BrokerError::unavailable(
                 "an earlier segment flush failed, so these records were not stored; retry",
             ))
-        } else if let Err(e) = upload {
-            warn!(object = %built.path, error = %e, "segment upload failed");
-            Err(BrokerError::unavailable(format!(
-                "object store write failed: {e}; retry"
-            )))
         } else {
-            self.commit(&built).await
+            match upload {
+                Err(e) => {
+                    warn!(object = %built.path, error = %e, "segment upload failed");
+                    Err(BrokerError::unavailable(format!(
+                        "object store write failed: {e}; retry"
+                    )))
+                }
+                Ok(put) => {
+                    let started = tokio::time::Instant::now();
+                    self.commit(&built).await.map(|()| (put, started.elapsed()))
+                }
+            }
         };
         self.wal.release(built.held);
         match outcome {
-            Ok(()) => {
+            Ok((put, commit)) => {
+                let times = FlushTimes {
+                    wait_for_flush: built
+                        .upload_started
+                        .saturating_duration_since(built.opened_at),
+                    put,
+                    commit,
+                    ack: built.opened_at.elapsed(),
+                };
+                let key_bytes = built.object_id.len() + 40;
+                self.stats.flush_committed(
+                    silt_metadata::codec::encode_segment(&built.commit).len() + key_bytes,
+                    &times,
+                );
                 self.cache.insert_object(&built.path, &built.bytes);
                 self.index.apply(&built.object_id, &built.commit);
                 self.stats.segment_flushed(built.bytes.len());

@@ -377,6 +377,19 @@ impl Admin for AdminService {
             bytes_fetched: s.bytes_fetched.load(Relaxed),
             wal_cache_bytes: self.wal.bytes_in_use() as u64,
             metadata_txns: s.metadata_txns.load(Relaxed),
+            metadata_bytes: s.metadata_bytes.load(Relaxed),
+            ack_stages: s
+                .stages
+                .summary()
+                .into_iter()
+                .map(|(stage, count, p50_ms, p99_ms, max_ms)| api::StageLatency {
+                    stage: stage.to_string(),
+                    count,
+                    p50_ms,
+                    p99_ms,
+                    max_ms,
+                })
+                .collect(),
         }))
     }
 }

@@ -1,11 +1,71 @@
 //! The broker's own counters and CPU accounting, served by `Admin.GetStats` (what `silt bench`
 //! divides by).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// The stages of an acknowledged produce, as `Admin.GetStats` names them.
+pub const STAGES: [&str; 4] = ["wait_for_flush", "put", "commit", "ack"];
+
+/// One flush's time in each stage.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushTimes {
+    pub wait_for_flush: Duration,
+    pub put: Duration,
+    pub commit: Duration,
+    pub ack: Duration,
+}
+
+/// Latency histograms (microseconds, 3 significant digits) of the stages in [`STAGES`].
+#[derive(Debug)]
+pub struct StageHistograms(Mutex<Vec<Histogram<u64>>>);
+
+impl Default for StageHistograms {
+    fn default() -> Self {
+        let h = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+        Self(Mutex::new(STAGES.iter().map(|_| h()).collect()))
+    }
+}
+
+impl StageHistograms {
+    fn record(&self, t: &FlushTimes) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, d) in [t.wait_for_flush, t.put, t.commit, t.ack]
+            .into_iter()
+            .enumerate()
+        {
+            h[i].saturating_record(d.as_micros().max(1) as u64);
+        }
+    }
+
+    /// `(stage, count, p50 ms, p99 ms, max ms)` per stage.
+    pub fn summary(&self) -> Vec<(&'static str, u64, f64, f64, f64)> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = |us: u64| us as f64 / 1000.0;
+        STAGES
+            .iter()
+            .zip(h.iter())
+            .map(|(name, h)| {
+                (
+                    *name,
+                    h.len(),
+                    ms(h.value_at_quantile(0.5)),
+                    ms(h.value_at_quantile(0.99)),
+                    ms(h.max()),
+                )
+            })
+            .collect()
+    }
+}
 
 /// Monotonic counters since start.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub metadata_bytes: AtomicU64,
+    pub stages: StageHistograms,
     pub records_produced: AtomicU64,
     pub bytes_produced: AtomicU64,
     pub segments_flushed: AtomicU64,
@@ -34,6 +94,13 @@ impl Stats {
 
     pub fn metadata_txn(&self) {
         self.metadata_txns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A committed flush: its metadata bytes and where its time went.
+    pub fn flush_committed(&self, metadata_bytes: usize, times: &FlushTimes) {
+        self.metadata_bytes
+            .fetch_add(metadata_bytes as u64, Ordering::Relaxed);
+        self.stages.record(times);
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Window {
     /// Batches per (topic id, partition), in append order; the map order is the segment layout.
     pub partitions: BTreeMap<(u64, u32), Vec<PendingBatch>>,
     pub waiters: Vec<Waiter>,
+    /// When the first batch arrived.
+    pub opened_at: Option<Instant>,
 }
 
 impl Window {
@@ -178,6 +180,9 @@ impl WalCache {
             ));
         }
         let was_empty = open.is_empty();
+        if was_empty {
+            open.opened_at = Some(Instant::now());
+        }
         let waiter = open.waiters.len();
         open.waiters.push(Waiter {
             tx,

@@ -216,6 +216,14 @@ async fn bench_commands_report_json() {
             "the broker's CPU is accounted: {json}"
         );
         assert!(field(&json, "mib_per_broker_cpu_second") > 0.0);
+        // One metadata transaction per flush, whatever the partitions, and the ack breakdown.
+        assert!(field(&json, "flushes") >= 1.0, "{json}");
+        assert_eq!(field(&json, "metadata_txns_per_flush"), 1.0, "{json}");
+        assert!(field(&json, "metadata_bytes_per_flush") > 0.0);
+        for stage in ["wait_for_flush", "put", "commit", "ack"] {
+            let key = format!("broker_{stage}_p50_ms");
+            assert!(field(&json, &key) >= 0.0, "{key} in {json}");
+        }
     }
     let out = run_cli(&url, &["bench", "consume", "--topic", "bench", "--json"]);
     assert!(out.success, "{}", out.stderr);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
+use silt_api::v1::GetStatsResponse;
 use silt_client::Client;
 
 /// Benchmarks.
@@ -44,6 +45,47 @@ pub(crate) async fn run(broker: &str, args: BenchArgs) -> anyhow::Result<ExitCod
 /// The broker's CPU seconds so far.
 async fn broker_cpu_seconds(client: &Client) -> anyhow::Result<f64> {
     Ok(client.stats().await?.cpu_seconds)
+}
+
+/// Adds what the broker reports of its flushes during the run: metadata operations and bytes per
+/// flush, and the ack breakdown (time waiting for the flush, the PUT, the metadata commit, the
+/// whole ack) — percentiles since the broker started, so run each benchmark on a fresh broker.
+fn flush_breakdown(report: Report, before: &GetStatsResponse, after: &GetStatsResponse) -> Report {
+    let flushes = after
+        .segments_flushed
+        .saturating_sub(before.segments_flushed);
+    let per_flush =
+        |a: u64, b: u64| (flushes > 0).then(|| a.saturating_sub(b) as f64 / flushes as f64);
+    let mut report = report
+        .field("flushes", "segments flushed", flushes)
+        .maybe_float(
+            "metadata_txns_per_flush",
+            "metadata txns per flush",
+            per_flush(after.metadata_txns, before.metadata_txns),
+            2,
+        )
+        .maybe_float(
+            "metadata_bytes_per_flush",
+            "metadata bytes per flush",
+            per_flush(after.metadata_bytes, before.metadata_bytes),
+            0,
+        );
+    for stage in &after.ack_stages {
+        let (p50, p99): (&'static str, &'static str) = match stage.stage.as_str() {
+            "wait_for_flush" => (
+                "broker_wait_for_flush_p50_ms",
+                "broker_wait_for_flush_p99_ms",
+            ),
+            "put" => ("broker_put_p50_ms", "broker_put_p99_ms"),
+            "commit" => ("broker_commit_p50_ms", "broker_commit_p99_ms"),
+            "ack" => ("broker_ack_p50_ms", "broker_ack_p99_ms"),
+            _ => continue,
+        };
+        report = report
+            .float(p50, p50, stage.p50_ms, 3)
+            .float(p99, p99, stage.p99_ms, 3);
+    }
+    report
 }
 
 /// A latency histogram in microseconds, from 1 µs to one hour, 3 significant digits.

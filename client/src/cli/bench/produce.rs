@@ -107,6 +107,7 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
     let size = usize::try_from(args.record_size.0)?;
     let client = connect(broker).await?;
     let partitions = ensure_topic(&client, &args.topic, args.partitions).await?;
+    let before = client.stats().await?;
     let values = Arc::new(payload::pool(
         size,
         payload::pool_len(args.records, size),
@@ -162,6 +163,7 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
     }
     let elapsed = started.elapsed();
     let cpu = broker_cpu_seconds(&client).await? - cpu_before;
+    let after = client.stats().await?;
 
     let mode = if args.per_record {
         "per-record"
@@ -198,6 +200,7 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
             quantile_ms(&total.latency, 0.999),
             3,
         );
+    let report = super::flush_breakdown(report, &before, &after);
     report.print(args.json);
     match total.first_error {
         Some(e) if total.acked < args.records => Err(anyhow::Error::new(e).context(format!(
