@@ -106,16 +106,7 @@ impl GarageProcess {
             ),
         )
         .expect("write garage config");
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn garage");
+        let child = spawn_server(&bin, &config);
         let mut garage = GarageProcess {
             child,
             bin,
@@ -158,6 +149,28 @@ impl GarageProcess {
             "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "silt-key",
         ]);
         Some(garage)
+    }
+
+    /// Kills Garage (SIGKILL), starts it again on the same config and data, and waits until its
+    /// S3 API serves the bucket again.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_server(&self.bin, &self.config);
+        let store = self.store("restart-probe");
+        crate::wait_for("garage to serve S3 again", Duration::from_secs(60), || {
+            let store = store.clone();
+            async move {
+                let path = object_store::path::Path::from("probe");
+                use object_store::ObjectStoreExt;
+                store
+                    .put(&path, bytes::Bytes::from_static(b"x").into())
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -207,6 +220,19 @@ impl GarageProcess {
         ];
         (args, env)
     }
+}
+
+fn spawn_server(bin: &Path, config: &Path) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn garage")
 }
 
 impl Drop for GarageProcess {

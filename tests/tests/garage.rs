@@ -93,3 +93,81 @@ async fn start_up_refuses_a_missing_bucket_and_wrong_credentials() {
     let stderr = BrokerProcess::refused(&options);
     assert!(stderr.contains("bucket"), "names what to check: {stderr}");
 }
+
+/// Garage dies and comes back under load: acks are delayed or fail retriably, never false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garage_restart_under_load_loses_no_acknowledged_record() {
+    let (Some(etcd), Some(mut garage)) = (EtcdProcess::start().await, GarageProcess::start().await)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (args, env) = garage.broker_args("restart");
+    let mut options = BrokerOptions::new(dir.path())
+        .arg("--metadata", etcd.url())
+        .arg("--cluster", "r");
+    options.args.extend(args);
+    options.env = env;
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("s", 2, None, None).await.unwrap();
+    let checker = Arc::new(Checker::new());
+    let start_load = |round: u64| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = vec![
+            tokio::spawn(fast_path_load(
+                "s",
+                client.clone(),
+                0,
+                checker.clone(),
+                stop.clone(),
+                round,
+            )),
+            tokio::spawn(per_record_load(
+                "s",
+                client.clone(),
+                1,
+                checker.clone(),
+                stop.clone(),
+                round,
+            )),
+        ];
+        (stop, tasks)
+    };
+    let acks_at_least = |n: u64| {
+        let c = checker.clone();
+        async move {
+            wait_for("acks", Duration::from_secs(120), || {
+                let acked = c.acked_count();
+                async move { (acked >= n).then_some(()) }
+            })
+            .await
+        }
+    };
+    let (stop, tasks) = start_load(0);
+    acks_at_least(1_000).await;
+    garage.restart().await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(180), task)
+            .await
+            .expect("load stops")
+            .unwrap();
+    }
+    let before = checker.acked_count();
+    let (stop, tasks) = start_load(1);
+    acks_at_least(before + 1_000).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(180), task)
+            .await
+            .expect("load stops")
+            .unwrap();
+    }
+    let report = checker.verify(&client, "s").await;
+    assert_eq!(
+        (report.lost, report.duplicated, report.gaps),
+        (0, 0, 0),
+        "{report:?}"
+    );
+}
