@@ -33,6 +33,15 @@ pub(crate) struct ObjectStoreBenchArgs {
     /// Total bytes to write (e.g. 1GiB).
     #[arg(long, default_value = "1GiB")]
     total_bytes: ByteSize,
+    /// S3 endpoint of an S3-compatible server (MinIO, Garage...) [default: AWS / AWS_ENDPOINT].
+    #[arg(long, env = "SILT_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "SILT_S3_REGION")]
+    s3_region: Option<String>,
+    /// Allow a plain-http S3 endpoint (loopback servers).
+    #[arg(long, env = "SILT_S3_ALLOW_HTTP")]
+    s3_allow_http: bool,
     /// PUTs in flight.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -47,7 +56,13 @@ pub(crate) async fn run(args: ObjectStoreBenchArgs) -> anyhow::Result<ExitCode> 
         bail!("--object-size and --concurrency must be at least 1");
     }
     let objects = args.total_bytes.0.div_ceil(args.object_size.0).max(1);
-    let store = open_object_store(&args.object_store, &S3Options::default())
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        allow_http: args.s3_allow_http,
+        ..S3Options::default()
+    };
+    let store = open_object_store(&args.object_store, &s3)
         .with_context(|| format!("opening object store {}", args.object_store))?;
     let body = random_body(object_size);
     let run_id = run_id();
