@@ -87,7 +87,8 @@ impl Broker {
             "memory" => EmbeddedStore::open_in_memory(clock.clone())?,
             #[cfg(feature = "etcd")]
             url if url.starts_with("etcd://") => {
-                let options = silt_metadata::EtcdOptions::from_url(url)?;
+                let mut options = silt_metadata::EtcdOptions::from_url(url)?;
+                options.user = s.etcd_user.clone().zip(s.etcd_password.clone());
                 Arc::new(silt_metadata::EtcdStore::connect(&options).await?)
             }
             _ => EmbeddedStore::open(&s.data_dir.join("metadata.redb"), clock.clone())?,

@@ -28,6 +28,9 @@ pub struct Settings {
     /// `embedded` (on disk under `data_dir`) or `memory`.
     pub metadata: String,
     pub cluster: String,
+    /// etcd user and password, when etcd has authentication on.
+    pub etcd_user: Option<String>,
+    pub etcd_password: Option<String>,
     pub broker_id: String,
     pub linger_ms: u64,
     pub flush_bytes: u64,
@@ -55,6 +58,8 @@ impl Default for Settings {
             s3_virtual_hosted_style: false,
             metadata: "embedded".into(),
             cluster: "default".into(),
+            etcd_user: None,
+            etcd_password: None,
             broker_id: "broker-0".into(),
             linger_ms: 250,
             flush_bytes: 8 << 20,
@@ -129,6 +134,16 @@ pub struct Cli {
     #[arg(long, env = "SILT_CLUSTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+
+    /// etcd user, when etcd has authentication enabled (with --etcd-password).
+    #[arg(long, env = "SILT_ETCD_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_user: Option<String>,
+
+    /// etcd password (prefer the SILT_ETCD_PASSWORD environment variable to a flag).
+    #[arg(long, env = "SILT_ETCD_PASSWORD", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_password: Option<String>,
 
     /// This broker's id ([a-z0-9-]) [default: broker-0].
     #[arg(long, env = "SILT_BROKER_ID")]
@@ -253,6 +268,9 @@ impl Settings {
                 "metadata store '{}' is not supported: use 'embedded', 'memory' or etcd://host:port[,host:port...]",
                 self.metadata
             ));
+        }
+        if self.etcd_user.is_some() != self.etcd_password.is_some() {
+            return Err("--etcd-user and --etcd-password go together".into());
         }
         if etcd && !cfg!(feature = "etcd") {
             return Err(format!(
