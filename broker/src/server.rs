@@ -103,6 +103,9 @@ impl Broker {
             virtual_hosted_style: s.s3_virtual_hosted_style,
             credentials: None,
         };
+        if s.create_bucket && silt_storage::object::create_bucket_if_missing(&url, &s3).await? {
+            info!(object_store = %url, "created the missing bucket");
+        }
         let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
         let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();
         silt_storage::object::claim_for_cluster(store.as_ref(), &s.cluster, clock.now_ms())

@@ -25,6 +25,8 @@ pub struct Settings {
     pub s3_region: Option<String>,
     pub s3_allow_http: bool,
     pub s3_virtual_hosted_style: bool,
+    /// Create the `s3://` bucket at start if it is missing.
+    pub create_bucket: bool,
     /// `embedded` (on disk under `data_dir`) or `memory`.
     pub metadata: String,
     pub cluster: String,
@@ -56,6 +58,7 @@ impl Default for Settings {
             s3_region: None,
             s3_allow_http: false,
             s3_virtual_hosted_style: false,
+            create_bucket: false,
             metadata: "embedded".into(),
             cluster: "default".into(),
             etcd_user: None,
@@ -123,6 +126,11 @@ pub struct Cli {
     #[arg(long, env = "SILT_S3_VIRTUAL_HOSTED_STYLE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_virtual_hosted_style: Option<bool>,
+
+    /// Create the bucket of an `s3://` object store at start if it does not exist [default: false].
+    #[arg(long, env = "SILT_CREATE_BUCKET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_bucket: Option<bool>,
 
     /// Metadata store: `embedded` (redb file under the data dir), `memory`, or
     /// `etcd://host:port[,host:port...]` (builds with the `etcd` feature) [default: embedded].

@@ -94,6 +94,91 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
     }
 }
 
+/// Creates the bucket of an `s3://bucket/...` URL if it does not exist (`--create-bucket`);
+/// returns whether it created it. `object_store` has no bucket calls, so this one request goes
+/// through `aws-sdk-s3`, with the same endpoint, region, addressing and credential chain.
+pub async fn create_bucket_if_missing(url: &str, s3: &S3Options) -> Result<bool, StorageError> {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+
+    let parsed = url::Url::parse(url)
+        .map_err(|e| StorageError::Config(format!("'{url}' is not a URL ({e})")))?;
+    if parsed.scheme() != "s3" {
+        return Ok(false);
+    }
+    let bucket = parsed
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| {
+            StorageError::Config(format!("'{url}' names no bucket: use s3://bucket/prefix"))
+        })?
+        .to_string();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let region = s3
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    loader = loader.region(Region::new(region.clone()));
+    if let Some((id, secret)) = &s3.credentials {
+        loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "silt"));
+    }
+    let shared = loader.load().await;
+    let mut config =
+        aws_sdk_s3::config::Builder::from(&shared).force_path_style(!s3.virtual_hosted_style);
+    if let Some(endpoint) = &s3.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    let client = aws_sdk_s3::Client::from_conf(config.build());
+    match client.head_bucket().bucket(&bucket).send().await {
+        Ok(_) => return Ok(false),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {}
+        Err(e) => {
+            return Err(StorageError::Config(format!(
+                "cannot check bucket '{bucket}': {}; check the endpoint and credentials",
+                sdk_error(&e)
+            )));
+        }
+    }
+    let mut create = client.create_bucket().bucket(&bucket);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build(),
+        );
+    }
+    match create.send().await {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(StorageError::Config(format!(
+            "cannot create bucket '{bucket}': {}",
+            sdk_error(&e)
+        ))),
+    }
+}
+
+/// An SDK error as `Code: message` when the server sent one, else its cause chain.
+fn sdk_error<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
 /// The object that says which Silt cluster owns a store prefix.
 pub const CLUSTER_MARKER: &str = "silt-cluster.json";
 
@@ -108,7 +193,7 @@ pub async fn claim_for_cluster(
 ) -> Result<(), StorageError> {
     use object_store::ObjectStoreExt;
     let marker = Path::from(CLUSTER_MARKER);
-    let hint = "check that the bucket exists and the credentials may read and write it";
+    let hint = "check that the bucket exists (or start with --create-bucket) and the credentials may read and write it";
     match store.get(&marker).await {
         Ok(found) => {
             let bytes = found

@@ -148,6 +148,7 @@ impl GarageProcess {
         garage.run(&[
             "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "silt-key",
         ]);
+        garage.run(&["key", "allow", "--create-bucket", "silt-key"]);
         Some(garage)
     }
 

@@ -171,3 +171,31 @@ async fn a_garage_restart_under_load_loses_no_acknowledged_record() {
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_bucket_creates_a_missing_bucket() {
+    let Some(garage) = GarageProcess::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (args, env) = garage.broker_args("p");
+    let mut options = BrokerOptions::new(dir.path()).arg("--create-bucket", "true");
+    options.args.extend(
+        args.into_iter()
+            .map(|a| a.replace("s3://silt/", "s3://fresh-bucket/")),
+    );
+    options.env = env;
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("c", 1, None, None).await.unwrap();
+    let producer = silt_client::Producer::new(&client, "c", Default::default())
+        .await
+        .unwrap();
+    let ack = producer
+        .send(silt_client::ProducerRecord::new("in a new bucket"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack, (0, 0));
+}
