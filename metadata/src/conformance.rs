@@ -21,6 +21,9 @@ pub struct Harness {
     /// Lets at least `d` of time pass for lease expiry: a manual clock moves (and the store
     /// reaps), a real store sleeps.
     pub advance: Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>,
+    /// Compacts the store's history up to a revision (etcd's Compact; the embedded store drops
+    /// its watch history below it).
+    pub compact: Box<dyn Fn(i64) -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl Harness {
@@ -41,6 +44,7 @@ pub async fn run_all(h: &Harness) {
     leases_expire_and_keep_alive(h).await;
     revoke_deletes_keys(h).await;
     watch_replays_then_streams(h).await;
+    watch_from_compacted_history_fails(h).await;
 }
 
 async fn revision(h: &Harness) -> i64 {
@@ -398,4 +402,43 @@ pub async fn watch_replays_then_streams(h: &Harness) {
         seen,
         vec![("put", w("a")), ("put", w("b")), ("delete", w("a"))]
     );
+}
+
+/// A watch from a revision older than the compacted history fails with `Compacted` and ends, so
+/// the caller re-reads and watches again from the current revision.
+pub async fn watch_from_compacted_history_fails(h: &Harness) {
+    let k = h.key("compact/k");
+    let old = h.store.put(&k, b"1").await.unwrap();
+    h.store.put(&k, b"2").await.unwrap();
+    let now = h.store.put(&k, b"3").await.unwrap();
+    (h.compact)(now).await;
+    let mut stream = h
+        .store
+        .watch(RangeRequest::key(k.clone()), old)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(first, Some(Err(MetaError::Compacted { .. }))),
+        "{first:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+    // Watching again from the current revision works.
+    let mut stream = h
+        .store
+        .watch(RangeRequest::key(k.clone()), now + 1)
+        .await
+        .unwrap();
+    let next = h.store.put(&k, b"4").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.revision, next);
 }

@@ -250,6 +250,16 @@ impl EmbeddedStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets the watch history below `revision`, as etcd's Compact does: a watch from an older
+    /// revision then fails with `Compacted`.
+    pub fn compact(&self, revision: i64) {
+        let mut state = self.lock();
+        while state.history.front().is_some_and(|r| r.revision < revision) {
+            state.history.pop_front();
+        }
+        state.history_start = state.history_start.max(revision);
+    }
+
     /// Deletes the keys of every lease whose TTL ran out (one revision per lease, as etcd).
     pub fn expire_leases(&self) {
         let now = self.clock.monotonic_ms();

@@ -205,6 +205,21 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Compacts etcd's history up to `revision` (an operator action; tests use it).
+    pub async fn compact(&self, revision: i64) -> Result<(), MetaError> {
+        let mut client = self.client.clone();
+        client
+            .compact(
+                revision,
+                Some(etcd::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+}
+
 #[async_trait]
 impl MetaStore for EtcdStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, MetaError> {
@@ -324,13 +339,17 @@ impl MetaStore for EtcdStore {
             };
             futures::stream::iter(out)
         });
-        // A cancelled watch ends after its error, as the trait promises.
-        let mut failed = false;
-        let events = events.take_while(move |item| {
-            let go = !failed;
-            failed |= item.is_err();
-            futures::future::ready(go)
-        });
+        // The stream ends right after an error, as the trait promises, without waiting for
+        // etcd to send anything more.
+        let events =
+            futures::stream::unfold((events.boxed(), false), |(mut inner, failed)| async move {
+                if failed {
+                    return None;
+                }
+                let item = inner.next().await?;
+                let failed = item.is_err();
+                Some((item, (inner, failed)))
+            });
         Ok(events.boxed())
     }
 

@@ -9,7 +9,12 @@ use crate::conformance::{self, Harness};
 
 fn harness(store: Arc<EmbeddedStore>, clock: Arc<ManualClock>) -> Harness {
     let reaper = store.clone();
+    let compactor = store.clone();
     Harness {
+        compact: Box::new(move |revision| {
+            compactor.compact(revision);
+            Box::pin(async {})
+        }),
         store,
         prefix: b"/conformance/".to_vec(),
         advance: Box::new(move |d| {
