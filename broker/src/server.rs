@@ -89,6 +89,20 @@ impl Broker {
             url if url.starts_with("etcd://") => {
                 let mut options = silt_metadata::EtcdOptions::from_url(url)?;
                 options.user = s.etcd_user.clone().zip(s.etcd_password.clone());
+                if let Some(ca) = &s.etcd_ca {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read(p)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+                    };
+                    let client_pem = match (&s.etcd_cert, &s.etcd_key) {
+                        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                        _ => None,
+                    };
+                    options.tls = Some(silt_metadata::EtcdTls {
+                        ca_pem: read(ca)?,
+                        client_pem,
+                    });
+                }
                 Arc::new(silt_metadata::EtcdStore::connect(&options).await?)
             }
             _ => EmbeddedStore::open(&s.data_dir.join("metadata.redb"), clock.clone())?,

@@ -33,6 +33,11 @@ pub struct Settings {
     /// etcd user and password, when etcd has authentication on.
     pub etcd_user: Option<String>,
     pub etcd_password: Option<String>,
+    /// PEM files for TLS to etcd: the CA of its server certificate, and a client certificate
+    /// and key when etcd requires them.
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
     pub broker_id: String,
     pub linger_ms: u64,
     pub flush_bytes: u64,
@@ -63,6 +68,9 @@ impl Default for Settings {
             cluster: "default".into(),
             etcd_user: None,
             etcd_password: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
             broker_id: "broker-0".into(),
             linger_ms: 250,
             flush_bytes: 8 << 20,
@@ -152,6 +160,21 @@ pub struct Cli {
     #[arg(long, env = "SILT_ETCD_PASSWORD", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_password: Option<String>,
+
+    /// CA certificate (PEM) of etcd's server certificate: connects to etcd over TLS.
+    #[arg(long, env = "SILT_ETCD_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's client-certificate authentication (with --etcd-key).
+    #[arg(long, env = "SILT_ETCD_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for --etcd-cert.
+    #[arg(long, env = "SILT_ETCD_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
 
     /// This broker's id ([a-z0-9-]) [default: broker-0].
     #[arg(long, env = "SILT_BROKER_ID")]
@@ -279,6 +302,12 @@ impl Settings {
         }
         if self.etcd_user.is_some() != self.etcd_password.is_some() {
             return Err("--etcd-user and --etcd-password go together".into());
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
+        }
+        if self.etcd_cert.is_some() && self.etcd_ca.is_none() {
+            return Err("--etcd-cert needs --etcd-ca (the CA of etcd's server certificate)".into());
         }
         if etcd && !cfg!(feature = "etcd") {
             return Err(format!(

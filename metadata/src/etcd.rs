@@ -28,6 +28,17 @@ pub struct EtcdOptions {
     pub user: Option<(String, String)>,
     /// Per-request timeout (default 5 s).
     pub timeout: Option<Duration>,
+    /// TLS to etcd: set when etcd serves https.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS settings for etcd (PEM bytes).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificate.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and key, when etcd requires client certificates.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EtcdOptions {
@@ -179,6 +190,14 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((user, password)) = &options.user {
             connect = connect.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &options.tls {
+            let mut config =
+                etcd::TlsOptions::new().ca_certificate(etcd::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client_pem {
+                config = config.identity(etcd::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
         }
         let endpoints = options.endpoints.join(",");
         let mut client = etcd::Client::connect(&options.endpoints, Some(connect))

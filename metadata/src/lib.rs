@@ -24,7 +24,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use embedded::EmbeddedStore;
 pub use error::{CatalogError, MetaError};
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use store::{
     Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaStore, Op, OpResponse, RangeRequest,
     RangeResponse, StoreLimits, Txn, TxnResponse, WatchEvent, WatchResponse, WatchStream,

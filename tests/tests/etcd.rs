@@ -210,3 +210,45 @@ async fn a_watch_resumes_after_an_etcd_restart() {
     assert_eq!(got.revision, second);
     assert_eq!(got.events[0].kv().key, b"/w/b");
 }
+
+/// etcd with TLS and client-certificate authentication: the store works over TLS, refuses to
+/// connect without the client certificate, and a broker started with --etcd-ca/--etcd-cert/
+/// --etcd-key serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    let Some(etcd) = EtcdProcess::start_tls().await else {
+        return;
+    };
+    let store = EtcdStore::connect(&etcd.options()).await.unwrap();
+    let r = store.put(b"/tls/k", b"v").await.unwrap();
+    assert_eq!(store.get(b"/tls/k").await.unwrap().unwrap().mod_revision, r);
+
+    let mut no_cert = etcd.options();
+    if let Some(tls) = &mut no_cert.tls {
+        tls.client_pem = None;
+    }
+    no_cert.timeout = Some(Duration::from_secs(2));
+    assert!(
+        EtcdStore::connect(&no_cert).await.is_err(),
+        "etcd requires the client certificate"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = BrokerOptions::new(dir.path())
+        .arg("--metadata", etcd.url())
+        .arg("--cluster", "tls");
+    options.args.extend(etcd.tls_args());
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("t", 1, None, None).await.unwrap();
+    let producer = Producer::new(&client, "t", ProducerConfig::default())
+        .await
+        .unwrap();
+    let ack = producer
+        .send(ProducerRecord::new("over tls"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack, (0, 0));
+}
