@@ -7,6 +7,7 @@
 //! (`target/<profile>/`): build them first with `cargo build --bins` in the same profile
 //! (`.ci/run` does).
 
+mod backend;
 mod broker;
 mod checker;
 mod cli;
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use backend::{Backend, BackendGuard};
 pub use broker::{BrokerOptions, BrokerProcess};
 pub use checker::{CheckReport, Checker, read_partition};
 pub use cli::{CliOutput, run_cli, run_cli_with_input};

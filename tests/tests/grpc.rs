@@ -12,7 +12,7 @@ use silt_api::v1::{
     ProduceRequest, Record, StartPosition, SubscribeRequest, TopicConfig,
 };
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
-use silt_tests::{BrokerOptions, BrokerProcess};
+use silt_tests::{Backend, BackendGuard, BrokerProcess, backend_tests};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -60,10 +60,11 @@ fn pos(p: Position) -> Option<StartPosition> {
     Some(StartPosition { position: Some(p) })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produce_routes_by_key_and_reports_per_record_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+async fn produce_routes_by_key_and_reports_per_record_errors(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
+    let broker = BrokerProcess::start(guard.broker_options()).await;
     let (mut log, mut admin) = clients(&broker).await;
     create(&mut admin, "keyed", 12, Some(1000)).await;
 
@@ -139,10 +140,11 @@ async fn produce_routes_by_key_and_reports_per_record_errors() {
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_validates_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+async fn admin_validates_input(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
+    let broker = BrokerProcess::start(guard.broker_options()).await;
     let (_, mut admin) = clients(&broker).await;
     let cases: Vec<(String, u32, Code)> = vec![
         ("ok-topic".into(), 0, Code::InvalidArgument),
@@ -195,10 +197,11 @@ fn batch(values: &[&str], timestamp_ms: i64) -> Bytes {
     encode_batch(&records, BatchCompression::Zstd, ProducerInfo::default()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_fetch_subscribe_and_list_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+async fn batches_fetch_subscribe_and_list_offsets(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
+    let broker = BrokerProcess::start(guard.broker_options()).await;
     let (mut log, mut admin) = clients(&broker).await;
     create(&mut admin, "b", 2, None).await;
 
@@ -424,10 +427,11 @@ async fn batches_fetch_subscribe_and_list_offsets() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_reflection_are_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+async fn health_and_reflection_are_served(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
+    let broker = BrokerProcess::start(guard.broker_options()).await;
     let channel = Channel::from_shared(broker.url())
         .unwrap()
         .connect()
@@ -469,3 +473,10 @@ async fn health_and_reflection_are_served() {
     assert!(names.contains(&"silt.v1.Log".to_string()), "{names:?}");
     assert!(names.contains(&"silt.v1.Admin".to_string()), "{names:?}");
 }
+
+backend_tests!(
+    produce_routes_by_key_and_reports_per_record_errors,
+    admin_validates_input,
+    batches_fetch_subscribe_and_list_offsets,
+    health_and_reflection_are_served
+);

@@ -6,7 +6,7 @@ use silt_api::v1::{FetchRequest, PartitionBatch, ProduceBatchesRequest, ProduceR
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use std::time::Duration;
 
-use silt_tests::{BrokerOptions, BrokerProcess, wait_for};
+use silt_tests::{Backend, BackendGuard, BrokerOptions, BrokerProcess, backend_tests, wait_for};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -45,11 +45,13 @@ async fn high_watermark(log: &mut LogClient<Channel>, topic: &str, partition: u3
     .high_watermark
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_cache_is_bounded_with_retry_advice() {
-    let dir = tempfile::tempdir().unwrap();
+async fn wal_cache_is_bounded_with_retry_advice(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
     // A long linger and large flush size: nothing leaves the WAL cache by itself.
-    let options = BrokerOptions::new(dir.path())
+    let options = guard
+        .broker_options()
         .arg("--wal-cache-bytes", 1 << 20)
         .arg("--flush-bytes", 1 << 20);
     let broker = BrokerProcess::start(BrokerOptions {
@@ -120,10 +122,12 @@ async fn wal_cache_is_bounded_with_retry_advice() {
     drop(pending);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_and_record_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = BrokerOptions::new(dir.path())
+async fn request_and_record_limits(backend: Backend) {
+    let Some(guard) = BackendGuard::start(backend).await else {
+        return;
+    };
+    let options = guard
+        .broker_options()
         .arg("--max-request-records", 100)
         .arg("--max-batch-bytes", 256 << 10)
         .arg("--max-request-bytes", 1 << 20);
@@ -270,3 +274,8 @@ async fn request_and_record_limits() {
         .into_inner();
     assert_eq!(ok.acks[0].base_offset, 0);
 }
+
+backend_tests!(
+    wal_cache_is_bounded_with_retry_advice,
+    request_and_record_limits
+);
