@@ -91,7 +91,7 @@ impl GarageProcess {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (rpc_port, s3_port) = (free_port(), free_port());
-        let config = dir.path().join("garage.toml");
+        let config = dir.path().join("silt-test-garage.toml");
         let secret: String = (0..32)
             .map(|i| format!("{:02x}", (i * 37 + 11) as u8))
             .collect();
