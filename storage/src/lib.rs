@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cache;
 mod error;
 pub mod object;
+pub mod routing;
 pub mod segment;
 
 pub use error::{BatchError, SegmentError, StorageError};

@@ -1,91 +1,27 @@
 //! The flusher against in-memory stores, with injected object-store failures.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use async_trait::async_trait;
 use futures::TryStreamExt;
-use futures::stream::BoxStream;
 use object_store::memory::InMemory;
-use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
-};
 use silt_metadata::codec::TopicRecord;
 use silt_metadata::{EmbeddedStore, ManualClock, MetaStore};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use silt_storage::cache::ReadCacheConfig;
+use silt_storage::object::faults::{Faults, FaultyStore};
 
 use super::*;
 use crate::wal_cache::{AppendBatch, DurableTicket, run_linger_timer};
 
-/// An in-memory store whose PUTs fail while `fail` is set.
-#[derive(Debug, Default)]
-struct FlakyStore {
-    inner: InMemory,
-    fail: AtomicBool,
-}
-
-impl std::fmt::Display for FlakyStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FlakyStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FlakyStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(object_store::Error::Generic {
-                store: "flaky",
-                source: "injected PUT failure".into(),
-            });
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
+/// Every PUT fails (once injection is enabled).
+const ALWAYS_FAIL_PUTS: Faults = Faults {
+    put_error: 1.0,
+    put_lost_response: 0.0,
+    get_error: 0.0,
+    latency: (Duration::ZERO, Duration::ZERO),
+};
 
 struct Harness {
     wal: Arc<WalCache>,
-    store: Arc<FlakyStore>,
+    store: Arc<FaultyStore>,
     catalog: Catalog,
     index: Arc<LogIndex>,
     topic_id: u64,
@@ -93,7 +29,13 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    let store = Arc::new(FlakyStore::default());
+    // Injection is off until a test turns it on.
+    let store = Arc::new(FaultyStore::new(
+        Arc::new(InMemory::new()),
+        ALWAYS_FAIL_PUTS,
+        0,
+    ));
+    store.set_enabled(false);
     let parts = setup(store.clone()).await;
     Harness {
         wal: parts.wal,
@@ -208,7 +150,7 @@ async fn acks_follow_commits_and_offsets_are_dense() {
 async fn a_failed_upload_fails_its_producers_and_offsets_stay_dense() {
     let h = harness().await;
     append(&h, 0, 3).durable().await.unwrap();
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.set_enabled(true);
     let err = append(&h, 0, 2).durable().await.unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable { .. }), "{err:?}");
     assert_eq!(
@@ -216,7 +158,7 @@ async fn a_failed_upload_fails_its_producers_and_offsets_stay_dense() {
         3,
         "nothing visible"
     );
-    h.store.fail.store(false, Ordering::SeqCst);
+    h.store.set_enabled(false);
     let ok = append(&h, 0, 2).durable().await.unwrap();
     assert_eq!(
         ok[0].base_offset, 3,
@@ -259,7 +201,6 @@ async fn close_flushes_what_was_accepted_then_the_flusher_stops() {
 /// dense, and objects whose PUT "failed" but landed are not left committed.
 #[tokio::test]
 async fn seeded_store_faults_never_produce_a_false_ack() {
-    use silt_storage::object::faults::{Faults, FaultyStore};
     for seed in [1u64, 2, 3] {
         let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let faults = Faults {
