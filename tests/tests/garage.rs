@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use silt_storage::object::conformance;
 use silt_tests::load::{fast_path_load, per_record_load};
-use silt_tests::{BrokerOptions, BrokerProcess, Checker, EtcdProcess, GarageProcess, wait_for};
+use silt_tests::{
+    Backend, BackendGuard, BrokerOptions, BrokerProcess, Checker, GarageProcess, wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garage_passes_the_object_store_conformance_suite() {
@@ -19,18 +21,10 @@ async fn garage_passes_the_object_store_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_on_etcd_and_garage_survives_kill_9_under_load() {
-    let (Some(etcd), Some(garage)) = (EtcdProcess::start().await, GarageProcess::start().await)
-    else {
+    let Some(backend) = BackendGuard::start(Backend::EtcdGarage).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (args, env) = garage.broker_args("cluster-a");
-    let mut options = BrokerOptions::new(dir.path())
-        .arg("--metadata", etcd.url())
-        .arg("--cluster", "a");
-    options.args.extend(args);
-    options.env = env;
-    let broker = BrokerProcess::start(options).await;
+    let broker = BrokerProcess::start(backend.broker_options()).await;
     let client = broker.client().await;
     client.create_topic("g", 3, None, None).await.unwrap();
 
@@ -97,18 +91,10 @@ async fn start_up_refuses_a_missing_bucket_and_wrong_credentials() {
 /// Garage dies and comes back under load: acks are delayed or fail retriably, never false.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garage_restart_under_load_loses_no_acknowledged_record() {
-    let (Some(etcd), Some(mut garage)) = (EtcdProcess::start().await, GarageProcess::start().await)
-    else {
+    let Some(mut backend) = BackendGuard::start(Backend::EtcdGarage).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (args, env) = garage.broker_args("restart");
-    let mut options = BrokerOptions::new(dir.path())
-        .arg("--metadata", etcd.url())
-        .arg("--cluster", "r");
-    options.args.extend(args);
-    options.env = env;
-    let broker = BrokerProcess::start(options).await;
+    let broker = BrokerProcess::start(backend.broker_options()).await;
     let client = broker.client().await;
     client.create_topic("s", 2, None, None).await.unwrap();
     let checker = Arc::new(Checker::new());
@@ -146,7 +132,7 @@ async fn a_garage_restart_under_load_loses_no_acknowledged_record() {
     };
     let (stop, tasks) = start_load(0);
     acks_at_least(1_000).await;
-    garage.restart().await;
+    backend.garage.as_mut().expect("garage").restart().await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(180), task)
