@@ -26,6 +26,7 @@ pub mod faults;
 pub struct S3Options {
     /// Endpoint URL of an S3-compatible server (MinIO, Garage...).
     pub endpoint: Option<String>,
+    /// Region; when unset and not in the environment, `us-east-1`.
     pub region: Option<String>,
     /// Allow plain `http://` endpoints (loopback test servers).
     pub allow_http: bool,
@@ -265,11 +266,17 @@ pub fn parse_segment_path(path: &Path) -> Option<(String, u64, u64)> {
 /// Request counts of an [`InstrumentedStore`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ObjectStoreStats {
+    /// PUT requests (single and multipart uploads started).
     pub puts: u64,
+    /// Bytes sent in single PUTs.
     pub put_bytes: u64,
+    /// GET requests (whole objects and ranges).
     pub gets: u64,
+    /// Bytes received by GETs.
     pub get_bytes: u64,
+    /// Objects deleted (or asked to be).
     pub deletes: u64,
+    /// LIST requests.
     pub lists: u64,
 }
 
@@ -302,6 +309,7 @@ pub struct InstrumentedStore {
 }
 
 impl InstrumentedStore {
+    /// Wraps `inner`, with all counts at zero.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         Self {
             inner,
@@ -396,6 +404,15 @@ impl ObjectStore for InstrumentedStore {
         self.inner.list(prefix)
     }
 
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_with_offset(prefix, offset)
+    }
+
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list_with_delimiter(prefix).await
@@ -408,6 +425,15 @@ impl ObjectStore for InstrumentedStore {
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }
 
@@ -486,5 +512,26 @@ mod tests {
             (s.puts, s.put_bytes, s.gets, s.get_bytes, s.deletes),
             (1, 11, 1, 5, 1)
         );
+
+        // Listing with an offset and renaming are delegated to the inner store.
+        for name in ["d/1", "d/2", "d/3"] {
+            store
+                .put(&Path::from(name), Bytes::from_static(b"x").into())
+                .await
+                .unwrap();
+        }
+        let after: Vec<_> = store
+            .list_with_offset(Some(&Path::from("d")), &Path::from("d/1"))
+            .map(|m| m.unwrap().location.to_string())
+            .collect()
+            .await;
+        assert_eq!(after.len(), 2, "{after:?}");
+        store
+            .rename(&Path::from("d/3"), &Path::from("d/4"))
+            .await
+            .unwrap();
+        assert!(store.head(&Path::from("d/4")).await.is_ok());
+        assert!(store.head(&Path::from("d/3")).await.is_err());
+        assert_eq!(store.stats().lists, 1);
     }
 }

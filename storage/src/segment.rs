@@ -35,12 +35,19 @@ pub const FOOTER_LEN: usize = 32;
 /// One partition's batches inside a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentEntry {
+    /// The topic's id.
     pub topic_id: u64,
+    /// The partition within the topic.
     pub partition: u32,
+    /// Number of batches in the entry (at least 1).
     pub batch_count: u32,
+    /// Offset of the entry's first record.
     pub first_offset: i64,
+    /// Offset of the entry's last record.
     pub last_offset: i64,
+    /// Smallest timestamp of the entry's batches (their first or max timestamps).
     pub min_timestamp: i64,
+    /// Largest max timestamp of the entry's batches.
     pub max_timestamp: i64,
     /// Byte offset of the entry's first batch in the object.
     pub position: u64,
@@ -53,16 +60,22 @@ pub struct SegmentEntry {
 /// The footer of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footer {
+    /// Byte offset of the index in the object.
     pub index_position: u64,
+    /// Number of index entries.
     pub entry_count: u32,
+    /// CRC32C of the index bytes.
     pub index_crc: u32,
+    /// Length of the whole object in bytes.
     pub object_length: u64,
 }
 
 /// A decoded segment: its creation time and index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedSegment {
+    /// When the segment was written (from the header), in Unix milliseconds.
     pub created_at_ms: i64,
+    /// The index entries, in object order.
     pub entries: Vec<SegmentEntry>,
 }
 
