@@ -8,7 +8,8 @@
 //!    order; only then the tickets resolve and [`log_index`] makes the records readable;
 //! 5. [`fetch`] — reads byte ranges of committed segments through the read cache.
 //!
-//! [`housekeeping`] runs retention and garbage collection; [`server`] wires it all together and
+//! [`housekeeping`] runs retention and garbage collection; [`membership`] keeps the broker
+//! registered under a lease; [`server`] wires it all together and
 //! owns start-up and the shutdown order.
 
 pub mod error;
@@ -16,6 +17,7 @@ pub mod fetch;
 pub mod flusher;
 pub mod housekeeping;
 pub mod log_index;
+pub mod membership;
 pub mod produce;
 pub mod server;
 pub mod service;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use silt_api::v1::admin_server::AdminServer;
 use silt_api::v1::log_server::LogServer;
 use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::codec::BrokerRecord;
 use silt_metadata::{Clock, EmbeddedStore, MetaStore, SystemClock};
 use silt_storage::cache::{ReadCacheConfig, SegmentCache};
 use silt_storage::object::{InstrumentedStore, S3Options, open_object_store};
@@ -23,6 +24,7 @@ use crate::fetch::FetchPath;
 use crate::flusher::Flusher;
 use crate::housekeeping::Housekeeper;
 use crate::log_index::LogIndex;
+use crate::membership::Membership;
 use crate::produce::{ProduceLimits, ProducePath};
 use crate::service::{AdminService, LogService};
 use crate::settings::Settings;
@@ -231,6 +233,7 @@ impl Broker {
             stats: stats.clone(),
         });
         let log_service = LogService { produce, fetch };
+        let catalog_for_membership = catalog.clone();
         let admin_service = AdminService {
             catalog,
             topics: topics.clone(),
@@ -265,6 +268,20 @@ impl Broker {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
         let addr = listener.local_addr()?;
+        let membership = Arc::new(Membership::new(
+            catalog_for_membership,
+            BrokerRecord {
+                v: 1,
+                broker_id: s.broker_id.clone(),
+                address: s.advertise.clone().unwrap_or_else(|| addr.to_string()),
+                incarnation,
+                started_at_ms: clock.now_ms(),
+            },
+            Duration::from_millis(s.lease_ttl_ms),
+        ));
+        let lease = membership.register().await?;
+        let leave = CancellationToken::new();
+        let membership_task = tokio::spawn(membership.run(lease, leave.clone()));
         info!(
             broker_id = %s.broker_id,
             incarnation,
@@ -308,6 +325,9 @@ impl Broker {
             tracker.close();
             tracker.wait().await;
             drop(flusher_task);
+            // Everything accepted is committed: leave the cluster at once.
+            leave.cancel();
+            let _ = membership_task.await;
             info!("broker stopped");
             served.map_err(anyhow::Error::from)
         });

@@ -392,4 +392,25 @@ impl Admin for AdminService {
                 .collect(),
         }))
     }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<api::ClusterStatusRequest>,
+    ) -> Result<Response<api::ClusterStatusResponse>, Status> {
+        let brokers = self
+            .catalog
+            .list_brokers()
+            .await
+            .map_err(BrokerError::from)?;
+        let brokers = brokers
+            .into_iter()
+            .map(|b| api::BrokerInfo {
+                broker_id: b.broker_id,
+                address: b.address,
+                incarnation: b.incarnation,
+                started_at_ms: b.started_at_ms,
+            })
+            .collect();
+        Ok(Response::new(api::ClusterStatusResponse { brokers }))
+    }
 }

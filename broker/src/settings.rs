@@ -50,6 +50,10 @@ pub struct Settings {
     pub cache_memory_bytes: u64,
     pub cache_disk_bytes: u64,
     pub retention_check_ms: u64,
+    /// Address other brokers and clients reach this broker at; `None` = the bound address.
+    pub advertise: Option<String>,
+    /// TTL of the broker's membership lease.
+    pub lease_ttl_ms: u64,
     pub max_inflight_flushes: usize,
 }
 
@@ -83,6 +87,8 @@ impl Default for Settings {
             cache_memory_bytes: 256 << 20,
             cache_disk_bytes: 0,
             retention_check_ms: 30_000,
+            advertise: None,
+            lease_ttl_ms: 5_000,
             max_inflight_flushes: 4,
         }
     }
@@ -239,6 +245,18 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_check_ms: Option<u64>,
 
+    /// Address clients and other brokers reach this broker at (host:port) [default: the
+    /// listen address].
+    #[arg(long, env = "SILT_ADVERTISE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+
+    /// TTL of the broker's membership lease: a broker that stops renewing it (killed, paused,
+    /// cut off) leaves the cluster this long after [default: 5000].
+    #[arg(long, env = "SILT_LEASE_TTL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
+
     /// Segment uploads in flight at once (commits stay in order) [default: 4].
     #[arg(long, env = "SILT_MAX_INFLIGHT_FLUSHES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +331,12 @@ impl Settings {
             return Err(format!(
                 "metadata store '{}' needs etcd support, which this build lacks: rebuild with `cargo build --release -p silt-broker --features etcd` (needs protoc)",
                 self.metadata
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.lease_ttl_ms) {
+            return Err(format!(
+                "lease-ttl-ms {} must be between 1000 and 60000",
+                self.lease_ttl_ms
             ));
         }
         if self.max_inflight_flushes == 0 {

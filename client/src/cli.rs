@@ -2,6 +2,7 @@
 //! compression flag, byte sizes, terminal and broken-pipe handling.
 
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod produce;
 mod size;

@@ -7,8 +7,9 @@ use std::time::Duration;
 use silt_api::v1::admin_client::AdminClient;
 use silt_api::v1::log_client::LogClient;
 use silt_api::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
-    GetStatsRequest, GetStatsResponse, ListTopicsRequest, TopicConfig, TopicInfo,
+    BrokerInfo, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
+    DescribeTopicResponse, GetStatsRequest, GetStatsResponse, ListTopicsRequest, TopicConfig,
+    TopicInfo,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -137,5 +138,15 @@ impl Client {
             .get_stats(GetStatsRequest {})
             .await?
             .into_inner())
+    }
+
+    /// The live brokers of the cluster.
+    pub async fn cluster_status(&self) -> Result<Vec<BrokerInfo>, ClientError> {
+        Ok(self
+            .admin()
+            .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner()
+            .brokers)
     }
 }

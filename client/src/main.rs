@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::{bench, consume, produce, topic};
+use crate::cli::{bench, cluster, consume, produce, topic};
 
 /// The Silt command-line tool: manage topics, produce and consume records, run benchmarks.
 #[derive(Debug, Parser)]
@@ -39,6 +39,8 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure the broker (produce, consume) or an object store.
     Bench(bench::BenchArgs),
+    /// Inspect the cluster (live brokers).
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,5 +90,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Produce(args) => produce::run(&cli.broker, args).await,
         Command::Consume(args) => consume::run(&cli.broker, args).await,
         Command::Bench(args) => bench::run(&cli.broker, args).await,
+        Command::Cluster(args) => cluster::run(&cli.broker, args).await,
     }
 }

@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use crate::codec::{self, SegmentCommit, TopicRecord};
+use crate::codec::{self, BrokerRecord, SegmentCommit, TopicRecord};
 use crate::error::{CatalogError, MetaError};
 use crate::keys::Keys;
-use crate::store::{Compare, MetaStore, Op, RangeRequest, Txn};
+use crate::store::{Compare, LeaseId, MetaStore, Op, RangeRequest, Txn};
 
 /// Keys read per range call when loading large prefixes.
 const PAGE: i64 = 1000;
@@ -126,6 +126,33 @@ impl Catalog {
 
     /// Makes `fence` the current incarnation of its broker: commits of earlier incarnations
     /// fail from now on.
+    /// Registers a live broker under `lease`: the key disappears when the lease ends.
+    pub async fn register_broker(
+        &self,
+        broker: &BrokerRecord,
+        lease: LeaseId,
+    ) -> Result<(), CatalogError> {
+        let op = Op::put_with_lease(
+            self.keys.broker(&broker.broker_id),
+            codec::encode_broker(broker),
+            lease,
+        );
+        self.store.txn(Txn::new().and_then([op])).await?;
+        Ok(())
+    }
+
+    /// The brokers registered now, by id.
+    pub async fn list_brokers(&self) -> Result<Vec<BrokerRecord>, CatalogError> {
+        let resp = self
+            .store
+            .range(RangeRequest::prefix(self.keys.brokers_prefix()))
+            .await?;
+        resp.kvs
+            .iter()
+            .map(|kv| codec::decode_broker(&kv.key, &kv.value).map_err(CatalogError::from))
+            .collect()
+    }
+
     pub async fn register_writer(&self, fence: &WriterFence) -> Result<(), CatalogError> {
         self.store
             .put(

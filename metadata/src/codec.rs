@@ -177,3 +177,25 @@ mod tests {
         );
     }
 }
+
+/// A live broker, as it registers itself under its lease.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerRecord {
+    pub v: u32,
+    pub broker_id: String,
+    /// Address clients reach its gRPC API at.
+    pub address: String,
+    pub incarnation: u64,
+    pub started_at_ms: i64,
+}
+
+pub fn encode_broker(broker: &BrokerRecord) -> Vec<u8> {
+    serde_json::to_vec(broker).unwrap_or_default()
+}
+
+pub fn decode_broker(key: &[u8], value: &[u8]) -> Result<BrokerRecord, MetaError> {
+    serde_json::from_slice(value).map_err(|e| MetaError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("broker record: {e}"),
+    })
+}

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `topics/<name>` | [`crate::codec::TopicRecord`] (JSON, `"v":1`) | CreateTopic; its `create_revision` is the topic id |
 //! | `log-start/<topic-id:016x>` | per-partition log start offsets (binary v1) | retention, topic deletion |
+//! | `brokers/<broker-id>` | [`crate::codec::BrokerRecord`] (JSON, `"v":1`), under the broker's lease | a live broker: membership; gone when its lease ends |
 //! | `writers/<broker-id>` | the broker's incarnation (decimal) | a broker at start; compared by every commit (fencing) |
 //! | `segments/<broker-id>/<incarnation:016x>-<seq:012>` | [`crate::codec::SegmentCommit`] (binary v1) | the flusher: one key per segment object, whatever its partition count |
 //!
@@ -51,6 +52,14 @@ impl Keys {
     pub fn parse_log_start(&self, key: &[u8]) -> Option<u64> {
         let hex = key.strip_prefix(self.log_start_prefix().as_slice())?;
         u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+
+    pub fn brokers_prefix(&self) -> Vec<u8> {
+        format!("{}brokers/", self.root).into_bytes()
+    }
+
+    pub fn broker(&self, broker_id: &str) -> Vec<u8> {
+        format!("{}brokers/{broker_id}", self.root).into_bytes()
     }
 
     pub fn writer(&self, broker_id: &str) -> Vec<u8> {

@@ -136,7 +136,7 @@ fn format_retention(ms: i64) -> String {
 }
 
 /// Left-aligned columns separated by two spaces, one line per row.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

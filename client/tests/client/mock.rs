@@ -276,6 +276,15 @@ impl Admin for Mock {
             ..Default::default()
         }))
     }
+
+    async fn cluster_status(
+        &self,
+        _: Request<silt_api::v1::ClusterStatusRequest>,
+    ) -> Result<Response<silt_api::v1::ClusterStatusResponse>, Status> {
+        Ok(Response::new(silt_api::v1::ClusterStatusResponse {
+            brokers: Vec::new(),
+        }))
+    }
 }
 
 /// Starts the mock on a free loopback port and connects a client to it.
