@@ -15,6 +15,7 @@ use crate::store::{
 
 /// What the suite needs from a store under test.
 pub struct Harness {
+    /// The store under test.
     pub store: Arc<dyn MetaStore>,
     /// Key prefix for this run.
     pub prefix: Vec<u8>,

@@ -112,7 +112,8 @@ fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KeyValue, MetaError> {
 }
 
 /// The key bounds of a range request, as etcd reads them: an empty `range_end` is the single
-/// key, `[0]` means "every key from `key` on".
+/// key, `[0]` means "every key from `key` on", and a `range_end` below `key` selects nothing
+/// (as an empty `[key, key)`, never an inverted range, which `BTreeMap::range` panics on).
 fn bounds(key: &[u8], range_end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     if range_end.is_empty() {
         (Bound::Included(key.to_vec()), Bound::Included(key.to_vec()))
@@ -121,7 +122,7 @@ fn bounds(key: &[u8], range_end: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     } else {
         (
             Bound::Included(key.to_vec()),
-            Bound::Excluded(range_end.to_vec()),
+            Bound::Excluded(range_end.max(key).to_vec()),
         )
     }
 }
@@ -456,6 +457,7 @@ impl EmbeddedStore {
 
     fn run_txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
         self.check_limits(&txn)?;
+        let now = self.clock.monotonic_ms();
         let mut state = self.lock();
         let succeeded = txn
             .compares
@@ -469,7 +471,9 @@ impl EmbeddedStore {
         for op in ops {
             match op {
                 Op::Put { key, value, lease } => {
-                    if lease != 0 && !state.leases.contains_key(&lease) {
+                    // A lease past its deadline is gone even if the reaper has not run yet.
+                    let lease_alive = |l: &Lease| l.deadline_ms > now;
+                    if lease != 0 && !state.leases.get(&lease).is_some_and(lease_alive) {
                         return Err(MetaError::LeaseNotFound(lease));
                     }
                     let previous = match staged.get(&key) {
@@ -701,7 +705,10 @@ impl MetaStore for EmbeddedStore {
                             };
                             return Some((Err(e), None));
                         }
-                        Err(broadcast::error::RecvError::Closed) => return None,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            let e = MetaError::Unavailable("embedded metadata store closed".into());
+                            return Some((Err(e), None));
+                        }
                     }
                 }
             }

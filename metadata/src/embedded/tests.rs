@@ -135,3 +135,80 @@ async fn background_task_expires_leases() {
     }
     panic!("the lease was not expired by the background task");
 }
+
+#[tokio::test]
+async fn inverted_ranges_are_empty() {
+    let store = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    store.put(b"b", b"1").await.unwrap();
+    let resp = store.range(RangeRequest::between("c", "a")).await.unwrap();
+    assert_eq!((resp.count, resp.kvs.len()), (0, 0));
+    let resp = store
+        .txn(Txn::new().and_then([
+            Op::Delete {
+                key: b"c".to_vec(),
+                range_end: b"a".to_vec(),
+            },
+            Op::get(RangeRequest::between("c", "a")),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(resp.responses[0], OpResponse::Delete(0));
+    assert_eq!(resp.revision, 2, "deleting nothing is not a change");
+    assert!(store.get(b"b").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn lease_expiry_is_one_watched_revision() {
+    let clock = ManualClock::new(0);
+    let store = EmbeddedStore::open_in_memory(clock.clone()).unwrap();
+    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    store
+        .txn(Txn::new().and_then([
+            Op::put_with_lease("l/a", "1", lease),
+            Op::put_with_lease("l/b", "2", lease),
+        ]))
+        .await
+        .unwrap();
+    let before = store
+        .range(RangeRequest::key("l/a"))
+        .await
+        .unwrap()
+        .revision;
+    let mut stream = store.watch(RangeRequest::prefix("l/"), 0).await.unwrap();
+    clock.advance_ms(1_001);
+    // Past its deadline the lease is gone, even before the reaper runs.
+    let err = store
+        .txn(Txn::new().and_then([Op::put_with_lease("l/c", "3", lease)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::LeaseNotFound(_)), "{err:?}");
+    store.expire_leases();
+    let got = stream.next().await.unwrap().unwrap();
+    assert_eq!(got.revision, before + 1);
+    let deleted: Vec<&[u8]> = got
+        .events
+        .iter()
+        .map(|e| {
+            assert!(matches!(e, WatchEvent::Delete(_)), "{e:?}");
+            assert_eq!(e.kv().mod_revision, before + 1);
+            e.kv().key.as_slice()
+        })
+        .collect();
+    assert_eq!(deleted, [&b"l/a"[..], b"l/b"]);
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(MetaError::LeaseNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn watch_ends_with_an_error_when_the_store_closes() {
+    let store = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let mut stream = store.watch(RangeRequest::prefix("x"), 0).await.unwrap();
+    drop(store);
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(MetaError::Unavailable(_)))
+    ));
+    assert!(stream.next().await.is_none());
+}
