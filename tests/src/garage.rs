@@ -130,7 +130,27 @@ impl GarageProcess {
             },
         )
         .await;
-        garage.run(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        // `node id` reads the key file the server writes first; the layout commands need its
+        // RPC listener, which comes up a moment later: retry until it answers.
+        crate::wait_for(
+            "garage RPC to accept the layout",
+            Duration::from_secs(60),
+            || {
+                let exited = garage.child.try_wait().ok().flatten();
+                assert!(
+                    exited.is_none(),
+                    "garage server exited during start-up: {exited:?}"
+                );
+                let ok = garage_cli(
+                    &bin,
+                    &config,
+                    &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
+                )
+                .is_ok();
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
         garage.run(&["layout", "apply", "--version", "1"]);
         let bucket = garage.bucket.clone();
         crate::wait_for(
