@@ -241,13 +241,15 @@ impl Flusher {
                 }
                 Ok(put) => {
                     let started = tokio::time::Instant::now();
-                    self.commit(&built).await.map(|()| (put, started.elapsed()))
+                    self.commit(&built)
+                        .await
+                        .map(|bytes| (put, started.elapsed(), bytes))
                 }
             }
         };
         self.wal.release(built.held);
         match outcome {
-            Ok((put, commit)) => {
+            Ok((put, commit, metadata_bytes)) => {
                 let times = FlushTimes {
                     wait_for_flush: built
                         .upload_started
@@ -256,11 +258,7 @@ impl Flusher {
                     commit,
                     ack: built.opened_at.elapsed(),
                 };
-                let key_bytes = built.object_id.len() + 40;
-                self.stats.flush_committed(
-                    silt_metadata::codec::encode_segment(&built.commit).len() + key_bytes,
-                    &times,
-                );
+                self.stats.flush_committed(metadata_bytes, &times);
                 self.cache.insert_object(&built.path, &built.bytes);
                 self.index.apply(&built.object_id, &built.commit);
                 self.stats.segment_flushed(built.bytes.len());
@@ -291,7 +289,8 @@ impl Flusher {
     }
 
     /// The metadata commit, retried while the store is unavailable.
-    async fn commit(&self, built: &Built) -> Result<(), BrokerError> {
+    /// Returns the bytes the commit sent to metadata.
+    async fn commit(&self, built: &Built) -> Result<usize, BrokerError> {
         let deadline = tokio::time::Instant::now() + COMMIT_RETRY_FOR;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -301,7 +300,7 @@ impl Flusher {
                 .commit_segment(&self.fence, &built.object_id, &built.commit)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(committed) => return Ok(committed.request_bytes),
                 Err(CatalogError::Store(e))
                     if e.is_retriable() && tokio::time::Instant::now() < deadline =>
                 {

@@ -33,6 +33,15 @@ pub struct WriterFence {
     pub incarnation: u64,
 }
 
+/// A segment commit that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The metadata revision of the commit.
+    pub revision: i64,
+    /// Keys and values the commit sent (compare and put): its metadata cost.
+    pub request_bytes: usize,
+}
+
 /// The typed metadata API over a [`MetaStore`].
 #[derive(Clone)]
 pub struct Catalog {
@@ -169,16 +178,16 @@ impl Catalog {
         fence: &WriterFence,
         object_id: &str,
         commit: &SegmentCommit,
-    ) -> Result<i64, CatalogError> {
+    ) -> Result<Committed, CatalogError> {
+        let (fence_key, fence_value) = (
+            self.keys.writer(&fence.broker_id),
+            fence.incarnation.to_string().into_bytes(),
+        );
+        let (key, value) = (self.keys.segment(object_id), codec::encode_segment(commit));
+        let request_bytes = fence_key.len() + fence_value.len() + key.len() + value.len();
         let txn = Txn::new()
-            .when([Compare::value(
-                self.keys.writer(&fence.broker_id),
-                fence.incarnation.to_string().into_bytes(),
-            )])
-            .and_then([Op::put(
-                self.keys.segment(object_id),
-                codec::encode_segment(commit),
-            )]);
+            .when([Compare::value(fence_key, fence_value)])
+            .and_then([Op::put(key, value)]);
         let resp = self.store.txn(txn).await?;
         if !resp.succeeded {
             return Err(CatalogError::Fenced {
@@ -186,7 +195,10 @@ impl Catalog {
                 incarnation: fence.incarnation,
             });
         }
-        Ok(resp.revision)
+        Ok(Committed {
+            revision: resp.revision,
+            request_bytes,
+        })
     }
 
     /// Every committed segment, with its object id.
