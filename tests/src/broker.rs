@@ -52,21 +52,28 @@ pub struct BrokerProcess {
 /// How long a broker may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `silt-broker` on a free loopback port with `options`, stdin closed, no colours.
+fn command(options: &BrokerOptions) -> Command {
+    let mut command = Command::new(bin_path("silt-broker"));
+    command
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(&options.data_dir)
+        .arg("--linger-ms")
+        .arg(options.linger_ms.to_string())
+        .args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
 impl BrokerProcess {
     /// Starts a broker on a free loopback port and waits until it serves gRPC.
     pub async fn start(options: BrokerOptions) -> BrokerProcess {
-        let mut child = Command::new(bin_path("silt-broker"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&options.data_dir)
-            .arg("--linger-ms")
-            .arg(options.linger_ms.to_string())
-            .args(&options.args)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
+        let mut child = command(&options)
             .env("SILT_LOG", "info,silt_broker=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -118,19 +125,7 @@ impl BrokerProcess {
     /// Runs a broker that must refuse to start (bad settings, unreachable or foreign stores);
     /// returns what it printed on stderr.
     pub fn refused(options: &BrokerOptions) -> String {
-        let output = Command::new(bin_path("silt-broker"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&options.data_dir)
-            .arg("--linger-ms")
-            .arg(options.linger_ms.to_string())
-            .args(&options.args)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run silt-broker");
+        let output = command(options).output().expect("run silt-broker");
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             !output.status.success(),
