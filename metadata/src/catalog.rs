@@ -4,14 +4,18 @@
 //! with the keys of [`crate::keys`] and the values of [`crate::codec`]. Its guarantees:
 //! - a segment commit is ONE transaction of O(1) operations whatever the number of partitions
 //!   in the segment: a compare on the writer's fencing key and one put;
-//! - a commit from a fenced writer (its `writers/<broker>` key no longer holds its incarnation)
-//!   changes nothing and returns [`CatalogError::Fenced`];
+//! - a commit from a fenced writer changes nothing and returns [`CatalogError::Fenced`]. The
+//!   fence is the `mod_revision` of `writers/<broker>`: a new incarnation of the broker rewrites
+//!   the key, and so does every ownership change that takes a partition away from the broker, so
+//!   one compare proves the writer still owns every partition it owned when it read the fence;
+//! - ownership changes are written only by the elected controller, in transactions that compare
+//!   its election key and put the losing brokers' writer keys *after* the owner keys;
 //! - a topic's id is the revision that created it, so a re-created topic never aliases the data
 //!   of the one deleted before it.
 
 use std::sync::Arc;
 
-use crate::codec::{self, BrokerRecord, SegmentCommit, TopicRecord};
+use crate::codec::{self, BrokerRecord, ControllerRecord, OwnerRecord, SegmentCommit, TopicRecord};
 use crate::error::{CatalogError, MetaError};
 use crate::keys::Keys;
 use crate::store::{Compare, LeaseId, MetaStore, Op, RangeRequest, Txn};
@@ -26,11 +30,32 @@ pub struct Topic {
     pub record: TopicRecord,
 }
 
-/// What a writer proves on every commit: it is still the current incarnation of its broker.
+/// What a writer proves on every commit: `writers/<broker>` is unchanged since `revision`, so
+/// it is still the current incarnation of its broker and has lost no partition since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterFence {
     pub broker_id: String,
     pub incarnation: u64,
+    /// The `mod_revision` of `writers/<broker>` the writer last saw.
+    pub revision: i64,
+}
+
+/// One partition moving to a new owner (or being dropped, with `owner: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerChange {
+    pub topic_id: u64,
+    pub partition: u32,
+    /// The new owner and epoch; `None` deletes the owner key (the topic is gone).
+    pub owner: Option<OwnerRecord>,
+}
+
+/// A broker losing partitions in an ownership transaction: its writer key, as the controller
+/// last saw it, is rewritten with the same value, which fences its pending commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FencedWriter {
+    pub broker_id: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
 }
 
 /// A segment commit that succeeded.
@@ -133,8 +158,6 @@ impl Catalog {
         Ok(topics)
     }
 
-    /// Makes `fence` the current incarnation of its broker: commits of earlier incarnations
-    /// fail from now on.
     /// Registers a live broker under `lease`: the key disappears when the lease ends.
     pub async fn register_broker(
         &self,
@@ -162,14 +185,30 @@ impl Catalog {
             .collect()
     }
 
-    pub async fn register_writer(&self, fence: &WriterFence) -> Result<(), CatalogError> {
-        self.store
+    /// Makes `incarnation` the current one of `broker_id`: commits of earlier incarnations fail
+    /// from now on. Returns the new incarnation's fence.
+    pub async fn register_writer(
+        &self,
+        broker_id: &str,
+        incarnation: u64,
+    ) -> Result<WriterFence, CatalogError> {
+        let revision = self
+            .store
             .put(
-                &self.keys.writer(&fence.broker_id),
-                fence.incarnation.to_string().as_bytes(),
+                &self.keys.writer(broker_id),
+                incarnation.to_string().as_bytes(),
             )
             .await?;
-        Ok(())
+        Ok(WriterFence {
+            broker_id: broker_id.to_string(),
+            incarnation,
+            revision,
+        })
+    }
+
+    /// The incarnation a writer key holds.
+    pub fn parse_incarnation(value: &[u8]) -> Option<u64> {
+        std::str::from_utf8(value).ok()?.parse().ok()
     }
 
     /// Commits a segment: one compare (the fence) and one put. Returns the commit revision.
@@ -179,14 +218,11 @@ impl Catalog {
         object_id: &str,
         commit: &SegmentCommit,
     ) -> Result<Committed, CatalogError> {
-        let (fence_key, fence_value) = (
-            self.keys.writer(&fence.broker_id),
-            fence.incarnation.to_string().into_bytes(),
-        );
+        let fence_key = self.keys.writer(&fence.broker_id);
         let (key, value) = (self.keys.segment(object_id), codec::encode_segment(commit));
-        let request_bytes = fence_key.len() + fence_value.len() + key.len() + value.len();
+        let request_bytes = fence_key.len() + 8 + key.len() + value.len();
         let txn = Txn::new()
-            .when([Compare::value(fence_key, fence_value)])
+            .when([Compare::mod_revision(fence_key, fence.revision)])
             .and_then([Op::put(key, value)]);
         let resp = self.store.txn(txn).await?;
         if !resp.succeeded {
@@ -199,6 +235,85 @@ impl Catalog {
             revision: resp.revision,
             request_bytes,
         })
+    }
+
+    /// Tries to become the controller under `lease`; returns the election key's revision when
+    /// this broker won, `None` when another broker holds the key.
+    pub async fn campaign(
+        &self,
+        broker_id: &str,
+        lease: LeaseId,
+    ) -> Result<Option<i64>, CatalogError> {
+        let key = self.keys.controller();
+        let record = ControllerRecord {
+            v: 1,
+            broker_id: broker_id.to_string(),
+        };
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .and_then([Op::put_with_lease(
+                key,
+                codec::encode_controller(&record),
+                lease,
+            )]);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// Writes ownership changes as the controller elected at `controller_revision`: one
+    /// transaction comparing the election key and each losing writer's key, putting the owner
+    /// keys and then the losing writers' keys (so a watcher that sees a writer key change has
+    /// already seen the owner changes of the same transaction). Returns false, changing
+    /// nothing, when a compare failed (no longer the controller, or a view that is behind).
+    /// The caller keeps `changes.len() + losers.len()` within the store's `max_txn_ops`.
+    pub async fn change_owners(
+        &self,
+        controller_revision: i64,
+        changes: &[OwnerChange],
+        losers: &[FencedWriter],
+    ) -> Result<bool, CatalogError> {
+        let mut compares = vec![Compare::new(
+            self.keys.controller(),
+            crate::CompareOp::Equal,
+            crate::CompareTarget::CreateRevision(controller_revision),
+        )];
+        let mut ops = Vec::with_capacity(changes.len() + losers.len());
+        for c in changes {
+            let key = self.keys.owner(c.topic_id, c.partition);
+            ops.push(match &c.owner {
+                Some(owner) => Op::put(key, codec::encode_owner(owner)),
+                None => Op::delete(key),
+            });
+        }
+        for l in losers {
+            let key = self.keys.writer(&l.broker_id);
+            compares.push(Compare::mod_revision(key.clone(), l.mod_revision));
+            ops.push(Op::put(key, l.value.clone()));
+        }
+        let resp = self
+            .store
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?;
+        Ok(resp.succeeded)
+    }
+
+    /// Decodes an owner key and value.
+    pub fn decode_owner(
+        &self,
+        kv: &crate::KeyValue,
+    ) -> Result<Option<((u64, u32), OwnerRecord)>, CatalogError> {
+        let Some(id) = self.keys.parse_owner(&kv.key) else {
+            return Ok(None);
+        };
+        Ok(Some((id, codec::decode_owner(&kv.key, &kv.value)?)))
+    }
+
+    /// Every key of the cluster, page by page, and the revision of the first page: a watch from
+    /// one past it sees every change the pages may have missed.
+    pub async fn load_all(&self) -> Result<(i64, Vec<crate::KeyValue>), CatalogError> {
+        Ok(self
+            .range_all_at(self.keys.root().as_bytes().to_vec())
+            .await?)
     }
 
     /// Every committed segment, with its object id.
@@ -252,22 +367,32 @@ impl Catalog {
 
     /// Reads a whole prefix page by page (etcd bounds response sizes).
     async fn range_all(&self, prefix: Vec<u8>) -> Result<Vec<crate::KeyValue>, MetaError> {
+        Ok(self.range_all_at(prefix).await?.1)
+    }
+
+    /// [`Self::range_all`], with the revision of the first page.
+    async fn range_all_at(
+        &self,
+        prefix: Vec<u8>,
+    ) -> Result<(i64, Vec<crate::KeyValue>), MetaError> {
         let end = crate::store::prefix_end(&prefix);
         let mut start = prefix;
         let mut out = Vec::new();
+        let mut first_revision = None;
         loop {
             let resp = self
                 .store
                 .range(RangeRequest::between(start.clone(), end.clone()).with_limit(PAGE))
                 .await?;
             let more = resp.more;
+            let revision = *first_revision.get_or_insert(resp.revision);
             if let Some(last) = resp.kvs.last() {
                 start = last.key.clone();
                 start.push(0);
             }
             out.extend(resp.kvs);
             if !more {
-                return Ok(out);
+                return Ok((revision, out));
             }
         }
     }

@@ -58,14 +58,7 @@ pub fn encode_topic(topic: &TopicRecord) -> Vec<u8> {
 
 /// Decodes a topic record.
 pub fn decode_topic(key: &[u8], value: &[u8]) -> Result<TopicRecord, MetaError> {
-    let topic: TopicRecord = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
-    if topic.v != 1 {
-        return Err(corrupt(
-            key,
-            format!("unknown topic record version {}", topic.v),
-        ));
-    }
-    Ok(topic)
+    decode_json_v1(key, value, "topic record", |t: &TopicRecord| t.v)
 }
 
 /// Encodes a segment commit (binary v1).
@@ -137,6 +130,24 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_controller_records_round_trip_and_check_their_version() {
+        let o = OwnerRecord {
+            v: 1,
+            broker_id: "b-1".into(),
+            epoch: 7,
+        };
+        assert_eq!(decode_owner(b"k", &encode_owner(&o)).unwrap(), o);
+        let future = br#"{"v":2,"broker_id":"b","epoch":1}"#;
+        assert!(decode_owner(b"k", future).is_err());
+        let c = ControllerRecord {
+            v: 1,
+            broker_id: "b-2".into(),
+        };
+        assert_eq!(decode_controller(b"k", &encode_controller(&c)).unwrap(), c);
+        assert!(decode_controller(b"k", b"not json").is_err());
+    }
+
+    #[test]
     fn segment_commit_round_trips() {
         let c = commit(3);
         assert_eq!(decode_segment(b"k", &encode_segment(&c)).unwrap(), c);
@@ -187,6 +198,52 @@ pub struct BrokerRecord {
     pub address: String,
     pub incarnation: u64,
     pub started_at_ms: i64,
+}
+
+/// Who writes a partition, as stored in `owners/<topic-id>/<partition>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub v: u32,
+    pub broker_id: String,
+    /// Increases by one on every change of owner.
+    pub epoch: u64,
+}
+
+/// The elected controller, as stored in `controller` under its membership lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerRecord {
+    pub v: u32,
+    pub broker_id: String,
+}
+
+pub fn encode_owner(owner: &OwnerRecord) -> Vec<u8> {
+    serde_json::to_vec(owner).unwrap_or_default()
+}
+
+pub fn decode_owner(key: &[u8], value: &[u8]) -> Result<OwnerRecord, MetaError> {
+    decode_json_v1(key, value, "owner record", |r: &OwnerRecord| r.v)
+}
+
+pub fn encode_controller(controller: &ControllerRecord) -> Vec<u8> {
+    serde_json::to_vec(controller).unwrap_or_default()
+}
+
+pub fn decode_controller(key: &[u8], value: &[u8]) -> Result<ControllerRecord, MetaError> {
+    decode_json_v1(key, value, "controller record", |r: &ControllerRecord| r.v)
+}
+
+fn decode_json_v1<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+    what: &str,
+    version: impl Fn(&T) -> u32,
+) -> Result<T, MetaError> {
+    let record: T =
+        serde_json::from_slice(value).map_err(|e| corrupt(key, format!("{what}: {e}")))?;
+    match version(&record) {
+        1 => Ok(record),
+        v => Err(corrupt(key, format!("unknown {what} version {v}"))),
+    }
 }
 
 pub fn encode_broker(broker: &BrokerRecord) -> Vec<u8> {

@@ -7,7 +7,9 @@
 //! | `topics/<name>` | [`crate::codec::TopicRecord`] (JSON, `"v":1`) | CreateTopic; its `create_revision` is the topic id |
 //! | `log-start/<topic-id:016x>` | per-partition log start offsets (binary v1) | retention, topic deletion |
 //! | `brokers/<broker-id>` | [`crate::codec::BrokerRecord`] (JSON, `"v":1`), under the broker's lease | a live broker: membership; gone when its lease ends |
-//! | `writers/<broker-id>` | the broker's incarnation (decimal) | a broker at start; compared by every commit (fencing) |
+//! | `writers/<broker-id>` | the broker's incarnation (decimal) | a broker at start, and the controller when it takes a partition away from the broker; every commit compares its `mod_revision` (fencing) |
+//! | `owners/<topic-id:016x>/<partition>` | [`crate::codec::OwnerRecord`] (JSON, `"v":1`) | the controller: which broker writes the partition, with its epoch |
+//! | `controller` | [`crate::codec::ControllerRecord`] (JSON, `"v":1`), under the controller's membership lease | the broker elected to assign partitions |
 //! | `segments/<broker-id>/<incarnation:016x>-<seq:012>` | [`crate::codec::SegmentCommit`] (binary v1) | the flusher: one key per segment object, whatever its partition count |
 //!
 //! Segment keys mirror the object path of their segment (`segments/...seg` in the object store),
@@ -66,6 +68,55 @@ impl Keys {
         format!("{}writers/{broker_id}", self.root).into_bytes()
     }
 
+    pub fn writers_prefix(&self) -> Vec<u8> {
+        format!("{}writers/", self.root).into_bytes()
+    }
+
+    /// The broker id of a `writers/` key.
+    pub fn parse_writer<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        let rest = key.strip_prefix(self.writers_prefix().as_slice())?;
+        std::str::from_utf8(rest).ok()
+    }
+
+    /// The broker id of a `brokers/` key.
+    pub fn parse_broker<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        let rest = key.strip_prefix(self.brokers_prefix().as_slice())?;
+        std::str::from_utf8(rest).ok()
+    }
+
+    pub fn owners_prefix(&self) -> Vec<u8> {
+        format!("{}owners/", self.root).into_bytes()
+    }
+
+    /// The owner keys of one topic.
+    pub fn topic_owners_prefix(&self, topic_id: u64) -> Vec<u8> {
+        format!("{}owners/{topic_id:016x}/", self.root).into_bytes()
+    }
+
+    pub fn owner(&self, topic_id: u64, partition: u32) -> Vec<u8> {
+        format!("{}owners/{topic_id:016x}/{partition}", self.root).into_bytes()
+    }
+
+    /// Parses an `owners/` key back into its topic id and partition.
+    pub fn parse_owner(&self, key: &[u8]) -> Option<(u64, u32)> {
+        let rest = key.strip_prefix(self.owners_prefix().as_slice())?;
+        let (topic, partition) = std::str::from_utf8(rest).ok()?.split_once('/')?;
+        Some((
+            u64::from_str_radix(topic, 16).ok()?,
+            partition.parse().ok()?,
+        ))
+    }
+
+    pub fn controller(&self) -> Vec<u8> {
+        format!("{}controller", self.root).into_bytes()
+    }
+
+    /// The topic name of a `topics/` key.
+    pub fn parse_topic<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        let rest = key.strip_prefix(self.topics_prefix().as_slice())?;
+        std::str::from_utf8(rest).ok()
+    }
+
     pub fn segments_prefix(&self) -> Vec<u8> {
         format!("{}segments/", self.root).into_bytes()
     }
@@ -96,6 +147,11 @@ mod tests {
         );
         assert_eq!(k.writer("b-1"), b"/silt/c1/writers/b-1".to_vec());
         assert_eq!(
+            k.owner(1, 3),
+            b"/silt/c1/owners/0000000000000001/3".to_vec()
+        );
+        assert_eq!(k.controller(), b"/silt/c1/controller".to_vec());
+        assert_eq!(
             k.segment("b-1/0000000000000001-000000000007"),
             b"/silt/c1/segments/b-1/0000000000000001-000000000007".to_vec()
         );
@@ -107,5 +163,10 @@ mod tests {
         assert_eq!(k.parse_log_start(&k.log_start(42)), Some(42));
         assert_eq!(k.parse_segment(&k.segment("b/x-1")), Some("b/x-1"));
         assert_eq!(k.parse_segment(b"/silt/c2/segments/b/x-1"), None);
+        assert_eq!(k.parse_owner(&k.owner(0xab, 7)), Some((0xab, 7)));
+        assert_eq!(k.parse_owner(b"/silt/c1/owners/zz/1"), None);
+        assert_eq!(k.parse_writer(&k.writer("b-2")), Some("b-2"));
+        assert_eq!(k.parse_broker(&k.broker("b-3")), Some("b-3"));
+        assert_eq!(k.parse_topic(&k.topic("t")), Some("t"));
     }
 }

@@ -115,11 +115,7 @@ async fn a_commit_is_one_small_transaction_whatever_the_partition_count() {
     let store = store();
     let catalog = Catalog::new(store.clone(), "c");
     let t = catalog.create_topic(topic("wide", 4096)).await.unwrap();
-    let fence = WriterFence {
-        broker_id: "b1".into(),
-        incarnation: 1,
-    };
-    catalog.register_writer(&fence).await.unwrap();
+    let fence = catalog.register_writer("b1", 1).await.unwrap();
     store.txn_ops.lock().unwrap().clear();
     catalog
         .commit_segment(
@@ -139,16 +135,8 @@ async fn a_commit_is_one_small_transaction_whatever_the_partition_count() {
 #[tokio::test]
 async fn a_fenced_writer_commits_nothing() {
     let catalog = Catalog::new(store(), "c");
-    let old = WriterFence {
-        broker_id: "b1".into(),
-        incarnation: 1,
-    };
-    let new = WriterFence {
-        broker_id: "b1".into(),
-        incarnation: 2,
-    };
-    catalog.register_writer(&old).await.unwrap();
-    catalog.register_writer(&new).await.unwrap();
+    let old = catalog.register_writer("b1", 1).await.unwrap();
+    let new = catalog.register_writer("b1", 2).await.unwrap();
     let err = catalog
         .commit_segment(&old, "b1/x-1", &commit(1, 1))
         .await
@@ -165,11 +153,7 @@ async fn a_fenced_writer_commits_nothing() {
 #[tokio::test]
 async fn load_segments_pages_through_many_keys() {
     let catalog = Catalog::new(store(), "c");
-    let fence = WriterFence {
-        broker_id: "b1".into(),
-        incarnation: 1,
-    };
-    catalog.register_writer(&fence).await.unwrap();
+    let fence = catalog.register_writer("b1", 1).await.unwrap();
     for seq in 0..2100 {
         catalog
             .commit_segment(&fence, &format!("b1/0-{seq:012}"), &commit(1, 1))
@@ -198,4 +182,114 @@ async fn log_starts_follow_their_topic() {
         catalog.set_log_starts(&t, &[5, 5]).await,
         Err(CatalogError::TopicNotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn one_controller_at_a_time() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let l1 = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let l2 = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let won = catalog.campaign("b1", l1).await.unwrap();
+    assert!(won.is_some());
+    assert_eq!(catalog.campaign("b2", l2).await.unwrap(), None);
+    store.revoke_lease(l1).await.unwrap();
+    let second = catalog.campaign("b2", l2).await.unwrap().unwrap();
+    assert!(second > won.unwrap());
+}
+
+#[tokio::test]
+async fn taking_a_partition_away_fences_the_losers_pending_commit() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 2)).await.unwrap();
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let elected = catalog.campaign("ctl", lease).await.unwrap().unwrap();
+    let b1 = catalog.register_writer("b1", 1).await.unwrap();
+    let owner = |b: &str, epoch| crate::codec::OwnerRecord {
+        v: 1,
+        broker_id: b.into(),
+        epoch,
+    };
+    let give = [OwnerChange {
+        topic_id: t.id,
+        partition: 0,
+        owner: Some(owner("b1", 1)),
+    }];
+    assert!(catalog.change_owners(elected, &give, &[]).await.unwrap());
+    catalog
+        .commit_segment(&b1, "b1/x-1", &commit(t.id, 1))
+        .await
+        .unwrap();
+
+    // The controller moves partition 0 to b2: b1's key is rewritten, its fence no longer holds.
+    let writer = store
+        .get(&catalog.keys().writer("b1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let take = [OwnerChange {
+        topic_id: t.id,
+        partition: 0,
+        owner: Some(owner("b2", 2)),
+    }];
+    let loser = FencedWriter {
+        broker_id: "b1".into(),
+        value: writer.value.clone(),
+        mod_revision: writer.mod_revision,
+    };
+    // A stale view of the loser's key changes nothing.
+    let stale = FencedWriter {
+        mod_revision: writer.mod_revision - 1,
+        ..loser.clone()
+    };
+    assert!(
+        !catalog
+            .change_owners(elected, &take, &[stale])
+            .await
+            .unwrap()
+    );
+    // Nor does a controller that is no longer elected.
+    assert!(
+        !catalog
+            .change_owners(elected + 1, &take, &[loser.clone()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        catalog
+            .change_owners(elected, &take, &[loser])
+            .await
+            .unwrap()
+    );
+    let kv = store
+        .get(&catalog.keys().owner(t.id, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        catalog.decode_owner(&kv).unwrap().unwrap().1,
+        owner("b2", 2)
+    );
+    assert!(matches!(
+        catalog
+            .commit_segment(&b1, "b1/x-2", &commit(t.id, 1))
+            .await,
+        Err(CatalogError::Fenced { .. })
+    ));
+    let after = store
+        .get(&catalog.keys().writer("b1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.value, writer.value, "the incarnation is kept");
+    let refreshed = WriterFence {
+        revision: after.mod_revision,
+        ..b1
+    };
+    catalog
+        .commit_segment(&refreshed, "b1/x-3", &commit(t.id, 1))
+        .await
+        .unwrap();
+    assert_eq!(catalog.load_segments().await.unwrap().len(), 2);
 }
