@@ -4,6 +4,11 @@
 //!
 //! Errors are `Clone` because one broker answer fails every record of a batch: each record's
 //! [`crate::SendFuture`] gets its own copy.
+//!
+//! What a failed produce means for its records is read from the error: a status marked
+//! `silt-not-stored` stored nothing ([`ClientError::is_not_stored`]); a transport failure (no
+//! answer from the broker: connection refused or reset, timeout) or an UNAVAILABLE without the
+//! mark is *ambiguous* ([`ClientError::is_ambiguous`]): the records may have been committed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,11 @@ use tonic::{Code, Status};
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// Metadata key of the log start offset sent with OUT_OF_RANGE.
 pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
+/// Metadata key (value `1`) of an error after which nothing of the request was stored.
+pub const NOT_STORED: &str = "silt-not-stored";
+/// Metadata key of the owner's address sent with a not-owner UNAVAILABLE (empty while the
+/// partition is being reassigned).
+pub const OWNER: &str = "silt-owner";
 
 /// Why a client call failed.
 #[derive(Debug, Clone, Error)]
@@ -39,6 +49,13 @@ pub enum ClientError {
     /// The call was refused by the client before anything was sent.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A call got no answer in time (the client gave up; the broker may still act on it).
+    #[error("{call} to {url} got no answer within {after:?}")]
+    Timeout {
+        call: &'static str,
+        url: String,
+        after: Duration,
+    },
     /// The producer stopped before the record was acknowledged.
     #[error("the producer was closed before the record was acknowledged")]
     Closed,
@@ -53,6 +70,7 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Closed => Code::Unavailable,
             ClientError::InvalidArgument(_) | ClientError::Batch(_) => Code::InvalidArgument,
             ClientError::Protocol(_) => Code::Internal,
+            ClientError::Timeout { .. } => Code::DeadlineExceeded,
         }
     }
 
@@ -64,9 +82,42 @@ impl ClientError {
         }
     }
 
-    /// True when the same call may succeed later (UNAVAILABLE, RESOURCE_EXHAUSTED).
+    /// True when the same call may succeed later: UNAVAILABLE, RESOURCE_EXHAUSTED, or a
+    /// transport failure (whatever code tonic gave it).
     pub fn is_retriable(&self) -> bool {
-        matches!(self.code(), Code::Unavailable | Code::ResourceExhausted)
+        matches!(self.code(), Code::Unavailable | Code::ResourceExhausted) || self.is_transport()
+    }
+
+    /// True when no broker answer was received: the call failed in the client's transport
+    /// (connection refused or reset, HTTP/2 error, timeout). tonic gives such a status a
+    /// source error; a status a broker sent has none.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            ClientError::Status(s) => std::error::Error::source(s).is_some(),
+            ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// True when the broker marked the error `silt-not-stored`: nothing of the request was
+    /// stored, so sending it again cannot duplicate records.
+    pub fn is_not_stored(&self) -> bool {
+        self.status()
+            .and_then(|s| s.metadata().get(NOT_STORED))
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "1")
+    }
+
+    /// True when a produce that failed this way may still have been committed: a transport
+    /// failure, or UNAVAILABLE without the `silt-not-stored` mark.
+    pub fn is_ambiguous(&self) -> bool {
+        !self.is_not_stored() && (self.is_transport() || self.code() == Code::Unavailable)
+    }
+
+    /// The `silt-owner` hint of a not-owner error: the owner's address (possibly empty while
+    /// the partition is being reassigned); `None` when the error carries no hint.
+    pub fn owner_hint(&self) -> Option<&str> {
+        self.status()?.metadata().get(OWNER)?.to_str().ok()
     }
 
     /// The broker's `retry-after-ms` hint, if it sent one.
@@ -145,6 +196,33 @@ mod tests {
         assert_eq!(err.to_string(), "topic 'x' does not exist (NOT_FOUND)");
         assert!(!err.is_retriable());
         assert_eq!(err.retry_after(), None);
+    }
+
+    #[test]
+    fn not_owner_is_marked_not_stored_with_the_owner() {
+        let mut status = Status::unavailable("not the owner of t/1");
+        status
+            .metadata_mut()
+            .insert(NOT_STORED, "1".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(OWNER, "127.0.0.1:7451".parse().unwrap());
+        let err = ClientError::from(status);
+        assert!(err.is_retriable() && err.is_not_stored() && !err.is_ambiguous());
+        assert!(!err.is_transport());
+        assert_eq!(err.owner_hint(), Some("127.0.0.1:7451"));
+        let plain = ClientError::from(Status::unavailable("store down"));
+        assert!(plain.is_ambiguous() && !plain.is_not_stored());
+        assert_eq!(plain.owner_hint(), None);
+        let full = ClientError::from(Status::resource_exhausted("WAL cache full"));
+        assert!(full.is_retriable() && !full.is_ambiguous());
+    }
+
+    #[test]
+    fn a_status_with_a_source_is_a_transport_failure() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let err = ClientError::from(Status::from_error(Box::new(io)));
+        assert!(err.is_transport() && err.is_retriable() && err.is_ambiguous());
     }
 
     #[test]
