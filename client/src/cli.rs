@@ -15,7 +15,7 @@ use silt_client::{BatchCompression, Client};
 
 pub(crate) use size::{ByteSize, format_bytes};
 
-/// Connects to the broker (the error names the URL).
+/// Connects to the cluster through the `--broker` list (the error names the last URL tried).
 pub(crate) async fn connect(broker: &str) -> anyhow::Result<Client> {
     Ok(Client::connect(broker).await?)
 }

@@ -1,78 +1,241 @@
-//! The connection to one Silt broker: [`Client`] holds one HTTP/2 channel and hands out the raw
-//! tonic `Log` and `Admin` clients (cheap clones of the same channel) plus helpers for the admin
-//! calls. The [`crate::Producer`] and [`crate::PartitionReader`] build on it.
+//! The connection to a Silt cluster: [`Client`] knows a list of brokers (the bootstrap list
+//! plus every broker `ClusterStatus` reported), holds a pool of HTTP/2 channels to them and a
+//! routing table of partition owners (see `routing.rs`), and hands out the raw tonic `Log` and
+//! `Admin` clients of its preferred broker plus helpers for the admin calls. Admin calls and
+//! metadata lookups go to the preferred broker and fall back to the next known broker when one
+//! is unreachable (a transport failure or UNAVAILABLE), so a client outlives any one broker.
+//! The [`crate::Producer`] and [`crate::PartitionReader`] build on it.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
 
 use silt_api::v1::admin_client::AdminClient;
 use silt_api::v1::log_client::LogClient;
 use silt_api::v1::{
-    BrokerInfo, ClusterStatusRequest, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest,
-    DescribeTopicResponse, GetStatsRequest, GetStatsResponse, ListTopicsRequest, TopicConfig,
-    TopicInfo,
+    ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
+    DescribeTopicRequest, DescribeTopicResponse, GetStatsRequest, GetStatsResponse,
+    ListTopicsRequest, TopicConfig, TopicInfo,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::brokers::{Brokers, endpoint, parse_broker_list};
 use crate::error::ClientError;
+use crate::routing::{RoutingTable, TopicRoutes};
 
 /// Largest gRPC message the client sends or accepts: above the broker's 32 MiB default request
 /// limit, so the broker, not the client, is the one that says a request is too large.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// A connection to a Silt broker. Cloning is cheap and shares the connection.
+/// A connection to a Silt cluster. Cloning is cheap and shares the connections and the
+/// routing table.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The broker the client first reached.
     url: String,
-    log: LogClient<Channel>,
-    admin: AdminClient<Channel>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    brokers: Brokers,
+    routes: RoutingTable,
+}
+
+/// The `Log` client of a channel, with the client's message limits.
+pub(crate) fn log_client(channel: Channel) -> LogClient<Channel> {
+    LogClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The `Admin` client of a channel, with the client's message limits.
+pub(crate) fn admin_client(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// True when a call that failed this way may succeed at another broker.
+pub(crate) fn fails_over(err: &ClientError) -> bool {
+    err.is_transport() || err.code() == tonic::Code::Unavailable
 }
 
 impl Client {
-    /// Connects to the broker at `url`, e.g. `http://127.0.0.1:7450`.
-    pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let connect_err = |source| ClientError::Connect {
-            url: url.to_string(),
-            source: std::sync::Arc::new(source),
-        };
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(connect_err)?
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(connect_err)?;
-        Ok(Self::from_channel(url, channel))
+    /// Connects to a cluster through `urls`: one broker URL (`http://127.0.0.1:7450`) or a
+    /// comma-separated list of them; a bare `host:port` means `http://host:port`. The brokers
+    /// are tried in order and the first that accepts a connection becomes the preferred one;
+    /// the others are remembered for fail-over. Fails only when none can be reached.
+    pub async fn connect(urls: &str) -> Result<Client, ClientError> {
+        let known = parse_broker_list(urls)?;
+        let mut last_error = None;
+        for (i, url) in known.iter().enumerate() {
+            match endpoint(url)?.connect().await {
+                Ok(channel) => {
+                    let brokers = Brokers::new(known.clone(), i);
+                    brokers.insert_channel(url, channel);
+                    return Ok(Self::with_brokers(url, brokers));
+                }
+                Err(source) => {
+                    tracing::debug!(%url, error = %source, "broker unreachable, trying the next");
+                    last_error = Some(ClientError::Connect {
+                        url: url.clone(),
+                        source: Arc::new(source),
+                    });
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::InvalidArgument("no broker".into())))
     }
 
-    /// Wraps an existing channel (for tests and custom transports).
+    /// Wraps an existing channel (for tests and custom transports); `url` is its broker's URL.
     pub fn from_channel(url: &str, channel: Channel) -> Client {
-        let log = LogClient::new(channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let admin = AdminClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let brokers = Brokers::new(vec![url.to_string()], 0);
+        brokers.insert_channel(url, channel);
+        Self::with_brokers(url, brokers)
+    }
+
+    fn with_brokers(url: &str, brokers: Brokers) -> Client {
         Client {
             url: url.to_string(),
-            log,
-            admin,
+            inner: Arc::new(Inner {
+                brokers,
+                routes: RoutingTable::default(),
+            }),
         }
     }
 
-    /// The URL this client connected to.
+    /// The URL of the broker this client first connected to.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// The raw `Log` service client (a cheap clone).
-    pub fn log(&self) -> LogClient<Channel> {
-        self.log.clone()
+    /// Every broker URL the client knows: the bootstrap list, then brokers learnt from
+    /// `ClusterStatus`.
+    pub fn brokers(&self) -> Vec<String> {
+        self.inner.brokers.known()
     }
 
-    /// The raw `Admin` service client (a cheap clone).
+    /// The raw `Log` service client of the preferred broker (a cheap clone).
+    pub fn log(&self) -> LogClient<Channel> {
+        log_client(self.preferred_channel())
+    }
+
+    /// The raw `Admin` service client of the preferred broker (a cheap clone).
     pub fn admin(&self) -> AdminClient<Channel> {
-        self.admin.clone()
+        admin_client(self.preferred_channel())
+    }
+
+    fn preferred_channel(&self) -> Channel {
+        let url = self.inner.brokers.preferred();
+        // The preferred URL parsed when it was learnt, so the channel can always be made.
+        self.inner
+            .brokers
+            .channel(&url)
+            .expect("known broker URLs are valid")
+    }
+
+    /// The URL of the broker tried first for calls any broker serves.
+    pub(crate) fn preferred_url(&self) -> String {
+        self.inner.brokers.preferred()
+    }
+
+    /// The channel to the broker at `url` (lazily connected).
+    pub(crate) fn channel(&self, url: &str) -> Result<Channel, ClientError> {
+        self.inner.brokers.channel(url)
+    }
+
+    /// Notes how a call to `url` ended: an answer makes it preferred, a transport failure
+    /// moves the preference on.
+    pub(crate) fn report(&self, url: &str, err: Option<&ClientError>) {
+        match err {
+            None => self.inner.brokers.prefer(url),
+            Some(e) if e.is_transport() => self.inner.brokers.demote(url),
+            Some(_) => {}
+        }
+    }
+
+    /// Known brokers to try for a call any broker serves, the preferred first.
+    pub(crate) fn candidates(&self) -> Vec<String> {
+        self.inner.brokers.candidates()
+    }
+
+    /// Runs `call` against the preferred broker and, while it fails with a transport error or
+    /// UNAVAILABLE, against each other known broker once. Returns the first answer or the last
+    /// error.
+    pub(crate) async fn with_failover<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last_error = None;
+        for url in self.candidates() {
+            let result = call(self.channel(&url)?).await.map_err(ClientError::from);
+            match result {
+                Ok(value) => {
+                    self.report(&url, None);
+                    return Ok(value);
+                }
+                Err(e) if fails_over(&e) => {
+                    tracing::debug!(%url, error = %e, "broker failed, trying the next");
+                    self.report(&url, Some(&e));
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::InvalidArgument("no broker".into())))
+    }
+
+    /// The routes of `topic`, loaded with one `ClusterStatus` the first time.
+    pub(crate) async fn routes(&self, topic: &str) -> Arc<TopicRoutes> {
+        let routes = self.inner.routes.topic(topic);
+        if !routes.is_loaded() {
+            self.refresh_routes(topic).await;
+        }
+        routes
+    }
+
+    /// Reloads `topic`'s partition owners (coalesced with concurrent reloads, spaced out) and
+    /// learns the brokers the answer names. A failure keeps the old routes: routing is an
+    /// optimisation, every broker accepts every partition's produce (it forwards).
+    pub(crate) async fn refresh_routes(&self, topic: &str) {
+        let routes = self.inner.routes.topic(topic);
+        let fetched = routes
+            .refresh(|| async {
+                let status = self.fetch_cluster_status(vec![topic.to_string()]).await?;
+                Ok(status
+                    .partitions
+                    .into_iter()
+                    .filter(|p| p.topic == topic)
+                    .collect())
+            })
+            .await;
+        if let Err(e) = fetched {
+            tracing::debug!(%topic, error = %e, "cannot refresh partition owners");
+        }
+    }
+
+    async fn fetch_cluster_status(
+        &self,
+        topics: Vec<String>,
+    ) -> Result<ClusterStatusResponse, ClientError> {
+        let status = self
+            .with_failover(|channel| {
+                let request = ClusterStatusRequest {
+                    topics: topics.clone(),
+                };
+                async move {
+                    Ok(admin_client(channel)
+                        .cluster_status(request)
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        self.inner
+            .brokers
+            .learn(status.brokers.iter().map(|b| b.address.as_str()));
+        Ok(status)
     }
 
     /// Creates a topic; `None` settings take the broker's defaults.
@@ -91,7 +254,17 @@ impl Client {
                 max_record_bytes,
             }),
         };
-        let response = self.admin().create_topic(request).await?.into_inner();
+        let response = self
+            .with_failover(|channel| {
+                let request = request.clone();
+                async move {
+                    Ok(admin_client(channel)
+                        .create_topic(request)
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
         response
             .topic
             .ok_or_else(|| ClientError::Protocol("CreateTopic returned no topic".into()))
@@ -99,12 +272,15 @@ impl Client {
 
     /// Lists all topics.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
-        Ok(self
-            .admin()
-            .list_topics(ListTopicsRequest {})
-            .await?
-            .into_inner()
-            .topics)
+        let response = self
+            .with_failover(|channel| async move {
+                Ok(admin_client(channel)
+                    .list_topics(ListTopicsRequest {})
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        Ok(response.topics)
     }
 
     /// Describes one topic with the offsets of each partition.
@@ -112,7 +288,17 @@ impl Client {
         let request = DescribeTopicRequest {
             name: name.to_string(),
         };
-        let response = self.admin().describe_topic(request).await?.into_inner();
+        let response = self
+            .with_failover(|channel| {
+                let request = request.clone();
+                async move {
+                    Ok(admin_client(channel)
+                        .describe_topic(request)
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
         if response.topic.is_none() {
             return Err(ClientError::Protocol(
                 "DescribeTopic returned no topic".into(),
@@ -123,15 +309,19 @@ impl Client {
 
     /// Deletes a topic (its data goes in the background).
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        self.admin()
-            .delete_topic(DeleteTopicRequest {
-                name: name.to_string(),
-            })
-            .await?;
+        let request = DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        self.with_failover(|channel| {
+            let request = request.clone();
+            async move { admin_client(channel).delete_topic(request).await }
+        })
+        .await?;
         Ok(())
     }
 
-    /// The broker's counters and CPU accounting.
+    /// The preferred broker's counters and CPU accounting (not failed over: the numbers are
+    /// one broker's).
     pub async fn stats(&self) -> Result<GetStatsResponse, ClientError> {
         Ok(self
             .admin()
@@ -140,13 +330,18 @@ impl Client {
             .into_inner())
     }
 
-    /// The live brokers of the cluster.
-    pub async fn cluster_status(&self) -> Result<Vec<BrokerInfo>, ClientError> {
-        Ok(self
-            .admin()
-            .cluster_status(ClusterStatusRequest {})
-            .await?
-            .into_inner()
-            .brokers)
+    /// The cluster as any live broker sees it: the live brokers, the controller and the owner
+    /// of every partition of every topic. Also teaches the client the brokers it names.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.fetch_cluster_status(Vec::new()).await
+    }
+
+    /// [`Client::cluster_status`] with only the partitions of `topics`.
+    pub async fn cluster_status_of(
+        &self,
+        topics: &[&str],
+    ) -> Result<ClusterStatusResponse, ClientError> {
+        self.fetch_cluster_status(topics.iter().map(|t| t.to_string()).collect())
+            .await
     }
 }

@@ -1,7 +1,10 @@
 //! `silt`, the Silt command-line tool: topic administration (`silt topic`), producing lines
 //! from stdin or a file on the fast path (`silt produce`), printing records (`silt consume`) and
-//! benchmarks of the broker and of an object store (`silt bench`). Every subcommand talks to one
-//! broker (`--broker`, `SILT_BROKER`) through the `silt_client` library; failures print
+//! benchmarks of the broker and of an object store (`silt bench`), and the cluster's brokers and
+//! partition owners (`silt cluster status`). Every subcommand reaches the cluster through the
+//! brokers of `--broker` / `SILT_BROKER` (a comma-separated list; the first reachable one is
+//! used, the others for fail-over) with the `silt_client` library, whose producer and readers
+//! follow partition owners and move between brokers as they come and go; failures print
 //! `error: ...` with the broker's status code and exit with code 1.
 
 mod cli;
@@ -16,7 +19,8 @@ use crate::cli::{bench, cluster, consume, produce, topic};
 #[derive(Debug, Parser)]
 #[command(name = "silt", version, propagate_version = true)]
 struct Cli {
-    /// URL of the broker's gRPC endpoint.
+    /// The brokers' gRPC endpoints: one URL or a comma-separated list (`host:port` means
+    /// `http://host:port`). The first reachable one is used, the others for fail-over.
     #[arg(
         long,
         global = true,
@@ -39,7 +43,7 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure the broker (produce, consume) or an object store.
     Bench(bench::BenchArgs),
-    /// Inspect the cluster (live brokers).
+    /// Inspect the cluster (live brokers, partition owners).
     Cluster(cluster::ClusterArgs),
 }
 

@@ -5,14 +5,26 @@
 //! resolves to its `(partition, offset)` once the broker acknowledged it — which the broker does
 //! only when the record is durable in object storage and committed.
 //!
+//! Routing: a request's batches are split by the owner of their partition (the client's
+//! routing table) and sent as one `ProduceBatches` per owner, concurrently; a partition with no
+//! known owner goes to any broker, which forwards it. Sending to a wrong broker still works
+//! (one forwarding hop), so a stale table costs latency, not records.
+//!
 //! Flow control: at most `max_in_flight` requests are outstanding and each partition has at
 //! most one of them, so records of a partition are stored in send order, retries included.
 //! While the request slots are full, batches wait in memory; once `max_in_flight ×
-//! request_bytes` bytes wait, [`Producer::send`] itself waits. Retries (UNAVAILABLE,
-//! RESOURCE_EXHAUSTED) give at-least-once delivery: a request whose answer was lost may be
-//! stored twice.
+//! request_bytes` bytes wait, [`Producer::send`] itself waits.
+//!
+//! Retries (UNAVAILABLE, RESOURCE_EXHAUSTED, transport failures) refresh the routing table and
+//! back off, within `retry_for` and `max_retries`, long enough by default to ride through a
+//! broker's death and the reassignment of its partitions. An error marked `silt-not-stored`
+//! stored nothing and is always safe to retry; an *ambiguous* one (no answer, or UNAVAILABLE
+//! without the mark) may have been committed, so retrying it gives at-least-once delivery
+//! (`retry_ambiguous`, the default) and not retrying it fails the records instead, so that
+//! every acknowledged record is stored exactly once.
 
 mod accumulator;
+mod plan;
 mod sender;
 
 use std::future::Future;
@@ -27,7 +39,7 @@ use silt_storage::batch::BatchCompression;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use self::accumulator::{Accumulator, Limits, Outcome, PendingRecord};
-use self::sender::Shared;
+use self::sender::{RetryPolicy, Shared};
 use crate::client::Client;
 use crate::clock::unix_now_ms;
 use crate::error::ClientError;
@@ -47,9 +59,22 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// Soft limit on one request's batch bytes (default 4 MiB; one batch is always sent).
     pub request_bytes: usize,
-    /// How many times a request refused with UNAVAILABLE or RESOURCE_EXHAUSTED is retried
-    /// before its records fail (default 5).
+    /// Most retries of one batch (UNAVAILABLE, RESOURCE_EXHAUSTED, transport failures) before
+    /// its records fail (default 1000). Retries end at this count or when `retry_for` has
+    /// passed, whichever comes first; with the defaults the time budget is the one that ends
+    /// them. 0 disables retries.
     pub max_retries: u32,
+    /// How long after its first attempt a batch may still be retried (default 30 s: more than
+    /// a broker failover, lease TTL + 1 s). A retry whose backoff would end later is not made.
+    pub retry_for: Duration,
+    /// Whether an *ambiguous* failure — no answer from the broker, or UNAVAILABLE without the
+    /// `silt-not-stored` mark — is retried (default true: at-least-once, a record may be stored
+    /// twice). When false such a failure fails the batch's records with the error, so an
+    /// acknowledged record is stored exactly once; errors marked not-stored are still retried.
+    pub retry_ambiguous: bool,
+    /// How long one `ProduceBatches` call may take before it is abandoned as a transport
+    /// failure (an ambiguous one) (default 30 s).
+    pub request_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -60,7 +85,10 @@ impl Default for ProducerConfig {
             compression: BatchCompression::None,
             max_in_flight: 8,
             request_bytes: 4 << 20,
-            max_retries: 5,
+            max_retries: 1000,
+            retry_for: Duration::from_secs(30),
+            retry_ambiguous: true,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -186,7 +214,8 @@ pub struct Producer {
 
 impl Producer {
     /// Creates a producer for `topic`, whose partition count and record limit are read once
-    /// with `DescribeTopic` (NOT_FOUND if the topic does not exist).
+    /// with `DescribeTopic` (NOT_FOUND if the topic does not exist), and loads the topic's
+    /// partition owners into the client's routing table.
     pub async fn new(
         client: &Client,
         topic: &str,
@@ -217,11 +246,18 @@ impl Producer {
             space: Notify::new(),
             closing: Default::default(),
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
-            log: client.log(),
+            client: client.clone(),
             topic: topic.to_string(),
             compression: config.compression,
-            max_retries: config.max_retries,
+            retry: RetryPolicy {
+                max_retries: config.max_retries,
+                retry_for: config.retry_for,
+                retry_ambiguous: config.retry_ambiguous,
+                request_timeout: config.request_timeout,
+            },
         });
+        // Learn the partition owners before the first batch is sent.
+        client.routes(topic).await;
         tokio::spawn(sender::run(shared.clone()));
         Ok(Producer {
             shared,
@@ -336,6 +372,11 @@ mod tests {
         assert_eq!(c.max_in_flight, 8);
         assert_eq!(c.request_bytes, 4 * 1024 * 1024);
         assert_eq!(c.compression, BatchCompression::None);
+        assert!(
+            c.retry_for > Duration::from_secs(7),
+            "rides through a failover"
+        );
+        assert!(c.retry_ambiguous, "at-least-once by default");
     }
 
     #[test]

@@ -3,21 +3,36 @@
 //! they are (`raw_batches`) and decodes them here with `silt_storage::batch::decode_batches`, so
 //! the broker only copies bytes. Each [`PartitionReader::next_batch`] returns the records from
 //! `next_offset` on and advances it; it long-polls when the reader has caught up.
+//!
+//! Any broker serves reads, so a reader is not tied to one: when its broker fails (a transport
+//! error, UNAVAILABLE, no answer in time) it refreshes the client's broker list and continues
+//! from `next_offset` on the next known broker, a bounded number of times with backoff, so a
+//! consumer keeps reading while brokers come and go.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use silt_api::v1::log_client::LogClient;
 use silt_api::v1::start_position::Position;
-use silt_api::v1::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse, StartPosition};
+use silt_api::v1::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, StartPosition,
+};
 use silt_storage::batch::{DecodedRecord, decode_batches};
-use tonic::transport::Channel;
 
-use crate::client::Client;
+use crate::client::{Client, fails_over, log_client};
 use crate::error::ClientError;
 
 /// Default soft limit on the bytes of one fetch.
 pub const DEFAULT_FETCH_BYTES: u32 = 4 << 20;
+
+/// How many times one [`PartitionReader::next_batch`] moves to another broker before it
+/// returns the error.
+const READ_FAILOVERS: u32 = 8;
+/// First pause before reading from another broker; doubled per failover up to
+/// [`MAX_READ_BACKOFF`] (about 10 s in all: a broker's death and its lease running out).
+const READ_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_READ_BACKOFF: Duration = Duration::from_secs(2);
+/// How much longer than its long-poll wait a fetch may take before the broker counts as gone.
+const FETCH_GRACE: Duration = Duration::from_secs(15);
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +86,7 @@ impl From<DecodedRecord> for ConsumedRecord {
     }
 }
 
-/// Looks up an offset of one partition (`ListOffsets`).
+/// Looks up an offset of one partition (`ListOffsets`) on any broker.
 pub async fn list_offsets(
     client: &Client,
     topic: &str,
@@ -83,13 +98,25 @@ pub async fn list_offsets(
         partition,
         spec: Some(spec.to_position()),
     };
-    Ok(client.log().list_offsets(request).await?.into_inner())
+    client
+        .with_failover(|channel| {
+            let request = request.clone();
+            async move {
+                Ok(log_client(channel)
+                    .list_offsets(request)
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
 }
 
 /// Reads one partition in offset order.
 #[derive(Debug, Clone)]
 pub struct PartitionReader {
-    log: LogClient<Channel>,
+    client: Client,
+    /// The broker read from now.
+    url: String,
     topic: String,
     partition: u32,
     next_offset: i64,
@@ -109,7 +136,8 @@ impl PartitionReader {
     ) -> Result<PartitionReader, ClientError> {
         let offsets = list_offsets(client, topic, partition, start).await?;
         Ok(PartitionReader {
-            log: client.log(),
+            client: client.clone(),
+            url: client.preferred_url(),
             topic: topic.to_string(),
             partition,
             next_offset: offsets.offset,
@@ -146,6 +174,11 @@ impl PartitionReader {
         self.log_start_offset
     }
 
+    /// The URL of the broker the reader fetches from now.
+    pub fn broker(&self) -> &str {
+        &self.url
+    }
+
     /// Raw batch bytes fetched so far.
     pub fn fetched_bytes(&self) -> u64 {
         self.fetched_bytes
@@ -159,7 +192,8 @@ impl PartitionReader {
     /// Fetches the records from `next_offset` on, waiting up to `max_wait` when there are none
     /// yet (then the result may be empty), and advances `next_offset` past them. OUT_OF_RANGE
     /// (below the log start) is returned as is; [`ClientError::log_start_offset`] tells where
-    /// to [`seek`](Self::seek).
+    /// to [`seek`](Self::seek). A failed broker is replaced by another known one (see the
+    /// module docs); the error is returned once the failovers run out.
     pub async fn next_batch(
         &mut self,
         max_wait: Duration,
@@ -172,7 +206,32 @@ impl PartitionReader {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             raw_batches: true,
         };
-        let response = self.log.fetch(request).await?.into_inner();
+        let mut failovers = 0u32;
+        let response = loop {
+            match self
+                .fetch_once(request.clone(), max_wait + FETCH_GRACE)
+                .await
+            {
+                Ok(response) => break response,
+                Err(e) if fails_over(&e) && failovers < READ_FAILOVERS => {
+                    let pause = READ_BACKOFF
+                        .saturating_mul(1 << failovers.min(16))
+                        .min(MAX_READ_BACKOFF);
+                    let wake = tokio::time::Instant::now() + pause;
+                    // Learn brokers that joined, then move to the broker after this one.
+                    self.client.refresh_routes(&self.topic).await;
+                    let next = next_after(&self.client.candidates(), &self.url);
+                    tracing::debug!(
+                        topic = %self.topic, partition = self.partition, from = %self.url,
+                        to = %next, ?pause, error = %e, "fetch failed, moving to another broker"
+                    );
+                    self.url = next;
+                    failovers += 1;
+                    tokio::time::sleep_until(wake).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut records = Vec::new();
         for batch in response.batches {
             self.fetched_bytes += batch.len() as u64;
@@ -188,11 +247,49 @@ impl PartitionReader {
         self.next_offset = self.next_offset.max(past_last).max(response.next_offset);
         Ok(records)
     }
+
+    /// One fetch from the current broker, abandoned after `timeout`.
+    async fn fetch_once(
+        &self,
+        request: FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchResponse, ClientError> {
+        let channel = self.client.channel(&self.url)?;
+        let result = match tokio::time::timeout(timeout, log_client(channel).fetch(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from(status)),
+            Err(_) => Err(ClientError::Timeout {
+                call: "Fetch",
+                url: self.url.clone(),
+                after: timeout,
+            }),
+        };
+        self.client.report(&self.url, result.as_ref().err());
+        result
+    }
+}
+
+/// The broker to read from after `failed`: the first other candidate (the client's preferred
+/// broker comes first), or `failed` itself when it is the only one known.
+fn next_after(candidates: &[String], failed: &str) -> String {
+    candidates
+        .iter()
+        .find(|c| *c != failed)
+        .cloned()
+        .unwrap_or_else(|| failed.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_broker_is_replaced_by_another_if_there_is_one() {
+        let candidates = ["http://a:1".to_string(), "http://b:1".to_string()];
+        assert_eq!(next_after(&candidates, "http://a:1"), "http://b:1");
+        assert_eq!(next_after(&candidates, "http://b:1"), "http://a:1");
+        assert_eq!(next_after(&candidates[..1], "http://a:1"), "http://a:1");
+    }
 
     #[test]
     fn start_specs_map_to_wire_positions() {

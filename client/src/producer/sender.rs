@@ -1,11 +1,15 @@
 //! The producer's background half: one task takes requests from the [`Accumulator`] whenever a
 //! request slot (a semaphore permit, `max_in_flight` of them) is free, and each request runs in
-//! its own task: encode the batches with `silt_storage::batch::encode_batch`, call
-//! `ProduceBatches`, retry UNAVAILABLE and RESOURCE_EXHAUSTED with backoff (honouring the
-//! broker's `retry-after-ms`), and resolve every batch's outcome — only with the broker's ack,
-//! which the broker gives once the batch is durable and committed.
+//! its own task: encode the batches with `silt_storage::batch::encode_batch`, split them by the
+//! owner of their partition ([`plan_round`]) and call `ProduceBatches` on every owner at once,
+//! retry what failed retriably (UNAVAILABLE, RESOURCE_EXHAUSTED, transport failures; ambiguous
+//! ones only if the policy says so) after refreshing the routing table and backing off
+//! (honouring the broker's `retry-after-ms`), and resolve every batch's outcome — only with the
+//! broker's ack, which the broker gives once the batch is durable and committed. The request
+//! keeps its partitions busy until every batch is resolved, so a partition never has two
+//! requests in flight.
 //!
-//! A request the broker refuses whole with INVALID_ARGUMENT is split: its batches are sent again
+//! A send the broker refuses whole with INVALID_ARGUMENT is split: its batches are sent again
 //! one per request, so one bad batch fails only its own records.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,14 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use silt_api::v1::log_client::LogClient;
+use futures::future::join_all;
 use silt_api::v1::{PartitionBatch, ProduceBatchesRequest};
 use silt_storage::batch::{BatchCompression, ProducerInfo, encode_batch};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::accumulator::{Accumulator, Request};
+use super::plan::plan_round;
+use crate::client::{Client, log_client};
 use crate::error::ClientError;
 
 /// First retry delay when the broker gives no hint; doubled per attempt up to [`MAX_BACKOFF`].
@@ -39,10 +44,30 @@ pub(crate) struct Shared {
     /// Set when the producer handle is dropped or closed: send what is buffered, then stop.
     pub(crate) closing: AtomicBool,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) log: LogClient<Channel>,
+    pub(crate) client: Client,
     pub(crate) topic: String,
     pub(crate) compression: BatchCompression,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// When a failed batch is sent again (see [`crate::ProducerConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryPolicy {
     pub(crate) max_retries: u32,
+    pub(crate) retry_for: Duration,
+    pub(crate) retry_ambiguous: bool,
+    pub(crate) request_timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// Whether a batch that failed with `err` after `attempt` retries is retried again, the
+    /// retry starting `at` after the batch's first attempt.
+    fn allows(&self, err: &ClientError, attempt: u32, at: Duration) -> bool {
+        err.is_retriable()
+            && (self.retry_ambiguous || !err.is_ambiguous())
+            && attempt < self.max_retries
+            && at <= self.retry_for
+    }
 }
 
 impl Shared {
@@ -112,7 +137,7 @@ async fn send_request(shared: Arc<Shared>, request: Request, permit: OwnedSemaph
         }
     }
     if !encoded.is_empty() {
-        let outcomes = produce_isolating(&shared, &encoded).await;
+        let outcomes = produce_routed(&shared, &encoded).await;
         resolved.extend(slots.into_iter().zip(outcomes));
     }
     // Forget the batches before resolving them, so a flush that sees a resolved outcome never
@@ -133,55 +158,121 @@ struct Encoded {
     count: usize,
 }
 
-/// Produces `batches` in one request; if the broker refuses it whole as invalid, produces each
-/// batch alone so only the bad one fails. Returns each batch's base offset or error, in order.
-async fn produce_isolating(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64, ClientError>> {
-    match produce_with_retries(shared, batches).await {
-        Ok(offsets) => offsets.into_iter().map(Ok).collect(),
-        Err(e) if e.code() == Code::InvalidArgument && batches.len() > 1 => {
-            let mut outcomes = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let one = produce_with_retries(shared, std::slice::from_ref(batch)).await;
-                outcomes.push(one.map(|offsets| offsets[0]));
+/// Produces `batches`: each round plans sends by owner (see [`plan_round`]), runs them
+/// concurrently and keeps the failed batches the policy retries for the next round, after a
+/// routing refresh and a backoff. A send refused whole as invalid is split into one-batch
+/// sends so only the bad batch fails. Returns each batch's base offset or error, in order.
+async fn produce_routed(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64, ClientError>> {
+    let started = Instant::now();
+    let routes = shared.client.routes(&shared.topic).await;
+    let mut outcomes: Vec<Option<Result<i64, ClientError>>> = vec![None; batches.len()];
+    let mut attempts = vec![0u32; batches.len()];
+    let mut alone = vec![false; batches.len()];
+    let mut pending: Vec<usize> = (0..batches.len()).collect();
+    while !pending.is_empty() {
+        let any = shared.client.preferred_url();
+        let (sends, mut next) = plan_round(
+            &pending,
+            |i| batches[i].partition,
+            |p| routes.owner(p).unwrap_or_else(|| any.clone()),
+            &alone,
+        );
+        let results = join_all(sends.into_iter().map(|send| async move {
+            let result = produce_once(shared, &send.url, batches, &send.batches).await;
+            (send, result)
+        }))
+        .await;
+        let mut delay: Option<Duration> = None;
+        let mut reroute = false;
+        for (send, result) in results {
+            match result {
+                Ok(offsets) => {
+                    for (&i, offset) in send.batches.iter().zip(offsets) {
+                        outcomes[i] = Some(Ok(offset));
+                    }
+                }
+                Err(e) if e.code() == Code::InvalidArgument && send.batches.len() > 1 => {
+                    for &i in &send.batches {
+                        alone[i] = true;
+                    }
+                    next.extend(&send.batches);
+                }
+                Err(e) => {
+                    let attempt = send.batches.iter().map(|&i| attempts[i]).max().unwrap_or(0);
+                    let wait = backoff(&e, attempt);
+                    if shared.retry.allows(&e, attempt, started.elapsed() + wait) {
+                        tracing::debug!(
+                            topic = %shared.topic, url = %send.url, attempt, ?wait, error = %e,
+                            "retrying produce"
+                        );
+                        reroute |= e.code() != Code::ResourceExhausted || e.is_transport();
+                        delay = Some(delay.map_or(wait, |d| d.max(wait)));
+                        for &i in &send.batches {
+                            attempts[i] += 1;
+                        }
+                        next.extend(&send.batches);
+                    } else {
+                        for &i in &send.batches {
+                            outcomes[i] = Some(Err(e.clone()));
+                        }
+                    }
+                }
             }
-            outcomes
         }
-        Err(e) => vec![Err(e); batches.len()],
+        if let Some(delay) = delay {
+            let wake = Instant::now() + delay;
+            if reroute {
+                shared.client.refresh_routes(&shared.topic).await;
+            }
+            tokio::time::sleep_until(wake.into()).await;
+        }
+        // Keep request order: a partition's batches must go out in the order they came.
+        next.sort_unstable();
+        pending = next;
     }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Err(ClientError::Closed)))
+        .collect()
 }
 
-/// One `ProduceBatches` call, retried while the broker says to retry.
-async fn produce_with_retries(
+/// One `ProduceBatches` of the batches at `indices` to the broker at `url`, within the
+/// policy's request timeout.
+async fn produce_once(
     shared: &Shared,
+    url: &str,
     batches: &[Encoded],
+    indices: &[usize],
 ) -> Result<Vec<i64>, ClientError> {
-    let mut attempt = 0u32;
-    loop {
-        let request = ProduceBatchesRequest {
-            topic: shared.topic.clone(),
-            batches: batches
-                .iter()
-                .map(|b| PartitionBatch {
-                    partition: b.partition,
-                    batch: b.bytes.clone(),
-                })
-                .collect(),
-        };
-        let result = shared.log.clone().produce_batches(request).await;
-        match result {
-            Ok(response) => return check_acks(batches, response.into_inner().acks),
-            Err(status) => {
-                let err = ClientError::from(status);
-                if !err.is_retriable() || attempt >= shared.max_retries {
-                    return Err(err);
-                }
-                let delay = backoff(&err, attempt);
-                tracing::debug!(topic = %shared.topic, attempt, ?delay, error = %err, "retrying produce");
-                tokio::time::sleep(delay).await;
-                attempt += 1;
+    let sent: Vec<&Encoded> = indices.iter().map(|&i| &batches[i]).collect();
+    let request = ProduceBatchesRequest {
+        topic: shared.topic.clone(),
+        batches: sent
+            .iter()
+            .map(|b| PartitionBatch {
+                partition: b.partition,
+                batch: b.bytes.clone(),
+            })
+            .collect(),
+    };
+    let timeout = shared.retry.request_timeout;
+    let result = match shared.client.channel(url) {
+        Ok(channel) => {
+            let mut log = log_client(channel);
+            match tokio::time::timeout(timeout, log.produce_batches(request)).await {
+                Ok(Ok(response)) => check_acks(&sent, response.into_inner().acks),
+                Ok(Err(status)) => Err(ClientError::from(status)),
+                Err(_) => Err(ClientError::Timeout {
+                    call: "ProduceBatches",
+                    url: url.to_string(),
+                    after: timeout,
+                }),
             }
         }
-    }
+        Err(e) => Err(e),
+    };
+    shared.client.report(url, result.as_ref().err());
+    result
 }
 
 /// How long to wait before retry number `attempt + 1`: the broker's hint, else exponential.
@@ -194,7 +285,7 @@ fn backoff(err: &ClientError, attempt: u32) -> Duration {
 /// Checks the acks follow the contract (one per batch, in order, covering its records) and
 /// returns the base offsets.
 fn check_acks(
-    batches: &[Encoded],
+    batches: &[&Encoded],
     acks: Vec<silt_api::v1::BatchAck>,
 ) -> Result<Vec<i64>, ClientError> {
     if acks.len() != batches.len() {
@@ -249,8 +340,37 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_bounds_retries_by_count_time_and_ambiguity() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            retry_for: Duration::from_secs(10),
+            retry_ambiguous: false,
+            request_timeout: Duration::from_secs(1),
+        };
+        let mut not_owner = Status::unavailable("not the owner");
+        not_owner
+            .metadata_mut()
+            .insert("silt-not-stored", "1".parse().unwrap());
+        let not_owner = ClientError::from(not_owner);
+        let ambiguous = ClientError::from(Status::unavailable("commit outcome unknown"));
+        let second = Duration::from_secs(1);
+        assert!(policy.allows(&not_owner, 0, second));
+        assert!(!policy.allows(&not_owner, 3, second), "count runs out");
+        assert!(!policy.allows(&not_owner, 0, 11 * second), "time runs out");
+        assert!(!policy.allows(&ambiguous, 0, second));
+        let at_least_once = RetryPolicy {
+            retry_ambiguous: true,
+            ..policy
+        };
+        assert!(at_least_once.allows(&ambiguous, 0, second));
+        let invalid = ClientError::from(Status::invalid_argument("bad batch"));
+        assert!(!at_least_once.allows(&invalid, 0, second));
+    }
+
+    #[test]
     fn acks_must_match_the_batches() {
-        let batches = [encoded(0, 3), encoded(2, 1)];
+        let (a, b) = (encoded(0, 3), encoded(2, 1));
+        let batches = [&a, &b];
         let good = vec![
             BatchAck {
                 partition: 0,
