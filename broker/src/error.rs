@@ -37,6 +37,17 @@ pub enum BrokerError {
     /// The system is not in a state to run the call (topic deleted meanwhile, writer fenced).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// This broker does not own the partition; nothing was stored. `owner` is the owner's
+    /// address when one is known; retry there.
+    #[error("{message}")]
+    NotOwner {
+        message: String,
+        owner: Option<String>,
+    },
+    /// The metadata commit's outcome is unknown (the store failed while it ran): the records
+    /// may or may not be stored. Retriable, at the risk of a duplicate.
+    #[error("{0}")]
+    CommitUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +58,14 @@ impl BrokerError {
             message: message.into(),
             retry_after_ms: 500,
         }
+    }
+
+    /// False only when the records of a failed produce may have been stored.
+    pub fn nothing_stored(&self) -> bool {
+        !matches!(
+            self,
+            BrokerError::CommitUnknown(_) | BrokerError::Internal(_)
+        )
     }
 
     pub fn unknown_topic(name: &str) -> Self {

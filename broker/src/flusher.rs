@@ -1,17 +1,24 @@
 //! The flusher: sealed WAL-cache windows → segment objects → metadata commits → acks.
 //!
-//! For each sealed window, in order, it assigns offsets (the partition's next offset, dense),
+//! For each sealed window, in order, it takes a [`FlushSnapshot`] of the cluster view — the
+//! writer fence and which of the window's partitions this broker owns — fails at once the
+//! producers that wrote to a partition it no longer owns (nothing of theirs is stored), assigns
+//! offsets (the partition's next offset, dense, restarting from the committed high watermark
+//! whenever the partition's ownership epoch changed),
 //! lays the batches into one segment object ([`silt_storage::segment`]), and starts its upload.
 //! Up to `max_inflight` uploads run at once, but commits happen strictly in window order: a
 //! window's commit waits for every earlier one. After a commit succeeds, the segment goes into
 //! the read cache, the [`LogIndex`] makes it readable, and the window's tickets resolve.
+//!
+//! The commit compares the fence (see [`Catalog::commit_segment`]), so a broker that lost a
+//! partition since the snapshot — paused, cut off, or just slow — can upload but never commit.
 //!
 //! If an upload or commit fails, that window's producers get a retriable error and so do those
 //! of every later window already holding offsets that assumed it; offset assignment restarts
 //! from the committed high watermarks, so offsets stay dense. Their objects, uploaded but never
 //! committed, are deleted (and collected at the next start if that fails too).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::cluster::{ClusterView, FlushSnapshot};
 use crate::error::BrokerError;
 use crate::log_index::LogIndex;
 use crate::stats::{FlushTimes, Stats};
@@ -45,6 +53,7 @@ struct Built {
     waiters: Vec<Waiter>,
     held: usize,
     epoch: u64,
+    fence: WriterFence,
     opened_at: tokio::time::Instant,
     upload_started: tokio::time::Instant,
 }
@@ -56,12 +65,13 @@ pub struct Flusher {
     pub cache: Arc<SegmentCache>,
     pub catalog: Catalog,
     pub index: Arc<LogIndex>,
-    pub fence: WriterFence,
+    pub view: Arc<ClusterView>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<Stats>,
     pub max_inflight: usize,
     next_seq: u64,
-    next_offsets: HashMap<(u64, u32), i64>,
+    /// The next offset of each partition and the ownership epoch it was computed under.
+    next_offsets: HashMap<(u64, u32), (u64, i64)>,
     epoch: u64,
 }
 
@@ -73,7 +83,7 @@ impl Flusher {
         cache: Arc<SegmentCache>,
         catalog: Catalog,
         index: Arc<LogIndex>,
-        fence: WriterFence,
+        view: Arc<ClusterView>,
         clock: Arc<dyn Clock>,
         stats: Arc<Stats>,
         max_inflight: usize,
@@ -84,7 +94,7 @@ impl Flusher {
             cache,
             catalog,
             index,
-            fence,
+            view,
             clock,
             stats,
             max_inflight,
@@ -107,9 +117,10 @@ impl Flusher {
                     // Shutdown: the last windows are already queued; flush them all, in order.
                     open = false;
                     while let Ok(window) = sealed.try_recv() {
-                        let built = self.build(window);
-                        let handle = self.upload(&built);
-                        inflight.push_back((built, handle));
+                        if let Some(built) = self.build(window) {
+                            let handle = self.upload(&built);
+                            inflight.push_back((built, handle));
+                        }
                     }
                 }
                 result = async { (&mut inflight.front_mut().expect("checked non-empty").1).await },
@@ -124,9 +135,10 @@ impl Flusher {
                 window = sealed.recv(), if open && inflight.len() < self.max_inflight => {
                     match window {
                         Some(window) => {
-                            let built = self.build(window);
-                            let handle = self.upload(&built);
-                            inflight.push_back((built, handle));
+                            if let Some(built) = self.build(window) {
+                                let handle = self.upload(&built);
+                                inflight.push_back((built, handle));
+                            }
                         }
                         None => open = false,
                     }
@@ -148,11 +160,25 @@ impl Flusher {
         })
     }
 
-    /// Assigns offsets and lays the window out as a segment object.
-    fn build(&mut self, window: Window) -> Built {
+    /// Assigns offsets and lays the window out as a segment object; `None` when nothing of it
+    /// may be written (its producers are answered at once).
+    fn build(&mut self, window: Window) -> Option<Built> {
+        let snapshot = self.view.flush_snapshot(window.partitions.keys().copied());
+        let Some(fence) = snapshot.fence.clone() else {
+            self.wal.release(window.bytes);
+            window.fail(&BrokerError::NotOwner {
+                message: format!(
+                    "broker '{}' was restarted elsewhere (a newer incarnation owns its partitions); nothing was stored, retry",
+                    self.view.broker_id()
+                ),
+                owner: None,
+            });
+            return None;
+        };
+        let refused = self.refused_waiters(&window, &snapshot);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = segment_path(&self.fence.broker_id, self.fence.incarnation, seq);
+        let path = segment_path(self.view.broker_id(), self.view.incarnation(), seq);
         let object_id = object_id_of(&path);
         let created_at_ms = self.clock.now_ms();
         let mut writer = SegmentWriter::new(
@@ -160,17 +186,34 @@ impl Flusher {
             window.bytes + 64 * (window.partitions.len() + 1),
         );
         let mut waiters = window.waiters;
+        let mut written = 0usize;
         for ((topic_id, partition), batches) in &window.partitions {
+            let Some(epoch) = snapshot.owned.get(&(*topic_id, *partition)).copied() else {
+                continue;
+            };
+            let batches: Vec<_> = batches
+                .iter()
+                .filter(|b| !refused.contains(&b.waiter))
+                .collect();
+            if batches.is_empty() {
+                continue;
+            }
             let index = &self.index;
-            let next = self
+            let slot = self
                 .next_offsets
                 .entry((*topic_id, *partition))
-                .or_insert_with(|| {
+                .or_insert((epoch, -1));
+            if slot.0 != epoch || slot.1 < 0 {
+                // Newly owned (or owned again): continue from what is committed.
+                *slot = (
+                    epoch,
                     index
                         .partition(*topic_id, *partition)
                         .offsets()
-                        .high_watermark
-                });
+                        .high_watermark,
+                );
+            }
+            let next = &mut slot.1;
             writer.begin_entry(*topic_id, *partition);
             for pending in batches {
                 let b = &pending.batch;
@@ -183,12 +226,37 @@ impl Flusher {
                     b.first_timestamp,
                 );
                 *next += i64::from(b.record_count);
+                written += 1;
                 waiters[pending.waiter].acks[pending.slot] = BatchAck {
                     partition: *partition,
                     base_offset: base,
                     last_offset: base + i64::from(b.record_count) - 1,
                 };
             }
+        }
+        if !refused.is_empty() {
+            let mut kept = Vec::with_capacity(waiters.len());
+            for (i, w) in waiters.into_iter().enumerate() {
+                if refused.contains(&i) {
+                    let _ = w.tx.send(Err(BrokerError::NotOwner {
+                        message: format!(
+                            "broker '{}' no longer owns a partition of this request; nothing was stored, retry against the owner",
+                            self.view.broker_id()
+                        ),
+                        owner: None,
+                    }));
+                } else {
+                    kept.push(w);
+                }
+            }
+            waiters = kept;
+        }
+        if written == 0 {
+            self.wal.release(window.bytes);
+            for w in waiters {
+                let _ = w.tx.send(Ok(w.acks));
+            }
+            return None;
         }
         let (bytes, entries) = writer.finish();
         let commit = SegmentCommit {
@@ -212,7 +280,7 @@ impl Flusher {
                 .collect(),
         };
         let now = tokio::time::Instant::now();
-        Built {
+        Some(Built {
             object_id,
             path,
             bytes,
@@ -220,9 +288,21 @@ impl Flusher {
             waiters,
             held: window.bytes,
             epoch: self.epoch,
+            fence,
             opened_at: window.opened_at.unwrap_or(now),
             upload_started: now,
-        }
+        })
+    }
+
+    /// The waiters with a batch for a partition this broker does not own: none of their
+    /// batches is written, so a request is stored whole or not at all.
+    fn refused_waiters(&self, window: &Window, snapshot: &FlushSnapshot) -> HashSet<usize> {
+        window
+            .partitions
+            .iter()
+            .filter(|(p, _)| !snapshot.owned.contains_key(p))
+            .flat_map(|(_, batches)| batches.iter().map(|b| b.waiter))
+            .collect()
     }
 
     /// Commits an uploaded segment (or fails it) and answers its producers.
@@ -293,11 +373,13 @@ impl Flusher {
     async fn commit(&self, built: &Built) -> Result<usize, BrokerError> {
         let deadline = tokio::time::Instant::now() + COMMIT_RETRY_FOR;
         let mut backoff = Duration::from_millis(20);
+        // Set once an attempt failed in a way that may have applied it.
+        let mut maybe_applied = false;
         loop {
             self.stats.metadata_txn();
             match self
                 .catalog
-                .commit_segment(&self.fence, &built.object_id, &built.commit)
+                .commit_segment(&built.fence, &built.object_id, &built.commit)
                 .await
             {
                 Ok(committed) => return Ok(committed.request_bytes),
@@ -305,10 +387,56 @@ impl Flusher {
                     if e.is_retriable() && tokio::time::Instant::now() < deadline =>
                 {
                     warn!(error = %e, "segment commit failed; retrying");
+                    maybe_applied = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                Err(e) if maybe_applied => {
+                    warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
+                    return self.settle(built).await;
+                }
+                Err(CatalogError::Fenced { .. }) => {
+                    return Err(BrokerError::NotOwner {
+                        message: format!(
+                            "broker '{}' lost ownership of a partition while flushing; nothing was stored, retry against the owner",
+                            self.view.broker_id()
+                        ),
+                        owner: None,
+                    });
+                }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Flusher {
+    /// Settles a commit whose outcome is unknown: first fences every attempt still in flight (by
+    /// rewriting this broker's writer key), then reads whether the commit key exists. Until the
+    /// metadata store answers, nothing later may commit — later windows assumed these offsets —
+    /// so this waits, and the WAL cache's bound pushes back on producers meanwhile.
+    async fn settle(&self, built: &Built) -> Result<usize, BrokerError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let outcome = async {
+                self.catalog
+                    .touch_writer(self.view.broker_id(), self.view.incarnation())
+                    .await?;
+                self.catalog.segment_exists(&built.object_id).await
+            }
+            .await;
+            match outcome {
+                Ok(true) => return Ok(built.object_id.len() + built.commit.entries.len() * 30),
+                Ok(false) => {
+                    return Err(BrokerError::unavailable(
+                        "the metadata store failed during the commit, which did not happen; nothing was stored, retry",
+                    ));
+                }
+                Err(e) => {
+                    warn!(object = %built.path, error = %e, "cannot settle a segment commit yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
             }
         }
     }

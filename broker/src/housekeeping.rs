@@ -22,6 +22,7 @@ use silt_storage::object::{broker_segments_prefix, parse_segment_path};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::ClusterView;
 use crate::error::BrokerError;
 use crate::log_index::LogIndex;
 use crate::topics::TopicTable;
@@ -36,6 +37,7 @@ pub struct Housekeeper {
     pub cache: Arc<SegmentCache>,
     pub clock: Arc<dyn Clock>,
     pub fence: WriterFence,
+    pub view: Arc<ClusterView>,
 }
 
 /// What one housekeeping pass did.
@@ -62,9 +64,16 @@ impl Housekeeper {
         }
     }
 
-    /// One retention + GC pass.
+    /// One retention + GC pass; only the controller runs them, so brokers do not race.
     pub async fn pass(&self) -> Result<Pass, BrokerError> {
         let mut pass = Pass::default();
+        if self
+            .view
+            .controller()
+            .is_none_or(|(id, _)| id != self.view.broker_id())
+        {
+            return Ok(pass);
+        }
         let now = self.clock.now_ms();
         for topic in self.topics.all() {
             if topic.record.retention_ms < 0 {
@@ -92,9 +101,12 @@ impl Housekeeper {
         }
 
         let live = self.topics.live_ids();
+        // A topic id is the revision that created it: one the view has not reached yet may be
+        // a topic created moments ago elsewhere, not a deleted one.
+        let seen = self.view.applied();
         for (id, commit) in self.catalog.load_segments().await? {
             let dead = commit.entries.iter().all(|e| {
-                !live.contains_key(&e.topic_id)
+                (!live.contains_key(&e.topic_id) && e.topic_id as i64 <= seen)
                     || e.last_offset
                         < self
                             .index

@@ -12,9 +12,13 @@
 //! registered under a lease; [`server`] wires it all together and
 //! owns start-up and the shutdown order.
 
+pub mod assignment;
+pub mod cluster;
+pub mod controller;
 pub mod error;
 pub mod fetch;
 pub mod flusher;
+pub mod forward;
 pub mod housekeeping;
 pub mod log_index;
 pub mod membership;

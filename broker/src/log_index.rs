@@ -1,8 +1,12 @@
 //! The committed view of every partition: which byte ranges of which segment objects hold which
 //! offsets, the high watermark and the log start offset.
 //!
-//! Built at start from the segment commits in metadata, then advanced by the flusher *after*
-//! each commit succeeds — so readers only ever see committed records (invariant 1). Each
+//! Built at start from the segment commits in metadata, then advanced by the cluster watch
+//! (commits of every broker) and by the flusher *after* each of its commits succeeds — so readers
+//! only ever see committed records (invariant 1). Entries may arrive out of order or twice (a
+//! start-up load racing the watch): they are kept sorted, a duplicate is ignored, and the high
+//! watermark is the end of the contiguous run from the log start, so a reader never sees a gap.
+//! Each
 //! partition carries a `watch` channel of its high watermark that long-polling fetches and
 //! subscriptions wait on. The entries with their min/max timestamps double as the time index.
 
@@ -92,6 +96,9 @@ impl PartitionLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for e in s.entries.iter().skip(start) {
+            if e.first_offset >= s.high_watermark {
+                break;
+            }
             if !out.is_empty() && bytes + e.length as usize > max_bytes {
                 break;
             }
@@ -111,6 +118,7 @@ impl PartitionLog {
         let found = s
             .entries
             .iter()
+            .take_while(|e| e.first_offset < s.high_watermark)
             .find(|e| e.max_timestamp >= ts && e.last_offset >= s.log_start);
         (offsets, found.cloned())
     }
@@ -120,7 +128,7 @@ impl PartitionLog {
         let s = self.lock();
         let mut end = None;
         for e in &s.entries {
-            if e.max_timestamp >= cutoff_ts {
+            if e.max_timestamp >= cutoff_ts || e.first_offset >= s.high_watermark {
                 break;
             }
             end = Some(e.last_offset + 1);
@@ -131,26 +139,64 @@ impl PartitionLog {
     fn append(&self, entry: IndexEntry) {
         let mut s = self.lock();
         if entry.last_offset < s.high_watermark {
-            // Already known (a commit seen twice at start-up); never rewind.
+            // Already known (a commit seen twice); never rewind.
             return;
         }
-        s.high_watermark = entry.last_offset + 1;
-        let hwm = s.high_watermark;
-        s.entries.push_back(entry);
-        drop(s);
-        self.hwm_tx.send_replace(hwm);
+        let pos = s
+            .entries
+            .partition_point(|e| e.first_offset < entry.first_offset);
+        if s.entries
+            .get(pos)
+            .is_some_and(|e| e.first_offset == entry.first_offset)
+        {
+            return;
+        }
+        s.entries.insert(pos, entry);
+        if s.advance() {
+            let hwm = s.high_watermark;
+            drop(s);
+            self.hwm_tx.send_replace(hwm);
+        }
     }
 
-    /// Moves the log start forward, dropping entries wholly below it.
+    /// Moves the log start forward, dropping entries wholly below it. Offsets below the log
+    /// start are gone, so the high watermark is at least the log start.
     pub fn set_log_start(&self, log_start: i64) {
         let mut s = self.lock();
         if log_start <= s.log_start {
             return;
         }
-        s.log_start = log_start.min(s.high_watermark);
+        s.log_start = log_start;
         while s.entries.front().is_some_and(|e| e.last_offset < log_start) {
             s.entries.pop_front();
         }
+        let mut moved = false;
+        if s.high_watermark < log_start {
+            s.high_watermark = log_start;
+            moved = true;
+        }
+        if s.advance() || moved {
+            let hwm = s.high_watermark;
+            drop(s);
+            self.hwm_tx.send_replace(hwm);
+        }
+    }
+}
+
+impl PartitionState {
+    /// Extends the high watermark over the entries that continue it; true if it moved.
+    fn advance(&mut self) -> bool {
+        let before = self.high_watermark;
+        let start = self
+            .entries
+            .partition_point(|e| e.last_offset < self.high_watermark);
+        for e in self.entries.iter().skip(start) {
+            if e.first_offset > self.high_watermark {
+                break;
+            }
+            self.high_watermark = self.high_watermark.max(e.last_offset + 1);
+        }
+        self.high_watermark != before
     }
 }
 
@@ -317,6 +363,40 @@ mod tests {
         assert_eq!(
             e.iter().map(|e| e.first_offset).collect::<Vec<_>>(),
             vec![0, 5]
+        );
+    }
+
+    #[test]
+    fn out_of_order_entries_wait_for_the_gap_to_close() {
+        let index = LogIndex::new();
+        index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
+        let log = index.partition(1, 0);
+        assert_eq!(
+            log.offsets().high_watermark,
+            0,
+            "5..9 cannot be read before 0..4"
+        );
+        assert!(log.entries_from(0, 1 << 20).1.is_empty());
+        index.apply("a", &commit("s/a", &[(0, 0, 4, 100)]));
+        assert_eq!(log.offsets().high_watermark, 10);
+        assert_eq!(log.entries_from(0, 1 << 20).1.len(), 2);
+        index.apply("a", &commit("s/a", &[(0, 0, 4, 100)]));
+        assert_eq!(log.entries_from(0, 1 << 20).1.len(), 2);
+    }
+
+    #[test]
+    fn a_log_start_before_its_entries_sets_the_base() {
+        let index = LogIndex::new();
+        let log = index.partition(1, 0);
+        log.set_log_start(5);
+        assert_eq!(log.offsets().high_watermark, 5);
+        index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
+        assert_eq!(
+            log.offsets(),
+            Offsets {
+                log_start: 5,
+                high_watermark: 10
+            }
         );
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use silt_metadata::catalog::Catalog;
 use silt_metadata::codec::BrokerRecord;
 use silt_metadata::{LeaseId, MetaError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,6 +20,8 @@ pub struct Membership {
     catalog: Catalog,
     record: BrokerRecord,
     ttl: Duration,
+    /// The lease the broker is registered under now (the controller campaigns with it).
+    lease_tx: watch::Sender<LeaseId>,
 }
 
 impl Membership {
@@ -27,7 +30,13 @@ impl Membership {
             catalog,
             record,
             ttl,
+            lease_tx: watch::channel(LeaseId::default()).0,
         }
+    }
+
+    /// The current lease, updated when the broker registers again.
+    pub fn lease(&self) -> watch::Receiver<LeaseId> {
+        self.lease_tx.subscribe()
     }
 
     /// Grants a lease and registers under it.
@@ -39,6 +48,7 @@ impl Membership {
             .await
             .map_err(silt_metadata::CatalogError::from)?;
         self.catalog.register_broker(&self.record, lease).await?;
+        self.lease_tx.send_replace(lease);
         Ok(lease)
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use silt_metadata::Clock;
+use silt_metadata::catalog::Topic;
 use silt_storage::batch::{
     BatchCompression, BatchLimits, ProducerInfo, RecordData, encode_batch, validate_batch,
 };
@@ -76,6 +77,17 @@ impl ProducePath {
         batches: Vec<(u32, Bytes)>,
     ) -> Result<Vec<BatchAck>, BrokerError> {
         let topic = self.topics.require(topic)?;
+        let (append, records, bytes) = self.validate_batches(&topic, batches)?;
+        self.append(append, records, bytes).await
+    }
+
+    /// Checks a whole `ProduceBatches` request — limits, partitions, every batch — without
+    /// storing anything; returns the batches to append with their record and byte counts.
+    pub fn validate_batches(
+        &self,
+        topic: &Topic,
+        batches: Vec<(u32, Bytes)>,
+    ) -> Result<(Vec<AppendBatch>, u64, u64), BrokerError> {
         if batches.is_empty() {
             return Err(BrokerError::InvalidArgument(
                 "the request holds no batches".into(),
@@ -102,7 +114,7 @@ impl ProducePath {
         let mut append = Vec::with_capacity(batches.len());
         let (mut records, mut bytes) = (0u64, 0u64);
         for (i, (partition, batch)) in batches.into_iter().enumerate() {
-            check_partition(&topic, partition)
+            check_partition(topic, partition)
                 .map_err(|e| BrokerError::NotFound(format!("batch {i}: {e}")))?;
             let valid = validate_batch(&batch, &limits).map_err(|e| {
                 BrokerError::InvalidArgument(format!(
@@ -120,6 +132,16 @@ impl ProducePath {
                 bytes: batch,
             });
         }
+        Ok((append, records, bytes))
+    }
+
+    /// Appends validated batches and waits until they are durable.
+    async fn append(
+        &self,
+        append: Vec<AppendBatch>,
+        records: u64,
+        bytes: u64,
+    ) -> Result<Vec<BatchAck>, BrokerError> {
         let acks = self.wal.append(append)?.durable().await?;
         self.stats.produced(records, bytes);
         Ok(acks)

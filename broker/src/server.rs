@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use silt_api::v1::admin_server::AdminServer;
 use silt_api::v1::log_server::LogServer;
-use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::catalog::Catalog;
 use silt_metadata::codec::BrokerRecord;
 use silt_metadata::{Clock, EmbeddedStore, MetaStore, SystemClock};
 use silt_storage::cache::{ReadCacheConfig, SegmentCache};
@@ -20,8 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::cluster::ClusterView;
+use crate::controller::Controller;
 use crate::fetch::FetchPath;
 use crate::flusher::Flusher;
+use crate::forward::Router;
 use crate::housekeeping::Housekeeper;
 use crate::log_index::LogIndex;
 use crate::membership::Membership;
@@ -140,35 +143,31 @@ impl Broker {
             .store()
             .get(&catalog.keys().writer(&s.broker_id))
             .await?
-            .and_then(|kv| String::from_utf8(kv.value).ok()?.parse::<u64>().ok())
+            .and_then(|kv| Catalog::parse_incarnation(&kv.value))
             .unwrap_or(0);
         let incarnation = (clock.now_ms().max(0) as u64).max(previous + 1);
-        let fence = WriterFence {
-            broker_id: s.broker_id.clone(),
-            incarnation,
-        };
-        catalog.register_writer(&fence).await?;
+        let fence = catalog.register_writer(&s.broker_id, incarnation).await?;
 
-        let topics = Arc::new(TopicTable::new(catalog.list_topics().await?));
+        // The cluster view loads every key, then follows one watch from there.
+        let topics = Arc::new(TopicTable::default());
         let index = Arc::new(LogIndex::new());
-        let live = topics.live_ids();
-        let segments = catalog.load_segments().await?;
-        let committed: HashSet<String> = segments.iter().map(|(id, _)| id.clone()).collect();
-        let segment_count = segments.len();
-        index.load(
-            segments
-                .into_iter()
-                .map(|(id, mut c)| {
-                    c.entries.retain(|e| live.contains_key(&e.topic_id));
-                    (id, c)
-                })
-                .collect(),
-        );
-        for (topic_id, starts) in catalog.load_log_starts().await? {
-            for (p, start) in starts.into_iter().enumerate() {
-                index.partition(topic_id, p as u32).set_log_start(start);
-            }
-        }
+        let view = Arc::new(ClusterView::new(
+            catalog.clone(),
+            s.broker_id.clone(),
+            incarnation,
+            topics.clone(),
+            index.clone(),
+        ));
+        let watch_from = view.load().await?;
+        let committed: HashSet<String> = catalog
+            .load_segments()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let segment_count = committed.len();
+        let view_cancel = CancellationToken::new();
+        let view_task = tokio::spawn(view.clone().run(watch_from, view_cancel.clone()));
 
         let stats = Arc::new(Stats::default());
         let (wal, outputs) = WalCache::new(
@@ -185,7 +184,7 @@ impl Broker {
             cache.clone(),
             catalog.clone(),
             index.clone(),
-            fence.clone(),
+            view.clone(),
             clock.clone(),
             stats.clone(),
             s.max_inflight_flushes,
@@ -201,6 +200,7 @@ impl Broker {
             cache: cache.clone(),
             clock: clock.clone(),
             fence: fence.clone(),
+            view: view.clone(),
         });
         {
             let hk = housekeeper.clone();
@@ -232,10 +232,22 @@ impl Broker {
             cache,
             stats: stats.clone(),
         });
-        let log_service = LogService { produce, fetch };
+        // The gRPC frame limit leaves room for framing so the produce path, not the transport,
+        // refuses an over-limit request with a message naming `max-request-bytes`.
+        let max_message = (s.max_request_bytes as usize)
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        let router = Arc::new(Router::new(view.clone(), produce.clone(), max_message));
+        let log_service = LogService {
+            produce,
+            fetch,
+            router,
+        };
         let catalog_for_membership = catalog.clone();
+        let catalog_for_controller = catalog.clone();
         let admin_service = AdminService {
             catalog,
+            view: view.clone(),
             topics: topics.clone(),
             index,
             wal: wal.clone(),
@@ -258,12 +270,6 @@ impl Broker {
             .register_encoded_file_descriptor_set(silt_api::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        // The gRPC frame limit leaves room for framing so the produce path, not the transport,
-        // refuses an over-limit request with a message naming `max-request-bytes`.
-        let max_message = (s.max_request_bytes as usize)
-            .saturating_mul(2)
-            .saturating_add(1 << 20);
-
         let listener = TcpListener::bind(s.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
@@ -281,6 +287,14 @@ impl Broker {
         ));
         let lease = membership.register().await?;
         let leave = CancellationToken::new();
+        let controller = Controller {
+            view: view.clone(),
+            catalog: catalog_for_controller,
+            topics: topics.clone(),
+            lease: membership.lease(),
+        };
+        let controller_stop = CancellationToken::new();
+        let controller_task = tokio::spawn(controller.run(controller_stop.clone()));
         let membership_task = tokio::spawn(membership.run(lease, leave.clone()));
         info!(
             broker_id = %s.broker_id,
@@ -325,9 +339,14 @@ impl Broker {
             tracker.close();
             tracker.wait().await;
             drop(flusher_task);
-            // Everything accepted is committed: leave the cluster at once.
+            // Everything accepted is committed: leave the cluster at once, which hands this
+            // broker's partitions (and the controller's job, if it had it) to the others.
+            controller_stop.cancel();
+            let _ = controller_task.await;
             leave.cancel();
             let _ = membership_task.await;
+            view_cancel.cancel();
+            let _ = view_task.await;
             info!("broker stopped");
             served.map_err(anyhow::Error::from)
         });

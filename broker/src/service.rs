@@ -19,12 +19,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::{ClusterView, Owner};
 use crate::error::BrokerError;
 use crate::fetch::{FetchPath, Fetched, OffsetSpec};
+use crate::forward::{FORWARDED, Router};
 use crate::log_index::LogIndex;
 use crate::produce::{ProducePath, RecordInput};
 use crate::stats::{Stats, process_cpu_seconds};
-use crate::status::code_of;
+use crate::status::{code_of, produce_status};
 use crate::topics::{MAX_PARTITIONS, TopicTable, validate_topic_name};
 use crate::wal_cache::WalCache;
 
@@ -33,15 +35,13 @@ use crate::wal_cache::WalCache;
 pub struct LogService {
     pub produce: Arc<ProducePath>,
     pub fetch: Arc<FetchPath>,
+    pub router: Arc<Router>,
 }
 
-#[tonic::async_trait]
-impl Log for LogService {
-    async fn produce(
-        &self,
-        request: Request<api::ProduceRequest>,
-    ) -> Result<Response<api::ProduceResponse>, Status> {
-        let req = request.into_inner();
+impl LogService {
+    /// The per-record path on this broker (every record's partition is owned here, or is
+    /// refused per record).
+    async fn produce_here(&self, req: api::ProduceRequest) -> Result<api::ProduceResponse, Status> {
         let records = req
             .records
             .into_iter()
@@ -53,7 +53,11 @@ impl Log for LogService {
                 partition: r.partition,
             })
             .collect();
-        let results = self.produce.produce_records(&req.topic, records).await?;
+        let results = self
+            .produce
+            .produce_records(&req.topic, records)
+            .await
+            .map_err(produce_status)?;
         let results = results
             .into_iter()
             .map(|r| api::RecordResult {
@@ -68,29 +72,36 @@ impl Log for LogService {
                 }),
             })
             .collect();
-        Ok(Response::new(api::ProduceResponse { results }))
+        Ok(api::ProduceResponse { results })
+    }
+}
+
+#[tonic::async_trait]
+impl Log for LogService {
+    async fn produce(
+        &self,
+        request: Request<api::ProduceRequest>,
+    ) -> Result<Response<api::ProduceResponse>, Status> {
+        let forwarded = request.metadata().get(FORWARDED).is_some();
+        let response = self
+            .router
+            .produce(forwarded, request.into_inner(), |req| {
+                self.produce_here(req)
+            })
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn produce_batches(
         &self,
         request: Request<api::ProduceBatchesRequest>,
     ) -> Result<Response<api::ProduceBatchesResponse>, Status> {
-        let req = request.into_inner();
-        let batches = req
-            .batches
-            .into_iter()
-            .map(|b| (b.partition, b.batch))
-            .collect();
-        let acks = self.produce.produce_batches(&req.topic, batches).await?;
-        let acks = acks
-            .into_iter()
-            .map(|a| api::BatchAck {
-                partition: a.partition,
-                base_offset: a.base_offset,
-                last_offset: a.last_offset,
-            })
-            .collect();
-        Ok(Response::new(api::ProduceBatchesResponse { acks }))
+        let forwarded = request.metadata().get(FORWARDED).is_some();
+        let response = self
+            .router
+            .produce_batches(forwarded, request.into_inner())
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn fetch(
@@ -229,6 +240,7 @@ fn record_to_wire(r: DecodedRecord) -> api::FetchedRecord {
 #[derive(Debug, Clone)]
 pub struct AdminService {
     pub catalog: Catalog,
+    pub view: Arc<ClusterView>,
     pub topics: Arc<TopicTable>,
     pub index: Arc<LogIndex>,
     pub wal: Arc<WalCache>,
@@ -303,7 +315,20 @@ impl Admin for AdminService {
             .map_err(BrokerError::from)?;
         let info = self.info(&topic);
         tracing::info!(topic = %info.name, partitions = info.partitions, id = info.topic_id, "topic created");
-        self.topics.insert(topic);
+        self.topics.insert(topic.clone());
+        // Answer once every partition has an owner, so a produce right after succeeds.
+        let mut changes = self.view.subscribe_topology();
+        let all_owned = || {
+            (0..topic.record.partitions).all(|p| self.view.owner((topic.id, p)) != Owner::Unowned)
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while !all_owned() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
         Ok(Response::new(api::CreateTopicResponse {
             topic: Some(info),
         }))
@@ -395,22 +420,51 @@ impl Admin for AdminService {
 
     async fn cluster_status(
         &self,
-        _request: Request<api::ClusterStatusRequest>,
+        request: Request<api::ClusterStatusRequest>,
     ) -> Result<Response<api::ClusterStatusResponse>, Status> {
-        let brokers = self
-            .catalog
-            .list_brokers()
-            .await
-            .map_err(BrokerError::from)?;
+        let wanted = request.into_inner().topics;
+        for name in &wanted {
+            self.topics.require(name)?;
+        }
+        let counts = self.view.owned_counts();
+        let brokers: Vec<_> = self.view.brokers();
+        let address_of: std::collections::HashMap<&str, &str> = brokers
+            .iter()
+            .map(|b| (b.broker_id.as_str(), b.address.as_str()))
+            .collect();
+        let owners = self.view.owners();
+        let mut partitions = Vec::new();
+        for t in self.topics.all() {
+            if !wanted.is_empty() && !wanted.contains(&t.record.name) {
+                continue;
+            }
+            for p in 0..t.record.partitions {
+                let owner = owners.get(&(t.id, p));
+                let live =
+                    owner.and_then(|o| address_of.get(o.broker_id.as_str()).map(|a| (o, *a)));
+                partitions.push(api::PartitionOwner {
+                    topic: t.record.name.clone(),
+                    partition: p,
+                    broker_id: live.map(|(o, _)| o.broker_id.clone()).unwrap_or_default(),
+                    address: live.map(|(_, a)| a.to_string()).unwrap_or_default(),
+                    epoch: owner.map_or(0, |o| o.epoch),
+                });
+            }
+        }
         let brokers = brokers
-            .into_iter()
+            .iter()
             .map(|b| api::BrokerInfo {
-                broker_id: b.broker_id,
-                address: b.address,
+                broker_id: b.broker_id.clone(),
+                address: b.address.clone(),
                 incarnation: b.incarnation,
                 started_at_ms: b.started_at_ms,
+                partitions_owned: counts.get(&b.broker_id).copied().unwrap_or(0),
             })
             .collect();
-        Ok(Response::new(api::ClusterStatusResponse { brokers }))
+        Ok(Response::new(api::ClusterStatusResponse {
+            brokers,
+            partitions,
+            controller: self.view.controller().map(|(id, _)| id).unwrap_or_default(),
+        }))
     }
 }

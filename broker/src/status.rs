@@ -11,6 +11,21 @@ pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
 /// Metadata key carrying the high watermark on OUT_OF_RANGE.
 pub const HIGH_WATERMARK: &str = "silt-high-watermark";
+/// Metadata key of a not-owner answer: the owner's address, empty when none is known.
+pub const OWNER: &str = "silt-owner";
+/// Metadata key set (to "1") on a failed produce when none of its records was stored, so a
+/// client may retry without risking a duplicate.
+pub const NOT_STORED: &str = "silt-not-stored";
+
+/// Marks a failed produce whose records were certainly not stored.
+pub fn produce_status(e: BrokerError) -> Status {
+    let nothing_stored = e.nothing_stored();
+    let mut s = Status::from(e);
+    if nothing_stored {
+        insert(&mut s, NOT_STORED, 1);
+    }
+    s
+}
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
@@ -40,6 +55,17 @@ impl From<BrokerError> for Status {
                 s
             }
             BrokerError::FailedPrecondition(_) => Status::failed_precondition(message),
+            BrokerError::NotOwner { owner, .. } => {
+                let mut s = Status::unavailable(message);
+                insert(&mut s, OWNER, owner.unwrap_or_default());
+                insert(&mut s, RETRY_AFTER_MS, 100);
+                s
+            }
+            BrokerError::CommitUnknown(_) => {
+                let mut s = Status::unavailable(message);
+                insert(&mut s, RETRY_AFTER_MS, 500);
+                s
+            }
             BrokerError::Internal(_) => Status::internal(message),
         }
     }
@@ -76,5 +102,19 @@ mod tests {
         assert_eq!(s.code(), Code::OutOfRange);
         assert_eq!(s.metadata().get(LOG_START_OFFSET).unwrap(), "7");
         assert_eq!(s.message(), "below");
+    }
+
+    #[test]
+    fn produce_errors_say_whether_anything_was_stored() {
+        let s = produce_status(BrokerError::NotOwner {
+            message: "not mine".into(),
+            owner: Some("127.0.0.1:1".into()),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(OWNER).unwrap(), "127.0.0.1:1");
+        assert_eq!(s.metadata().get(NOT_STORED).unwrap(), "1");
+        let s = produce_status(BrokerError::CommitUnknown("etcd timed out".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.metadata().get(NOT_STORED).is_none());
     }
 }

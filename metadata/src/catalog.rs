@@ -206,6 +206,31 @@ impl Catalog {
         })
     }
 
+    /// Rewrites the writer key of `incarnation` with its own value, so every commit sent with an
+    /// older fence fails from now on (used to settle a commit whose outcome is unknown). Returns
+    /// false, changing nothing, when a newer incarnation holds the key.
+    pub async fn touch_writer(
+        &self,
+        broker_id: &str,
+        incarnation: u64,
+    ) -> Result<bool, CatalogError> {
+        let key = self.keys.writer(broker_id);
+        let value = incarnation.to_string().into_bytes();
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), value.clone())])
+            .and_then([Op::put(key, value)]);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// True when the segment's commit key exists.
+    pub async fn segment_exists(&self, object_id: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .store
+            .get(&self.keys.segment(object_id))
+            .await?
+            .is_some())
+    }
+
     /// The incarnation a writer key holds.
     pub fn parse_incarnation(value: &[u8]) -> Option<u64> {
         std::str::from_utf8(value).ok()?.parse().ok()
@@ -264,14 +289,15 @@ impl Catalog {
     /// transaction comparing the election key and each losing writer's key, putting the owner
     /// keys and then the losing writers' keys (so a watcher that sees a writer key change has
     /// already seen the owner changes of the same transaction). Returns false, changing
-    /// nothing, when a compare failed (no longer the controller, or a view that is behind).
+    /// nothing, when a compare failed (no longer the controller, or a view that is behind);
+    /// otherwise the revision of the change.
     /// The caller keeps `changes.len() + losers.len()` within the store's `max_txn_ops`.
     pub async fn change_owners(
         &self,
         controller_revision: i64,
         changes: &[OwnerChange],
         losers: &[FencedWriter],
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<Option<i64>, CatalogError> {
         let mut compares = vec![Compare::new(
             self.keys.controller(),
             crate::CompareOp::Equal,
@@ -294,18 +320,15 @@ impl Catalog {
             .store
             .txn(Txn::new().when(compares).and_then(ops))
             .await?;
-        Ok(resp.succeeded)
+        Ok(resp.succeeded.then_some(resp.revision))
     }
 
-    /// Decodes an owner key and value.
-    pub fn decode_owner(
-        &self,
-        kv: &crate::KeyValue,
-    ) -> Result<Option<((u64, u32), OwnerRecord)>, CatalogError> {
-        let Some(id) = self.keys.parse_owner(&kv.key) else {
+    /// Decodes an owner value; `None` when the key is not an owner key.
+    pub fn decode_owner(&self, kv: &crate::KeyValue) -> Result<Option<OwnerRecord>, CatalogError> {
+        if self.keys.parse_owner(&kv.key).is_none() {
             return Ok(None);
-        };
-        Ok(Some((id, codec::decode_owner(&kv.key, &kv.value)?)))
+        }
+        Ok(Some(codec::decode_owner(&kv.key, &kv.value)?))
     }
 
     /// Every key of the cluster, page by page, and the revision of the first page: a watch from

@@ -72,17 +72,14 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
         })
         .await
         .unwrap();
-    let fence = WriterFence {
-        broker_id: "b0".into(),
-        incarnation: 1,
-    };
-    catalog.register_writer(&fence).await.unwrap();
+    catalog.register_writer("b0", 1).await.unwrap();
     let cache = Arc::new(
         SegmentCache::open(dyn_store.clone(), ReadCacheConfig::default())
             .await
             .unwrap(),
     );
     let index = Arc::new(LogIndex::new());
+    let view = owning_view(&catalog, "b0", 1, topic.id, 2, index.clone()).await;
     let (wal, out) = WalCache::new(1 << 30, 1 << 30, Duration::from_millis(5));
     let wal = Arc::new(wal);
     tokio::spawn(run_linger_timer(wal.clone(), out.opened));
@@ -92,7 +89,7 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
         cache.clone(),
         catalog.clone(),
         index.clone(),
-        fence,
+        view,
         clock,
         Arc::new(Stats::default()),
         4,
@@ -106,6 +103,54 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
         topic_id: topic.id,
         flusher,
     }
+}
+
+/// A cluster view of `broker` (incarnation `incarnation`) owning every partition of the topic.
+pub(crate) async fn owning_view(
+    catalog: &Catalog,
+    broker: &str,
+    incarnation: u64,
+    topic_id: u64,
+    partitions: u32,
+    index: Arc<LogIndex>,
+) -> Arc<ClusterView> {
+    use silt_metadata::catalog::OwnerChange;
+    use silt_metadata::codec::OwnerRecord;
+    let lease = catalog
+        .store()
+        .grant_lease(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let elected = catalog.campaign(broker, lease).await.unwrap().unwrap();
+    let changes: Vec<OwnerChange> = (0..partitions)
+        .map(|partition| OwnerChange {
+            topic_id,
+            partition,
+            owner: Some(OwnerRecord {
+                v: 1,
+                broker_id: broker.into(),
+                epoch: 1,
+            }),
+        })
+        .collect();
+    catalog
+        .change_owners(elected, &changes, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let view = Arc::new(ClusterView::new(
+        catalog.clone(),
+        broker.into(),
+        incarnation,
+        Arc::new(crate::topics::TopicTable::default()),
+        index,
+    ));
+    let from = view.load().await.unwrap();
+    tokio::spawn(
+        view.clone()
+            .run(from, tokio_util::sync::CancellationToken::new()),
+    );
+    view
 }
 
 fn batch(topic_id: u64, partition: u32, records: usize) -> AppendBatch {
@@ -171,15 +216,10 @@ async fn a_failed_upload_fails_its_producers_and_offsets_stay_dense() {
 async fn a_fenced_writer_never_acks() {
     let h = harness().await;
     append(&h, 0, 1).durable().await.unwrap();
-    h.catalog
-        .register_writer(&WriterFence {
-            broker_id: "b0".into(),
-            incarnation: 2,
-        })
-        .await
-        .unwrap();
+    h.catalog.register_writer("b0", 2).await.unwrap();
     let err = append(&h, 0, 1).durable().await.unwrap_err();
-    assert!(matches!(err, BrokerError::Unavailable { .. }), "{err:?}");
+    assert!(matches!(err, BrokerError::NotOwner { .. }), "{err:?}");
+    assert!(err.nothing_stored());
     assert_eq!(h.index.partition(h.topic_id, 0).offsets().high_watermark, 1);
 }
 

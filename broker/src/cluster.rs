@@ -1,0 +1,458 @@
+//! The cluster view: this broker's cache of everything under `/silt/<cluster>/`, kept current by
+//! one watch on the whole prefix.
+//!
+//! At start the broker reads every key (page by page) and then watches from one past the first
+//! page's revision, so it sees every change in revision order. Each change lands where it is
+//! used: topics in the [`TopicTable`], segment commits of *every* broker in the [`LogIndex`] (so
+//! any broker serves fetches of any partition), log starts in the index; brokers, partition
+//! owners, the controller and writer keys here. If the watch history was compacted away the view
+//! reloads everything and resumes.
+//!
+//! What the view guarantees the flusher (see [`ClusterView::flush_snapshot`]): a snapshot pairs
+//! the owned partitions with this broker's writer fence (the `mod_revision` of its writer key) as
+//! of one applied revision. Every ownership change that takes a partition away rewrites the
+//! loser's writer key in the same transaction, after the owner keys, so a commit that passes the
+//! fence compare writes only partitions the broker still owns — whatever the view's lag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use silt_metadata::catalog::{Catalog, Topic, WriterFence};
+use silt_metadata::codec::{self, BrokerRecord, OwnerRecord};
+use silt_metadata::{KeyValue, MetaError, RangeRequest, WatchEvent};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::assignment::PartitionId;
+use crate::log_index::LogIndex;
+use crate::topics::TopicTable;
+
+/// Who owns a partition, as this broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This broker, at this epoch.
+    Me(u64),
+    /// Another live broker.
+    Other { broker_id: String, address: String },
+    /// Nobody live (no owner yet, or the owner is gone and the controller has not moved it).
+    Unowned,
+}
+
+/// What the flusher needs to lay out one window.
+#[derive(Debug, Clone)]
+pub struct FlushSnapshot {
+    /// The fence the commit must pass; `None` when a newer incarnation of this broker exists.
+    pub fence: Option<WriterFence>,
+    /// The epoch of each asked partition this broker owns.
+    pub owned: HashMap<PartitionId, u64>,
+}
+
+/// A writer key as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterKey {
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    brokers: BTreeMap<String, BrokerRecord>,
+    owners: HashMap<PartitionId, OwnerRecord>,
+    /// The controller's broker id and the revision that elected it.
+    controller: Option<(String, i64)>,
+    writers: HashMap<String, WriterKey>,
+    applied: i64,
+}
+
+/// This broker's view of the cluster.
+#[derive(Debug)]
+pub struct ClusterView {
+    catalog: Catalog,
+    broker_id: String,
+    incarnation: u64,
+    topics: Arc<TopicTable>,
+    index: Arc<LogIndex>,
+    state: Mutex<State>,
+    /// The applied revision; changes after every applied batch of events.
+    applied_tx: watch::Sender<i64>,
+    /// Bumped when brokers, owners, the controller, writers or topics change.
+    topology_tx: watch::Sender<u64>,
+}
+
+impl ClusterView {
+    pub fn new(
+        catalog: Catalog,
+        broker_id: String,
+        incarnation: u64,
+        topics: Arc<TopicTable>,
+        index: Arc<LogIndex>,
+    ) -> Self {
+        Self {
+            catalog,
+            broker_id,
+            incarnation,
+            topics,
+            index,
+            state: Mutex::new(State::default()),
+            applied_tx: watch::channel(0).0,
+            topology_tx: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn broker_id(&self) -> &str {
+        &self.broker_id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Reads every key and applies it; returns the revision to watch from. Replaces what the
+    /// view held (used at start and after the watch history was compacted).
+    pub async fn load(&self) -> Result<i64, MetaError> {
+        let (revision, kvs) = self
+            .catalog
+            .load_all()
+            .await
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        let keys = self.catalog.keys().clone();
+        let mut segments = Vec::new();
+        let mut topics = Vec::new();
+        let mut rest = Vec::new();
+        for kv in kvs {
+            if let Some(id) = keys.parse_segment(&kv.key) {
+                match codec::decode_segment(&kv.key, &kv.value) {
+                    Ok(c) => segments.push((id.to_string(), c)),
+                    Err(e) => warn!(error = %e, "skipping an unreadable segment commit"),
+                }
+            } else if keys.parse_topic(&kv.key).is_some() {
+                topics.push(kv);
+            } else {
+                rest.push(kv);
+            }
+        }
+        // Topics first: segment entries of unknown topics are dropped.
+        let mut names = Vec::new();
+        for kv in &topics {
+            if let Some(t) = self.topic_of(kv) {
+                names.push(t.record.name.clone());
+                self.topics.insert(t);
+            }
+        }
+        for t in self.topics.all() {
+            if !names.contains(&t.record.name) {
+                self.topics.remove(&t.record.name);
+                self.index.remove_topic(t.id);
+            }
+        }
+        {
+            let mut s = self.lock();
+            s.brokers.clear();
+            s.owners.clear();
+            s.controller = None;
+            s.writers.clear();
+        }
+        for kv in &rest {
+            let _ = self.apply(&WatchEvent::Put(kv.clone()));
+        }
+        let live = self.topics.live_ids();
+        self.index.load(
+            segments
+                .into_iter()
+                .map(|(id, mut c)| {
+                    c.entries.retain(|e| live.contains_key(&e.topic_id));
+                    (id, c)
+                })
+                .collect(),
+        );
+        self.set_applied(revision);
+        self.topology_changed();
+        Ok(revision + 1)
+    }
+
+    fn topic_of(&self, kv: &KeyValue) -> Option<Topic> {
+        match codec::decode_topic(&kv.key, &kv.value) {
+            Ok(record) => Some(Topic {
+                id: kv.create_revision as u64,
+                record,
+            }),
+            Err(e) => {
+                warn!(error = %e, "skipping an unreadable topic record");
+                None
+            }
+        }
+    }
+
+    fn topology_changed(&self) {
+        self.topology_tx.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever brokers, owners, the controller, writers or topics do.
+    pub fn subscribe_topology(&self) -> watch::Receiver<u64> {
+        self.topology_tx.subscribe()
+    }
+
+    /// Applies one change; true if it changed the topology (anything but data and log starts).
+    fn apply(&self, event: &WatchEvent) -> bool {
+        let keys = self.catalog.keys();
+        let kv = event.kv();
+        let put = matches!(event, WatchEvent::Put(_));
+        if let Some(name) = keys.parse_topic(&kv.key) {
+            if put {
+                if let Some(t) = self.topic_of(kv) {
+                    self.topics.insert(t);
+                }
+            } else if let Some(t) = self.topics.remove(name) {
+                self.index.remove_topic(t.id);
+            }
+            return true;
+        } else if let Some(id) = keys.parse_segment(&kv.key) {
+            if put {
+                match codec::decode_segment(&kv.key, &kv.value) {
+                    Ok(mut c) => {
+                        let live = self.topics.live_ids();
+                        c.entries.retain(|e| live.contains_key(&e.topic_id));
+                        self.index.apply(id, &c);
+                    }
+                    Err(e) => warn!(error = %e, "skipping an unreadable segment commit"),
+                }
+            }
+            return false;
+        } else if let Some(topic_id) = keys.parse_log_start(&kv.key) {
+            if put {
+                match codec::decode_log_starts(&kv.key, &kv.value) {
+                    Ok(starts) => {
+                        for (p, start) in starts.into_iter().enumerate() {
+                            self.index
+                                .partition(topic_id, p as u32)
+                                .set_log_start(start);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "skipping unreadable log starts"),
+                }
+            }
+            return false;
+        } else if let Some(partition) = keys.parse_owner(&kv.key) {
+            let mut s = self.lock();
+            if put {
+                match codec::decode_owner(&kv.key, &kv.value) {
+                    Ok(o) => {
+                        s.owners.insert(partition, o);
+                    }
+                    Err(e) => warn!(error = %e, "skipping an unreadable owner record"),
+                }
+            } else {
+                s.owners.remove(&partition);
+            }
+        } else if let Some(broker) = keys.parse_broker(&kv.key) {
+            let mut s = self.lock();
+            if put {
+                match codec::decode_broker(&kv.key, &kv.value) {
+                    Ok(b) => {
+                        s.brokers.insert(broker.to_string(), b);
+                    }
+                    Err(e) => warn!(error = %e, "skipping an unreadable broker record"),
+                }
+            } else {
+                s.brokers.remove(broker);
+            }
+        } else if let Some(broker) = keys.parse_writer(&kv.key) {
+            let mut s = self.lock();
+            if put {
+                if broker == self.broker_id
+                    && Catalog::parse_incarnation(&kv.value) != Some(self.incarnation)
+                {
+                    warn!(
+                        broker_id = %broker,
+                        incarnation = self.incarnation,
+                        "a newer incarnation of this broker id started; this process can no longer commit"
+                    );
+                }
+                s.writers.insert(
+                    broker.to_string(),
+                    WriterKey {
+                        value: kv.value.clone(),
+                        mod_revision: kv.mod_revision,
+                    },
+                );
+            } else {
+                s.writers.remove(broker);
+            }
+        } else if kv.key == keys.controller() {
+            let mut s = self.lock();
+            s.controller = if put {
+                codec::decode_controller(&kv.key, &kv.value)
+                    .ok()
+                    .map(|c| (c.broker_id, kv.create_revision))
+            } else {
+                None
+            };
+        }
+        true
+    }
+
+    fn set_applied(&self, revision: i64) {
+        self.lock().applied = revision;
+        self.applied_tx.send_replace(revision);
+    }
+
+    /// Follows the watch until `cancel`, reconnecting after errors and reloading after a
+    /// compaction.
+    pub async fn run(self: Arc<Self>, mut from: i64, cancel: CancellationToken) {
+        let prefix = RangeRequest::prefix(self.catalog.keys().root().as_bytes().to_vec());
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let error = tokio::select! {
+                _ = cancel.cancelled() => return,
+                e = self.follow(prefix.clone(), &mut from) => e,
+            };
+            match error {
+                MetaError::Compacted { .. } => {
+                    info!("cluster watch history compacted; reloading the cluster view");
+                    match self.load().await {
+                        Ok(next) => from = next,
+                        Err(e) => warn!(error = %e, "reloading the cluster view failed; retrying"),
+                    }
+                }
+                e => debug!(error = %e, "cluster watch ended; resuming"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One watch: applies events until it fails; returns the error.
+    async fn follow(&self, prefix: RangeRequest, from: &mut i64) -> MetaError {
+        let mut stream = match self.catalog.store().watch(prefix, *from).await {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(resp) => {
+                    let mut topology = false;
+                    for event in &resp.events {
+                        topology |= self.apply(event);
+                    }
+                    *from = resp.revision + 1;
+                    self.set_applied(resp.revision);
+                    if topology {
+                        self.topology_changed();
+                    }
+                }
+                Err(e) => return e,
+            }
+        }
+        MetaError::Unavailable("the cluster watch ended".into())
+    }
+
+    /// A receiver of the applied revision: it changes after every applied change.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// The revision the view has applied.
+    pub fn applied(&self) -> i64 {
+        self.lock().applied
+    }
+
+    /// Waits until the view has applied `revision` (or `timeout` passes); true if it has.
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Who owns a partition.
+    pub fn owner(&self, partition: PartitionId) -> Owner {
+        let s = self.lock();
+        Self::owner_locked(&s, &self.broker_id, partition)
+    }
+
+    fn owner_locked(s: &State, me: &str, partition: PartitionId) -> Owner {
+        match s.owners.get(&partition) {
+            Some(o) if o.broker_id == me => Owner::Me(o.epoch),
+            Some(o) => match s.brokers.get(&o.broker_id) {
+                Some(b) => Owner::Other {
+                    broker_id: o.broker_id.clone(),
+                    address: b.address.clone(),
+                },
+                None => Owner::Unowned,
+            },
+            None => Owner::Unowned,
+        }
+    }
+
+    /// The fence and the owned partitions among `partitions`, as of one applied revision.
+    pub fn flush_snapshot(&self, partitions: impl Iterator<Item = PartitionId>) -> FlushSnapshot {
+        let s = self.lock();
+        let fence = s
+            .writers
+            .get(&self.broker_id)
+            .filter(|w| Catalog::parse_incarnation(&w.value) == Some(self.incarnation))
+            .map(|w| WriterFence {
+                broker_id: self.broker_id.clone(),
+                incarnation: self.incarnation,
+                revision: w.mod_revision,
+            });
+        let owned = partitions
+            .filter_map(|p| match s.owners.get(&p) {
+                Some(o) if o.broker_id == self.broker_id => Some((p, o.epoch)),
+                _ => None,
+            })
+            .collect();
+        FlushSnapshot { fence, owned }
+    }
+
+    /// True while this process is the current incarnation of its broker id.
+    pub fn is_current(&self) -> bool {
+        let s = self.lock();
+        s.writers
+            .get(&self.broker_id)
+            .is_none_or(|w| Catalog::parse_incarnation(&w.value) == Some(self.incarnation))
+    }
+
+    /// The live brokers, by id.
+    pub fn brokers(&self) -> Vec<BrokerRecord> {
+        self.lock().brokers.values().cloned().collect()
+    }
+
+    /// Every owner record, by partition.
+    pub fn owners(&self) -> HashMap<PartitionId, OwnerRecord> {
+        self.lock().owners.clone()
+    }
+
+    /// The controller's broker id and election revision.
+    pub fn controller(&self) -> Option<(String, i64)> {
+        self.lock().controller.clone()
+    }
+
+    /// A writer key as last seen.
+    pub fn writer(&self, broker_id: &str) -> Option<WriterKey> {
+        self.lock().writers.get(broker_id).cloned()
+    }
+
+    /// How many partitions each broker owns.
+    pub fn owned_counts(&self) -> HashMap<String, u32> {
+        let s = self.lock();
+        let mut counts = HashMap::new();
+        for o in s.owners.values() {
+            *counts.entry(o.broker_id.clone()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests;

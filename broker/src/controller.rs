@@ -1,0 +1,187 @@
+//! The controller: one broker, elected through metadata, that assigns partitions to brokers.
+//!
+//! Every broker runs this loop. While no controller key exists a broker campaigns for it under
+//! its membership lease, so the controller dies with its broker (one TTL after a crash, at once
+//! on a clean shutdown) and another broker takes over. The elected broker reacts to every change
+//! of membership, topics or owners: it computes the balanced, sticky assignment of
+//! [`crate::assignment`] and writes the differences with [`Catalog::change_owners`], which also
+//! rewrites every losing broker's writer key — fencing its pending commits — in the same
+//! transaction. A change that fails its compares (this broker is no longer the controller, or its
+//! view is behind) changes nothing and is recomputed on the next change or tick.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use silt_metadata::LeaseId;
+use silt_metadata::catalog::{Catalog, FencedWriter, OwnerChange};
+use silt_metadata::codec::OwnerRecord;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::assignment::{PartitionId, assign};
+use crate::cluster::ClusterView;
+use crate::error::BrokerError;
+use crate::topics::TopicTable;
+
+/// How often the controller re-checks the assignment without a change (retries, elections).
+const TICK: Duration = Duration::from_millis(500);
+
+/// The controller loop of one broker.
+#[derive(Debug)]
+pub struct Controller {
+    pub view: Arc<ClusterView>,
+    pub catalog: Catalog,
+    pub topics: Arc<TopicTable>,
+    /// The broker's current membership lease.
+    pub lease: watch::Receiver<LeaseId>,
+}
+
+impl Controller {
+    /// Runs until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut changes = self.view.subscribe_topology();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step().await {
+                warn!(error = %e, "controller step failed; retrying");
+            }
+        }
+    }
+
+    /// Campaigns if there is no controller; if this broker is it, moves what must move.
+    pub async fn step(&self) -> Result<usize, BrokerError> {
+        if !self.view.is_current() {
+            return Ok(0);
+        }
+        let me = self.view.broker_id().to_string();
+        let elected = match self.view.controller() {
+            Some((id, revision)) if id == me => revision,
+            Some(_) => return Ok(0),
+            None => {
+                let lease = *self.lease.borrow();
+                match self.catalog.campaign(&me, lease).await? {
+                    Some(revision) => {
+                        info!(broker_id = %me, "elected controller");
+                        self.view.wait_for(revision, Duration::from_secs(2)).await;
+                        revision
+                    }
+                    None => return Ok(0),
+                }
+            }
+        };
+        let mut moved = 0;
+        for chunk in self
+            .plan()
+            .chunks(self.catalog.store().limits().max_txn_ops / 2)
+        {
+            let losers: BTreeSet<&str> = chunk.iter().filter_map(|(_, l)| l.as_deref()).collect();
+            let losers: Vec<FencedWriter> = losers
+                .into_iter()
+                .filter_map(|b| {
+                    self.view.writer(b).map(|w| FencedWriter {
+                        broker_id: b.to_string(),
+                        value: w.value,
+                        mod_revision: w.mod_revision,
+                    })
+                })
+                .collect();
+            let changes: Vec<OwnerChange> = chunk.iter().map(|(c, _)| c.clone()).collect();
+            match self
+                .catalog
+                .change_owners(elected, &changes, &losers)
+                .await?
+            {
+                Some(revision) => {
+                    moved += changes.len();
+                    debug!(
+                        changes = changes.len(),
+                        revision, "partition owners changed"
+                    );
+                    // The next chunk's compares need this one's writer revisions.
+                    self.view.wait_for(revision, Duration::from_secs(2)).await;
+                }
+                None => {
+                    debug!("ownership change refused (view behind or no longer controller)");
+                    return Ok(moved);
+                }
+            }
+        }
+        if moved > 0 {
+            info!(
+                partitions = moved,
+                brokers = self.view.brokers().len(),
+                "partitions reassigned"
+            );
+        }
+        Ok(moved)
+    }
+
+    /// The owner changes the assignment asks for, each with the broker that loses the partition.
+    fn plan(&self) -> Vec<(OwnerChange, Option<String>)> {
+        let brokers: Vec<String> = self
+            .view
+            .brokers()
+            .into_iter()
+            .map(|b| b.broker_id)
+            .collect();
+        let owners = self.view.owners();
+        let live = self.topics.live_ids();
+        let mut partitions: Vec<PartitionId> = Vec::new();
+        for t in live.values() {
+            partitions.extend((0..t.record.partitions).map(|p| (t.id, p)));
+        }
+        let current: HashMap<PartitionId, String> = owners
+            .iter()
+            .map(|(p, o)| (*p, o.broker_id.clone()))
+            .collect();
+        let target = assign(&partitions, &current, &brokers);
+        let mut plan = Vec::new();
+        let mut sorted: Vec<_> = target.into_iter().collect();
+        sorted.sort();
+        for ((topic_id, partition), owner) in sorted {
+            let previous = owners.get(&(topic_id, partition));
+            if previous.is_some_and(|o| o.broker_id == owner) {
+                continue;
+            }
+            plan.push((
+                OwnerChange {
+                    topic_id,
+                    partition,
+                    owner: Some(OwnerRecord {
+                        v: 1,
+                        broker_id: owner,
+                        epoch: previous.map_or(1, |o| o.epoch + 1),
+                    }),
+                },
+                previous.map(|o| o.broker_id.clone()),
+            ));
+        }
+        // Owner keys of deleted topics (ids the view has seen pass) go away.
+        let applied = self.view.applied();
+        let mut gone: Vec<_> = owners
+            .keys()
+            .filter(|(t, _)| !live.contains_key(t) && (*t as i64) <= applied)
+            .copied()
+            .collect();
+        gone.sort();
+        plan.extend(gone.into_iter().map(|(topic_id, partition)| {
+            (
+                OwnerChange {
+                    topic_id,
+                    partition,
+                    owner: None,
+                },
+                None,
+            )
+        }));
+        plan
+    }
+}
