@@ -6,14 +6,19 @@ use std::process::{Command, Output, Stdio};
 
 use silt_client::Client;
 
-use crate::mock::start;
+use crate::mock::{dead_url, start, start_cluster};
 
 /// Runs `silt --broker <client's url> args...` with `stdin`, off the async runtime.
 async fn silt(client: &Client, args: &[&str], stdin: &str) -> Output {
+    silt_at(client.url(), args, stdin).await
+}
+
+/// Runs `silt --broker <brokers> args...` with `stdin`, off the async runtime.
+async fn silt_at(brokers: &str, args: &[&str], stdin: &str) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_silt"));
     command
         .arg("--broker")
-        .arg(client.url())
+        .arg(brokers)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -246,4 +251,49 @@ async fn a_closed_stdout_ends_consume_quietly() {
     .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stderr(&output), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_through_a_broker_list() {
+    let brokers = start_cluster(2).await;
+    let (a, b) = (&brokers[0], &brokers[1]);
+    a.mock.state().owners.insert(0, b.address());
+    // The first broker of the list is down; bare host:port works.
+    let list = format!("{},{}", dead_url().await, a.address());
+    let created = silt_at(&list, &["topic", "create", "t", "--partitions", "2"], "").await;
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let status = silt_at(&list, &["cluster", "status", "--partitions"], "").await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    let text = stdout(&status);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("PARTITIONS") && lines[0].ends_with("ROLE"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("b0") && lines[1].contains(&a.address()),
+        "{text}"
+    );
+    assert!(lines[1].ends_with("controller"), "{text}");
+    assert!(
+        lines[2].starts_with("b1") && lines[2].contains(" 1 "),
+        "{text}"
+    );
+    assert!(text.contains("TOPIC  PARTITION  OWNER  EPOCH"), "{text}");
+    assert!(text.contains("t      0          b1"), "{text}");
+    assert!(text.contains("t      1          -"), "{text}");
+    assert!(stderr(&status).contains("2 live broker(s), controller: b0"));
+
+    let json = silt_at(&list, &["cluster", "status", "--json"], "").await;
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["controller"], "b0");
+    assert_eq!(value["brokers"][1]["partitions_owned"], 1);
+    assert!(value.get("partitions").is_none());
+
+    // Produce and consume go through the list too.
+    let produced = silt_at(&list, &["produce", "t", "--partition", "1"], "x\ny\n").await;
+    assert!(produced.status.success(), "{}", stderr(&produced));
+    let consumed = silt_at(&list, &["consume", "t", "--partition", "1"], "").await;
+    assert_eq!(stdout(&consumed), "x\ny\n");
 }

@@ -1,12 +1,18 @@
 //! An in-process stand-in for the broker's `Log` and `Admin` services: a partition log in
 //! memory that validates batches with `silt_storage::batch::validate_batch`, assigns dense
 //! offsets and serves raw-batch fetches, and can be told to refuse produce calls (UNAVAILABLE
-//! with a `retry-after-ms` hint).
+//! with a `retry-after-ms` hint, an ambiguous failure).
+//!
+//! Several mock brokers can serve one [`State`], as real brokers share object storage: a
+//! [`start_cluster`] starts them on their own ports. `State::owners` is the routing table they
+//! report in `ClusterStatus`; a broker refuses batches of a partition another broker owns with
+//! the not-owner answer (UNAVAILABLE, `silt-owner`, `silt-not-stored`) instead of forwarding.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -17,6 +23,8 @@ use silt_api::v1::*;
 use silt_client::Client;
 use silt_storage::batch::{BatchLimits, set_base_offset, validate_batch};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -24,7 +32,7 @@ use tonic::{Request, Response, Status};
 pub(crate) struct Partition {
     /// (base offset, last offset, batch bytes with the base offset set)
     batches: Vec<(i64, i64, Bytes)>,
-    next: i64,
+    pub(crate) next: i64,
 }
 
 #[derive(Debug, Default)]
@@ -37,15 +45,37 @@ pub(crate) struct State {
     pub(crate) produce_calls: u32,
     /// Largest number of batches seen in one request.
     pub(crate) widest_request: usize,
+    /// Live brokers: (id, address as `host:port`).
+    pub(crate) brokers: Vec<(String, String)>,
+    /// Partition (of any topic) → owner address; a partition not here is unowned.
+    pub(crate) owners: HashMap<u32, String>,
+    /// Broker address → the partitions of the batches it received, in order.
+    pub(crate) received: HashMap<String, Vec<u32>>,
+    pub(crate) not_owner_answers: u32,
+    pub(crate) cluster_status_calls: u32,
 }
 
+/// One mock broker: the shared state and the address it answers at.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Mock(Arc<Mutex<State>>);
+pub(crate) struct Mock {
+    state: Arc<Mutex<State>>,
+    address: String,
+}
 
 impl Mock {
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap()
+        self.state.lock().unwrap()
     }
+}
+
+/// The not-owner answer of a broker that neither owns nor forwards.
+fn not_owner(partition: u32, owner: &str) -> Status {
+    let mut status = Status::unavailable(format!("not the owner of partition {partition}"));
+    let metadata = status.metadata_mut();
+    metadata.insert("silt-owner", owner.parse().unwrap());
+    metadata.insert("silt-not-stored", "1".parse().unwrap());
+    metadata.insert("retry-after-ms", "10".parse().unwrap());
+    status
 }
 
 #[tonic::async_trait]
@@ -65,6 +95,21 @@ impl Log for Mock {
         let mut state = self.state();
         state.produce_calls += 1;
         state.widest_request = state.widest_request.max(request.batches.len());
+        let partitions: Vec<u32> = request.batches.iter().map(|b| b.partition).collect();
+        state
+            .received
+            .entry(self.address.clone())
+            .or_default()
+            .extend(&partitions);
+        for p in partitions {
+            if let Some(owner) = state.owners.get(&p)
+                && *owner != self.address
+            {
+                let owner = owner.clone();
+                state.not_owner_answers += 1;
+                return Err(not_owner(p, &owner));
+            }
+        }
         if state.refuse > 0 {
             state.refuse -= 1;
             let mut status = Status::unavailable("object store is down");
@@ -279,25 +324,149 @@ impl Admin for Mock {
 
     async fn cluster_status(
         &self,
-        _: Request<silt_api::v1::ClusterStatusRequest>,
-    ) -> Result<Response<silt_api::v1::ClusterStatusResponse>, Status> {
-        Ok(Response::new(silt_api::v1::ClusterStatusResponse {
-            brokers: Vec::new(),
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let wanted = request.into_inner().topics;
+        let mut state = self.state();
+        state.cluster_status_calls += 1;
+        let id_of = |address: &str| {
+            state
+                .brokers
+                .iter()
+                .find(|(_, a)| a == address)
+                .map(|(id, _)| id.clone())
+                .unwrap_or_default()
+        };
+        let mut partitions = Vec::new();
+        let mut names: Vec<&String> = state.topics.keys().collect();
+        names.sort();
+        for name in names {
+            if !wanted.is_empty() && !wanted.contains(name) {
+                continue;
+            }
+            for partition in 0..state.topics[name].len() as u32 {
+                let address = state.owners.get(&partition).cloned().unwrap_or_default();
+                partitions.push(PartitionOwner {
+                    topic: name.clone(),
+                    partition,
+                    broker_id: id_of(&address),
+                    address,
+                    epoch: 1,
+                });
+            }
+        }
+        let brokers = state
+            .brokers
+            .iter()
+            .map(|(id, address)| BrokerInfo {
+                broker_id: id.clone(),
+                address: address.clone(),
+                incarnation: 1,
+                started_at_ms: 0,
+                partitions_owned: partitions.iter().filter(|p| p.address == *address).count()
+                    as u32,
+            })
+            .collect();
+        let controller = state.brokers.first().map(|(id, _)| id.clone());
+        Ok(Response::new(ClusterStatusResponse {
+            brokers,
+            partitions,
+            controller: controller.unwrap_or_default(),
         }))
     }
 }
 
-/// Starts the mock on a free loopback port and connects a client to it.
-pub(crate) async fn start() -> (Mock, Client) {
-    let mock = Mock::default();
-    mock.state().max_record_bytes = 1 << 20;
+/// A running mock broker.
+#[derive(Debug)]
+pub(crate) struct MockServer {
+    pub(crate) mock: Mock,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MockServer {
+    /// Serves `state` as broker `id` on a free loopback port and registers it as live.
+    pub(crate) async fn start(state: Arc<Mutex<State>>, id: &str) -> MockServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let mock = Mock {
+            state,
+            address: addr.to_string(),
+        };
+        mock.state()
+            .brokers
+            .push((id.to_string(), addr.to_string()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(LogServer::new(mock.clone()))
+            .add_service(AdminServer::new(mock.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                // Only `stop` stops it; a dropped handle leaves the broker running.
+                if stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+        let task = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        MockServer {
+            mock,
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The address the broker advertises (`127.0.0.1:<port>`).
+    pub(crate) fn address(&self) -> String {
+        self.mock.address.clone()
+    }
+
+    /// Stops the broker as a process exit would: no more connections, open ones closed, and
+    /// it leaves the live brokers.
+    pub(crate) async fn stop(&mut self) {
+        let address = self.address();
+        self.mock.state().brokers.retain(|(_, a)| *a != address);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Mock brokers `b0`, `b1`, ... sharing one state.
+pub(crate) async fn start_cluster(brokers: usize) -> Vec<MockServer> {
+    let state = Arc::new(Mutex::new(State {
+        max_record_bytes: 1 << 20,
+        ..State::default()
+    }));
+    let mut servers = Vec::new();
+    for i in 0..brokers {
+        servers.push(MockServer::start(state.clone(), &format!("b{i}")).await);
+    }
+    servers
+}
+
+/// A loopback URL nothing listens on.
+pub(crate) async fn dead_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(LogServer::new(mock.clone()))
-        .add_service(AdminServer::new(mock.clone()))
-        .serve_with_incoming(TcpListenerStream::new(listener));
-    tokio::spawn(server);
-    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
-    (mock, client)
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// Starts one mock broker on a free loopback port and connects a client to it.
+pub(crate) async fn start() -> (Mock, Client) {
+    let mut servers = start_cluster(1).await;
+    let server = servers.remove(0);
+    let client = Client::connect(&server.url).await.unwrap();
+    (server.mock.clone(), client)
 }
