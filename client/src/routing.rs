@@ -60,6 +60,11 @@ impl TopicRoutes {
         self.lock().by_partition.get(&partition).cloned()
     }
 
+    /// Routes `partition` to `url` until the next refresh (a broker's `silt-owner` hint).
+    pub(crate) fn set_owner(&self, partition: u32, url: String) {
+        self.lock().by_partition.insert(partition, url);
+    }
+
     /// True once a refresh has been tried.
     pub(crate) fn is_loaded(&self) -> bool {
         self.lock().refreshed_at.is_some()

@@ -25,6 +25,7 @@ use tonic::Code;
 
 use super::accumulator::{Accumulator, Request};
 use super::plan::plan_round;
+use crate::brokers::normalize_url;
 use crate::client::{Client, log_client};
 use crate::error::ClientError;
 
@@ -160,8 +161,10 @@ struct Encoded {
 
 /// Produces `batches`: each round plans sends by owner (see [`plan_round`]), runs them
 /// concurrently and keeps the failed batches the policy retries for the next round, after a
-/// routing refresh and a backoff. A send refused whole as invalid is split into one-batch
-/// sends so only the bad batch fails. Returns each batch's base offset or error, in order.
+/// routing refresh (and the not-owner answer's `silt-owner` hint where the refreshed table
+/// still names the broker that refused) and a backoff. A send refused whole as invalid is
+/// split into one-batch sends so only the bad batch fails. Returns each batch's base offset or
+/// error, in order.
 async fn produce_routed(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64, ClientError>> {
     let started = Instant::now();
     let routes = shared.client.routes(&shared.topic).await;
@@ -184,6 +187,8 @@ async fn produce_routed(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64,
         .await;
         let mut delay: Option<Duration> = None;
         let mut reroute = false;
+        // (partitions, refusing broker, its owner hint) of not-owner answers.
+        let mut hints: Vec<(Vec<u32>, String, String)> = Vec::new();
         for (send, result) in results {
             match result {
                 Ok(offsets) => {
@@ -206,6 +211,11 @@ async fn produce_routed(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64,
                             "retrying produce"
                         );
                         reroute |= e.code() != Code::ResourceExhausted || e.is_transport();
+                        if let Some(owner) = e.owner_hint().filter(|o| !o.trim().is_empty()) {
+                            let partitions =
+                                send.batches.iter().map(|&i| batches[i].partition).collect();
+                            hints.push((partitions, send.url.clone(), normalize_url(owner)));
+                        }
                         delay = Some(delay.map_or(wait, |d| d.max(wait)));
                         for &i in &send.batches {
                             attempts[i] += 1;
@@ -223,6 +233,15 @@ async fn produce_routed(shared: &Shared, batches: &[Encoded]) -> Vec<Result<i64,
             let wake = Instant::now() + delay;
             if reroute {
                 shared.client.refresh_routes(&shared.topic).await;
+            }
+            // A table that still names the broker that refused is behind that broker's own
+            // view: follow its hint until the next refresh.
+            for (partitions, refused_by, owner) in hints {
+                for p in partitions {
+                    if routes.owner(p).is_none_or(|url| url == refused_by) {
+                        routes.set_owner(p, owner.clone());
+                    }
+                }
             }
             tokio::time::sleep_until(wake.into()).await;
         }

@@ -96,6 +96,30 @@ async fn a_not_owner_answer_reroutes_to_the_new_owner_and_acks_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_hint_beats_a_lagging_cluster_status() {
+    let brokers = start_cluster(3).await;
+    let (a, b) = (&brokers[0], &brokers[1]);
+    a.mock.state().owners.insert(0, a.address());
+    let client = Client::connect(&a.url).await.unwrap();
+    client.create_topic("t", 1, None, None).await.unwrap();
+    let producer = Producer::new(&client, "t", quick()).await.unwrap();
+    {
+        // B owns partition 0 now, but ClusterStatus still says A.
+        let mut state = a.mock.state();
+        state.reported_owners = Some(state.owners.clone());
+        state.owners.insert(0, b.address());
+    }
+    assert_eq!(produce(&producer, &[0], 3).await.len(), 3);
+    let state = a.mock.state();
+    assert_eq!(
+        state.not_owner_answers, 1,
+        "the hint was followed after one refusal"
+    );
+    assert_eq!(state.topics["t"][0].next, 3);
+    assert!(!state.received.contains_key(&brokers[2].address()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_failures_fail_the_records_unless_retrying_them_is_allowed() {
     let (mock, client) = start().await;
     client.create_topic("t", 1, None, None).await.unwrap();

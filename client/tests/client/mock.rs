@@ -49,6 +49,8 @@ pub(crate) struct State {
     pub(crate) brokers: Vec<(String, String)>,
     /// Partition (of any topic) → owner address; a partition not here is unowned.
     pub(crate) owners: HashMap<u32, String>,
+    /// What `ClusterStatus` reports instead of `owners` when set: a view lagging behind.
+    pub(crate) reported_owners: Option<HashMap<u32, String>>,
     /// Broker address → the partitions of the batches it received, in order.
     pub(crate) received: HashMap<String, Vec<u32>>,
     pub(crate) not_owner_answers: u32,
@@ -344,8 +346,9 @@ impl Admin for Mock {
             if !wanted.is_empty() && !wanted.contains(name) {
                 continue;
             }
+            let owners = state.reported_owners.as_ref().unwrap_or(&state.owners);
             for partition in 0..state.topics[name].len() as u32 {
-                let address = state.owners.get(&partition).cloned().unwrap_or_default();
+                let address = owners.get(&partition).cloned().unwrap_or_default();
                 partitions.push(PartitionOwner {
                     topic: name.clone(),
                     partition,
