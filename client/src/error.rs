@@ -6,9 +6,10 @@
 //! [`crate::SendFuture`] gets its own copy.
 //!
 //! What a failed produce means for its records is read from the error: a status marked
-//! `silt-not-stored` stored nothing ([`ClientError::is_not_stored`]); a transport failure (no
-//! answer from the broker: connection refused or reset, timeout) or an UNAVAILABLE without the
-//! mark is *ambiguous* ([`ClientError::is_ambiguous`]): the records may have been committed.
+//! `silt-not-stored` stored nothing ([`ClientError::is_not_stored`]), nor did a call whose
+//! connection could not be opened ([`ClientError::is_connect_failure`]); a transport failure
+//! once connected (connection reset, timeout: no answer) or an UNAVAILABLE without the mark is
+//! *ambiguous* ([`ClientError::is_ambiguous`]): the records may have been committed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,25 @@ impl ClientError {
         }
     }
 
+    /// True when the connection to the broker could not be opened (refused, unreachable, connect
+    /// timeout): the request never left the client, so nothing of it can have been stored.
+    pub fn is_connect_failure(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Status(s) => {
+                let mut cause = std::error::Error::source(s);
+                while let Some(e) = cause {
+                    if e.is::<tonic::ConnectError>() {
+                        return true;
+                    }
+                    cause = e.source();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// True when the broker marked the error `silt-not-stored`: nothing of the request was
     /// stored, so sending it again cannot duplicate records.
     pub fn is_not_stored(&self) -> bool {
@@ -109,9 +129,11 @@ impl ClientError {
     }
 
     /// True when a produce that failed this way may still have been committed: a transport
-    /// failure, or UNAVAILABLE without the `silt-not-stored` mark.
+    /// failure once connected, or UNAVAILABLE without the `silt-not-stored` mark.
     pub fn is_ambiguous(&self) -> bool {
-        !self.is_not_stored() && (self.is_transport() || self.code() == Code::Unavailable)
+        !self.is_not_stored()
+            && !self.is_connect_failure()
+            && (self.is_transport() || self.code() == Code::Unavailable)
     }
 
     /// The `silt-owner` hint of a not-owner error: the owner's address (possibly empty while
@@ -223,6 +245,17 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let err = ClientError::from(Status::from_error(Box::new(io)));
         assert!(err.is_transport() && err.is_retriable() && err.is_ambiguous());
+        assert!(!err.is_connect_failure());
+    }
+
+    #[test]
+    fn a_connection_never_opened_sent_nothing() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let connect = tonic::ConnectError(Box::new(refused));
+        let err = ClientError::from(Status::from_error(Box::new(connect)));
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.is_transport() && err.is_connect_failure());
+        assert!(err.is_retriable() && !err.is_ambiguous());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::error::ClientError;
 /// First retry delay when the broker gives no hint; doubled per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// State shared by the producer handle, the sender task and the request tasks.
 #[derive(Debug)]
@@ -295,10 +296,18 @@ async fn produce_once(
 }
 
 /// How long to wait before retry number `attempt + 1`: the broker's hint, else exponential.
+/// A broker that cannot be connected to costs nothing to try again and is usually one whose
+/// partitions are about to move, so those retries stay at most [`MAX_CONNECT_BACKOFF`] apart.
 fn backoff(err: &ClientError, attempt: u32) -> Duration {
-    err.retry_after()
+    let delay = err
+        .retry_after()
         .unwrap_or_else(|| BASE_BACKOFF.saturating_mul(1 << attempt.min(16)))
-        .min(MAX_BACKOFF)
+        .min(MAX_BACKOFF);
+    if err.is_connect_failure() {
+        delay.min(MAX_CONNECT_BACKOFF)
+    } else {
+        delay
+    }
 }
 
 /// Checks the acks follow the contract (one per batch, in order, covering its records) and
@@ -356,6 +365,9 @@ mod tests {
         assert_eq!(backoff(&plain, 0), Duration::from_millis(100));
         assert_eq!(backoff(&plain, 2), Duration::from_millis(400));
         assert_eq!(backoff(&plain, 30), MAX_BACKOFF);
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(backoff(&refused.into(), 5), MAX_CONNECT_BACKOFF);
     }
 
     #[test]

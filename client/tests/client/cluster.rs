@@ -170,6 +170,17 @@ async fn connect_skips_brokers_that_are_down_and_calls_fail_over() {
     let err = Client::connect(&dead).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.to_string().contains(&dead), "{err}");
+
+    // A call on a channel that cannot connect sent nothing: retriable, not ambiguous.
+    let channel = tonic::transport::Endpoint::from_shared(dead.clone())
+        .unwrap()
+        .connect_lazy();
+    let err = Client::from_channel(&dead, channel)
+        .stats()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect_failure() && err.is_transport(), "{err:?}");
+    assert!(err.is_retriable() && !err.is_ambiguous());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
