@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use crate::brokers::{Brokers, endpoint, parse_broker_list};
 use crate::error::ClientError;
-use crate::routing::{RoutingTable, TopicRoutes};
+use crate::routing::{MAX_ROUTES_AGE, RoutingTable, TopicRoutes};
 
 /// Largest gRPC message the client sends or accepts: above the broker's 32 MiB default request
 /// limit, so the broker, not the client, is the one that says a request is too large.
@@ -186,11 +186,16 @@ impl Client {
         Err(last_error.unwrap_or_else(|| ClientError::InvalidArgument("no broker".into())))
     }
 
-    /// The routes of `topic`, loaded with one `ClusterStatus` the first time.
+    /// The routes of `topic`, loaded with one `ClusterStatus` the first time and refreshed in
+    /// the background once older than [`MAX_ROUTES_AGE`].
     pub(crate) async fn routes(&self, topic: &str) -> Arc<TopicRoutes> {
         let routes = self.inner.routes.topic(topic);
         if !routes.is_loaded() {
             self.refresh_routes(topic).await;
+        } else if routes.claim_stale(MAX_ROUTES_AGE) {
+            let client = self.clone();
+            let topic = topic.to_string();
+            tokio::spawn(async move { client.refresh_routes(&topic).await });
         }
         routes
     }

@@ -4,12 +4,14 @@
 //! reassigned) goes to any broker, which forwards it or answers not-owner.
 //!
 //! The table is a cache and may be stale: an error that says so (not-owner, a broker gone)
-//! asks for a refresh. Refreshes of one topic are coalesced — callers that asked while one was
+//! asks for a refresh, and a table older than [`MAX_ROUTES_AGE`] is refreshed in the
+//! background (a moved partition whose old owner forwards raises no error, only latency). Refreshes of one topic are coalesced — callers that asked while one was
 //! running share its answer — and spaced at least [`MIN_REFRESH_INTERVAL`] apart, so a burst
 //! of failures costs one `ClusterStatus`, not one per request.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,8 @@ use crate::error::ClientError;
 
 /// Least time between two refreshes of one topic's routes.
 pub(crate) const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(75);
+/// Age after which a topic's routes are refreshed in the background.
+pub(crate) const MAX_ROUTES_AGE: Duration = Duration::from_secs(10);
 
 /// Partition owners of every topic the client routed to.
 #[derive(Debug, Default)]
@@ -41,6 +45,8 @@ pub(crate) struct TopicRoutes {
     owners: Mutex<Owners>,
     /// Held while a refresh runs; waiters find the refresh done when they get it.
     refresh: tokio::sync::Mutex<()>,
+    /// Set while a background refresh is asked for or running, so only one is.
+    background: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +69,16 @@ impl TopicRoutes {
     /// Routes `partition` to `url` until the next refresh (a broker's `silt-owner` hint).
     pub(crate) fn set_owner(&self, partition: u32, url: String) {
         self.lock().by_partition.insert(partition, url);
+    }
+
+    /// True when the routes are older than `max_age` and no background refresh is under way;
+    /// the caller then owns the background refresh (the next refresh clears the claim).
+    pub(crate) fn claim_stale(&self, max_age: Duration) -> bool {
+        let stale = self
+            .lock()
+            .refreshed_at
+            .is_some_and(|at| at.elapsed() > max_age);
+        stale && !self.background.swap(true, Ordering::AcqRel)
     }
 
     /// True once a refresh has been tried.
@@ -92,6 +108,7 @@ impl TopicRoutes {
         let result = fetch().await;
         let mut owners = self.lock();
         owners.refreshed_at = Some(started);
+        self.background.store(false, Ordering::Release);
         let partitions = result?;
         owners.by_partition = partitions
             .into_iter()
@@ -136,6 +153,29 @@ mod tests {
             routes.owner(0).as_deref(),
             Some("http://127.0.0.1:7450"),
             "a failed refresh keeps the routes"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_background_refresh_is_claimed_for_stale_routes() {
+        let routes = TopicRoutes::default();
+        assert!(
+            !routes.claim_stale(Duration::ZERO),
+            "never loaded: not stale"
+        );
+        routes.refresh(|| async { Ok(Vec::new()) }).await.unwrap();
+        assert!(!routes.claim_stale(Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(routes.claim_stale(Duration::from_millis(1)));
+        assert!(
+            !routes.claim_stale(Duration::from_millis(1)),
+            "claimed once"
+        );
+        routes.refresh(|| async { Ok(Vec::new()) }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            routes.claim_stale(Duration::from_millis(1)),
+            "claimable again"
         );
     }
 
