@@ -174,6 +174,16 @@ impl BrokerProcess {
             .expect("connect to broker")
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) by name.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// `kill -9`: the process dies at once, with whatever it had in memory.
     pub fn kill9(mut self) -> BrokerOptions {
         let _ = self.child.kill();

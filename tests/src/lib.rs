@@ -11,6 +11,7 @@ mod backend;
 mod broker;
 mod checker;
 mod cli;
+mod cluster;
 mod etcd;
 mod garage;
 pub mod load;
@@ -23,6 +24,7 @@ pub use backend::{Backend, BackendGuard};
 pub use broker::{BrokerOptions, BrokerProcess};
 pub use checker::{CheckReport, Checker, read_partition};
 pub use cli::{CliOutput, run_cli, run_cli_with_input};
+pub use cluster::Cluster;
 pub use etcd::EtcdProcess;
 pub use garage::GarageProcess;
 

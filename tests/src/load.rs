@@ -120,3 +120,66 @@ pub async fn per_record_load(
         seq += 20;
     }
 }
+
+/// Produces to every partition of `topic` through one routing [`Producer`] until `stop`, as a
+/// user of a cluster would: each partition's records are numbered in send order, every ack goes
+/// to the checker and every failure is counted. Failures after which nothing was stored are
+/// retried inside the producer (against the new owner); ambiguous ones are not
+/// (`retry_ambiguous: false`), so an acknowledged record can never be stored twice.
+pub async fn routed_load(
+    topic: &str,
+    client: Client,
+    partitions: u32,
+    checker: Arc<Checker>,
+    stop: Arc<AtomicBool>,
+    run: u64,
+) {
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        retry_ambiguous: false,
+        ..ProducerConfig::default()
+    };
+    let producer = Arc::new(
+        Producer::new(&client, topic, config)
+            .await
+            .expect("producer"),
+    );
+    let tasks: Vec<_> = (0..partitions)
+        .map(|partition| {
+            let (producer, checker, stop) = (producer.clone(), checker.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                let mut pending = FuturesOrdered::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let value = Bytes::from(event_value(
+                        seq + u64::from(partition) * 1_000_000_000 + run * 100_000_000,
+                        200,
+                    ));
+                    let Ok(ack) = producer
+                        .send(ProducerRecord::new(value.clone()).with_partition(partition))
+                        .await
+                    else {
+                        checker.failed();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let this_seq = seq;
+                    pending.push_back(async move { (this_seq, value, ack.await) });
+                    seq += 1;
+                    while pending.len() > 64 {
+                        settle(pending.next().await.unwrap(), partition, &checker);
+                    }
+                }
+                while let Some(done) = pending.next().await {
+                    settle(done, partition, &checker);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Ok(producer) = Arc::try_unwrap(producer) {
+        let _ = producer.close().await;
+    }
+}

@@ -19,6 +19,7 @@ async fn live(broker: &BrokerProcess) -> Vec<String> {
         .cluster_status()
         .await
         .unwrap()
+        .brokers
         .into_iter()
         .map(|b| b.broker_id)
         .collect();
