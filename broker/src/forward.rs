@@ -175,7 +175,8 @@ impl Router {
                             Ok(mut c) => c
                                 .produce_batches(self.forwarded(request))
                                 .await
-                                .map(|r| r.into_inner().acks),
+                                .map(|r| r.into_inner().acks)
+                                .map_err(|s| hop_failure(&address, s)),
                             Err(e) => Err(e),
                         }
                     }
@@ -257,7 +258,8 @@ impl Router {
                         Ok(mut c) => c
                             .produce(self.forwarded(request))
                             .await
-                            .map(|r| r.into_inner()),
+                            .map(|r| r.into_inner())
+                            .map_err(|s| hop_failure(&address, s)),
                         Err(e) => Err(e),
                     },
                 };
@@ -287,6 +289,44 @@ impl Router {
                 .collect(),
         })
     }
+}
+
+/// A failed hop to an owner, as the client should see it: the owner's own answers pass as they
+/// are; a transport failure becomes UNAVAILABLE (retriable), marked not-stored only when the
+/// connection never opened (nothing was sent).
+fn hop_failure(address: &str, status: Status) -> Status {
+    let ours = status
+        .metadata()
+        .get(crate::status::RETRY_AFTER_MS)
+        .is_some()
+        || status.metadata().get(NOT_STORED).is_some();
+    if ours
+        || !matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        )
+    {
+        return status;
+    }
+    let message = status.message().to_ascii_lowercase();
+    let never_connected =
+        message.contains("connect error") || message.contains("connection refused");
+    let error = if never_connected {
+        BrokerError::unavailable(format!(
+            "forwarding to the owner at {address} failed: it cannot be reached ({}); nothing was stored, retry",
+            status.message()
+        ))
+    } else {
+        BrokerError::CommitUnknown(format!(
+            "forwarding to the owner at {address} failed mid-call ({}); the records may be stored, retry at the risk of a duplicate",
+            status.message()
+        ))
+    };
+    produce_status(error)
 }
 
 fn record_error(status: &Status) -> api::RecordResult {
@@ -334,6 +374,24 @@ mod tests {
 
     fn not_stored(message: &str) -> Status {
         produce_status(BrokerError::unavailable(message))
+    }
+
+    #[test]
+    fn hop_failures_become_retriable_and_say_what_may_be_stored() {
+        let owner_said = produce_status(BrokerError::InvalidArgument("bad batch".into()));
+        assert_eq!(
+            hop_failure("a:1", owner_said.clone()).code(),
+            owner_said.code()
+        );
+        let refused = hop_failure("a:1", Status::unavailable("tcp connect error: refused"));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(refused.metadata().get(NOT_STORED).is_some());
+        let reset = hop_failure(
+            "a:1",
+            Status::unknown("h2 protocol error: connection reset"),
+        );
+        assert_eq!(reset.code(), tonic::Code::Unavailable);
+        assert!(reset.metadata().get(NOT_STORED).is_none());
     }
 
     #[test]
