@@ -1,5 +1,6 @@
 //! Membership: brokers register in etcd under a lease; a killed broker leaves one TTL later, a
-//! stopped one at once; `silt cluster status` lists the live ones.
+//! stopped one at once; `silt cluster status` lists the live ones. Routing: a plain client of
+//! one broker reaches every partition's owner through one forwarding hop.
 
 use std::time::{Duration, Instant};
 
@@ -76,4 +77,118 @@ async fn brokers_join_and_leave_through_their_leases() {
         ["b1"],
         "a stopped broker revokes its lease on the way out"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_client_of_one_broker_reaches_every_owner_through_one_hop() {
+    use silt_api::v1::{PartitionBatch, ProduceBatchesRequest, ProduceRequest, Record};
+    use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
+    use silt_tests::{Cluster, read_partition};
+
+    let Some(mut cluster) = Cluster::start("hop", 2_000, 20).await else {
+        return;
+    };
+    for _ in 0..3 {
+        cluster.add_broker().await;
+    }
+    // One broker's address only, as behind a Kubernetes Service.
+    let front = silt_client::Client::connect(&cluster.broker(0).url())
+        .await
+        .unwrap();
+    front.create_topic("hop", 6, Some(-1), None).await.unwrap();
+    cluster.wait_owned("hop", Duration::from_secs(20)).await;
+    let owners = cluster.owners("hop").await;
+    assert!(
+        owners.iter().any(|(_, b)| b != "b0"),
+        "b0 owns everything: {owners:?}"
+    );
+
+    // One ProduceBatches over all six partitions: split by owner, stored whole.
+    let batch = |v: &str| {
+        let record = RecordData {
+            value: Some(bytes::Bytes::from(v.to_string())),
+            timestamp_ms: 1,
+            ..RecordData::default()
+        };
+        encode_batch(&[record], BatchCompression::None, ProducerInfo::default()).unwrap()
+    };
+    let mut log = front.log();
+    let acks = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "hop".into(),
+            batches: (0..6)
+                .map(|p| PartitionBatch {
+                    partition: p,
+                    batch: batch(&format!("batch-{p}")),
+                })
+                .collect(),
+        })
+        .await
+        .expect("a non-owner forwards")
+        .into_inner()
+        .acks;
+    assert_eq!(acks.len(), 6);
+    for (p, ack) in acks.iter().enumerate() {
+        assert_eq!(ack.partition, p as u32);
+    }
+
+    // Per-record produce with keys: routed by murmur2, forwarded, acknowledged per record.
+    let results = log
+        .produce(ProduceRequest {
+            topic: "hop".into(),
+            records: (0..30)
+                .map(|i| Record {
+                    key: Some(format!("key-{i}").into_bytes().into()),
+                    value: format!("record-{i}").into_bytes().into(),
+                    ..Record::default()
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        results.iter().all(|r| matches!(
+            r.outcome,
+            Some(silt_api::v1::record_result::Outcome::Ack(_))
+        )),
+        "{results:?}"
+    );
+
+    // Any broker serves the reads.
+    for slot in 0..3 {
+        let reader = cluster.broker(slot).client().await;
+        let mut total = 0;
+        for p in 0..6 {
+            total += read_partition(&reader, "hop", p).await.len();
+        }
+        assert_eq!(total, 36, "b{slot} serves every partition");
+    }
+
+    // A forwarded request is never forwarded again: the non-owner names the owner instead.
+    let (partition, owner) = owners.iter().find(|(_, b)| b != "b0").unwrap().clone();
+    let mut request = tonic::Request::new(ProduceBatchesRequest {
+        topic: "hop".into(),
+        batches: vec![PartitionBatch {
+            partition,
+            batch: batch("twice-forwarded"),
+        }],
+    });
+    request
+        .metadata_mut()
+        .insert("silt-forwarded", "b9".parse().unwrap());
+    let status = log.produce_batches(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let slot: usize = owner[1..].parse().unwrap();
+    assert_eq!(
+        status
+            .metadata()
+            .get("silt-owner")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        cluster.broker(slot).addr().to_string()
+    );
+    assert!(status.metadata().get("silt-not-stored").is_some());
 }
