@@ -30,6 +30,21 @@ pub async fn fast_path_load(
     let Ok(producer) = Producer::new(&client, topic, config).await else {
         return;
     };
+    pump(&producer, partition, &checker, &stop, run, 256, false).await;
+}
+
+/// Sends numbered records to `partition` until `stop`, at most `window` unacknowledged, and
+/// settles every outcome in the checker. A refused `send` ends the loop, or with
+/// `keep_going` is counted as a failure and the loop goes on.
+async fn pump(
+    producer: &Producer,
+    partition: u32,
+    checker: &Checker,
+    stop: &AtomicBool,
+    run: u64,
+    window: usize,
+    keep_going: bool,
+) {
     let mut seq = 0u64;
     let mut pending = FuturesOrdered::new();
     while !stop.load(Ordering::Relaxed) {
@@ -41,17 +56,22 @@ pub async fn fast_path_load(
             .send(ProducerRecord::new(value.clone()).with_partition(partition))
             .await
         else {
-            break;
+            if !keep_going {
+                break;
+            }
+            checker.failed();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         };
         let this_seq = seq;
         pending.push_back(async move { (this_seq, value, ack.await) });
         seq += 1;
-        while pending.len() > 256 {
-            settle(pending.next().await.unwrap(), partition, &checker);
+        while pending.len() > window {
+            settle(pending.next().await.unwrap(), partition, checker);
         }
     }
     while let Some(done) = pending.next().await {
-        settle(done, partition, &checker);
+        settle(done, partition, checker);
     }
 }
 
@@ -148,31 +168,7 @@ pub async fn routed_load(
         .map(|partition| {
             let (producer, checker, stop) = (producer.clone(), checker.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut seq = 0u64;
-                let mut pending = FuturesOrdered::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let value = Bytes::from(event_value(
-                        seq + u64::from(partition) * 1_000_000_000 + run * 100_000_000,
-                        200,
-                    ));
-                    let Ok(ack) = producer
-                        .send(ProducerRecord::new(value.clone()).with_partition(partition))
-                        .await
-                    else {
-                        checker.failed();
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    };
-                    let this_seq = seq;
-                    pending.push_back(async move { (this_seq, value, ack.await) });
-                    seq += 1;
-                    while pending.len() > 64 {
-                        settle(pending.next().await.unwrap(), partition, &checker);
-                    }
-                }
-                while let Some(done) = pending.next().await {
-                    settle(done, partition, &checker);
-                }
+                pump(&producer, partition, &checker, &stop, run, 64, true).await;
             })
         })
         .collect();
