@@ -44,10 +44,13 @@ pub enum Owner {
 /// What the flusher needs to lay out one window.
 #[derive(Debug, Clone)]
 pub struct FlushSnapshot {
+    /// False while the view is not yet consistent (just loaded); nothing may be laid out.
+    pub ready: bool,
     /// The fence the commit must pass; `None` when a newer incarnation of this broker exists.
     pub fence: Option<WriterFence>,
-    /// The epoch of each asked partition this broker owns.
-    pub owned: HashMap<PartitionId, u64>,
+    /// Each asked partition this broker owns, with its owner key's `mod_revision`: a new value
+    /// means the partition was (re)acquired, so its next offset is the committed high watermark.
+    pub owned: HashMap<PartitionId, i64>,
 }
 
 /// A writer key as last seen.
@@ -60,11 +63,19 @@ pub struct WriterKey {
 #[derive(Debug, Default)]
 struct State {
     brokers: BTreeMap<String, BrokerRecord>,
-    owners: HashMap<PartitionId, OwnerRecord>,
+    /// Each owner record with its key's `mod_revision` (unique per change).
+    owners: HashMap<PartitionId, (OwnerRecord, i64)>,
     /// The controller's broker id and the revision that elected it.
     controller: Option<(String, i64)>,
     writers: HashMap<String, WriterKey>,
+}
+
+/// What the view has applied, and from when it is consistent.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
     applied: i64,
+    /// The view reflects one revision of the whole prefix once `applied` reaches this.
+    ready_at: i64,
 }
 
 /// This broker's view of the cluster.
@@ -76,6 +87,7 @@ pub struct ClusterView {
     topics: Arc<TopicTable>,
     index: Arc<LogIndex>,
     state: Mutex<State>,
+    progress: Mutex<Progress>,
     /// The applied revision; changes after every applied batch of events.
     applied_tx: watch::Sender<i64>,
     /// Bumped when brokers, owners, the controller, writers or topics change.
@@ -97,6 +109,10 @@ impl ClusterView {
             topics,
             index,
             state: Mutex::new(State::default()),
+            progress: Mutex::new(Progress {
+                applied: 0,
+                ready_at: i64::MAX,
+            }),
             applied_tx: watch::channel(0).0,
             topology_tx: watch::channel(0).0,
         }
@@ -104,6 +120,10 @@ impl ClusterView {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn progress(&self) -> Progress {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn broker_id(&self) -> &str {
@@ -116,7 +136,15 @@ impl ClusterView {
 
     /// Reads every key and applies it; returns the revision to watch from. Replaces what the
     /// view held (used at start and after the watch history was compacted).
+    ///
+    /// The pages are read at different revisions, so until the watch has replayed everything
+    /// up to a write made *after* the last page — the caller's [`Self::set_ready_at`] — the
+    /// view may pair keys of different moments, and [`Self::is_ready`] is false.
     pub async fn load(&self) -> Result<i64, MetaError> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready_at = i64::MAX;
         let (revision, kvs) = self
             .catalog
             .load_all()
@@ -152,16 +180,12 @@ impl ClusterView {
                 self.index.remove_topic(t.id);
             }
         }
-        {
-            let mut s = self.lock();
-            s.brokers.clear();
-            s.owners.clear();
-            s.controller = None;
-            s.writers.clear();
-        }
+        // The rest builds a fresh state, swapped in at once: no reader sees half of it.
+        let mut fresh = State::default();
         for kv in &rest {
-            let _ = self.apply(&WatchEvent::Put(kv.clone()));
+            let _ = self.apply_to(&mut fresh, &WatchEvent::Put(kv.clone()));
         }
+        *self.lock() = fresh;
         let live = self.topics.live_ids();
         self.index.load(
             segments
@@ -199,8 +223,38 @@ impl ClusterView {
         self.topology_tx.subscribe()
     }
 
+    /// Marks the view consistent once it has applied `revision`: a write this broker made
+    /// after loading (its writer registration).
+    pub fn set_ready_at(&self, revision: i64) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready_at = revision;
+        self.applied_tx.send_modify(|_| {});
+    }
+
+    /// True once the view reflects one consistent revision of the cluster.
+    pub fn is_ready(&self) -> bool {
+        let p = self.progress();
+        p.applied >= p.ready_at
+    }
+
+    /// Waits (up to `timeout`) until the view is consistent; true if it is.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|_| self.is_ready()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Applies one change; true if it changed the topology (anything but data and log starts).
     fn apply(&self, event: &WatchEvent) -> bool {
+        let mut s = self.lock();
+        self.apply_to(&mut s, event)
+    }
+
+    /// Applies one change to `s` (and to the topic table and index it feeds).
+    fn apply_to(&self, s: &mut State, event: &WatchEvent) -> bool {
         let keys = self.catalog.keys();
         let kv = event.kv();
         let put = matches!(event, WatchEvent::Put(_));
@@ -240,11 +294,10 @@ impl ClusterView {
             }
             return false;
         } else if let Some(partition) = keys.parse_owner(&kv.key) {
-            let mut s = self.lock();
             if put {
                 match codec::decode_owner(&kv.key, &kv.value) {
                     Ok(o) => {
-                        s.owners.insert(partition, o);
+                        s.owners.insert(partition, (o, kv.mod_revision));
                     }
                     Err(e) => warn!(error = %e, "skipping an unreadable owner record"),
                 }
@@ -252,7 +305,6 @@ impl ClusterView {
                 s.owners.remove(&partition);
             }
         } else if let Some(broker) = keys.parse_broker(&kv.key) {
-            let mut s = self.lock();
             if put {
                 match codec::decode_broker(&kv.key, &kv.value) {
                     Ok(b) => {
@@ -264,7 +316,6 @@ impl ClusterView {
                 s.brokers.remove(broker);
             }
         } else if let Some(broker) = keys.parse_writer(&kv.key) {
-            let mut s = self.lock();
             if put {
                 if broker == self.broker_id
                     && Catalog::parse_incarnation(&kv.value) != Some(self.incarnation)
@@ -286,20 +337,22 @@ impl ClusterView {
                 s.writers.remove(broker);
             }
         } else if kv.key == keys.controller() {
-            let mut s = self.lock();
-            s.controller = if put {
-                codec::decode_controller(&kv.key, &kv.value)
-                    .ok()
-                    .map(|c| (c.broker_id, kv.create_revision))
-            } else {
-                None
-            };
+            // An unreadable record (a newer version's) still means someone holds the key.
+            s.controller = put.then(|| {
+                let id = codec::decode_controller(&kv.key, &kv.value)
+                    .map(|c| c.broker_id)
+                    .unwrap_or_default();
+                (id, kv.create_revision)
+            });
         }
         true
     }
 
     fn set_applied(&self, revision: i64) {
-        self.lock().applied = revision;
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied = revision;
         self.applied_tx.send_replace(revision);
     }
 
@@ -316,7 +369,7 @@ impl ClusterView {
             match error {
                 MetaError::Compacted { .. } => {
                     info!("cluster watch history compacted; reloading the cluster view");
-                    match self.load().await {
+                    match self.reload().await {
                         Ok(next) => from = next,
                         Err(e) => warn!(error = %e, "reloading the cluster view failed; retrying"),
                     }
@@ -329,6 +382,20 @@ impl ClusterView {
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// [`Self::load`] again, made consistent by rewriting this broker's writer key after it
+    /// (which also fails this broker's commits in flight: they were laid out from the old view).
+    async fn reload(&self) -> Result<i64, MetaError> {
+        let from = self.load().await?;
+        let touched = self
+            .catalog
+            .touch_writer(&self.broker_id, self.incarnation)
+            .await
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        // A newer incarnation holds the key: the view is not current anyway, say it is ready.
+        self.set_ready_at(touched.unwrap_or(0));
+        Ok(from)
     }
 
     /// One watch: applies events until it fails; returns the error.
@@ -363,7 +430,7 @@ impl ClusterView {
 
     /// The revision the view has applied.
     pub fn applied(&self) -> i64 {
-        self.lock().applied
+        self.progress().applied
     }
 
     /// Waits until the view has applied `revision` (or `timeout` passes); true if it has.
@@ -381,7 +448,7 @@ impl ClusterView {
     }
 
     fn owner_locked(s: &State, me: &str, partition: PartitionId) -> Owner {
-        match s.owners.get(&partition) {
+        match s.owners.get(&partition).map(|(o, _)| o) {
             Some(o) if o.broker_id == me => Owner::Me(o.epoch),
             Some(o) => match s.brokers.get(&o.broker_id) {
                 Some(b) => Owner::Other {
@@ -408,11 +475,16 @@ impl ClusterView {
             });
         let owned = partitions
             .filter_map(|p| match s.owners.get(&p) {
-                Some(o) if o.broker_id == self.broker_id => Some((p, o.epoch)),
+                Some((o, revision)) if o.broker_id == self.broker_id => Some((p, *revision)),
                 _ => None,
             })
             .collect();
-        FlushSnapshot { fence, owned }
+        drop(s);
+        FlushSnapshot {
+            ready: self.is_ready(),
+            fence,
+            owned,
+        }
     }
 
     /// True while this process is the current incarnation of its broker id.
@@ -430,6 +502,14 @@ impl ClusterView {
 
     /// Every owner record, by partition.
     pub fn owners(&self) -> HashMap<PartitionId, OwnerRecord> {
+        self.owners_with_revisions()
+            .into_iter()
+            .map(|(p, (o, _))| (p, o))
+            .collect()
+    }
+
+    /// Every owner record with its key's `mod_revision`, by partition.
+    pub fn owners_with_revisions(&self) -> HashMap<PartitionId, (OwnerRecord, i64)> {
         self.lock().owners.clone()
     }
 
@@ -447,7 +527,7 @@ impl ClusterView {
     pub fn owned_counts(&self) -> HashMap<String, u32> {
         let s = self.lock();
         let mut counts = HashMap::new();
-        for o in s.owners.values() {
+        for (o, _) in s.owners.values() {
             *counts.entry(o.broker_id.clone()).or_default() += 1;
         }
         counts

@@ -58,7 +58,7 @@ impl Controller {
 
     /// Campaigns if there is no controller; if this broker is it, moves what must move.
     pub async fn step(&self) -> Result<usize, BrokerError> {
-        if !self.view.is_current() {
+        if !self.view.is_current() || !self.view.is_ready() {
             return Ok(0);
         }
         let me = self.view.broker_id().to_string();
@@ -132,7 +132,7 @@ impl Controller {
             .into_iter()
             .map(|b| b.broker_id)
             .collect();
-        let owners = self.view.owners();
+        let owners = self.view.owners_with_revisions();
         let live = self.topics.live_ids();
         let mut partitions: Vec<PartitionId> = Vec::new();
         for t in live.values() {
@@ -140,7 +140,7 @@ impl Controller {
         }
         let current: HashMap<PartitionId, String> = owners
             .iter()
-            .map(|(p, o)| (*p, o.broker_id.clone()))
+            .map(|(p, (o, _))| (*p, o.broker_id.clone()))
             .collect();
         let target = assign(&partitions, &current, &brokers);
         let mut plan = Vec::new();
@@ -148,7 +148,7 @@ impl Controller {
         sorted.sort();
         for ((topic_id, partition), owner) in sorted {
             let previous = owners.get(&(topic_id, partition));
-            if previous.is_some_and(|o| o.broker_id == owner) {
+            if previous.is_some_and(|(o, _)| o.broker_id == owner) {
                 continue;
             }
             plan.push((
@@ -158,26 +158,28 @@ impl Controller {
                     owner: Some(OwnerRecord {
                         v: 1,
                         broker_id: owner,
-                        epoch: previous.map_or(1, |o| o.epoch + 1),
+                        epoch: previous.map_or(1, |(o, _)| o.epoch + 1),
                     }),
+                    seen_mod_revision: previous.map_or(0, |(_, r)| *r),
                 },
-                previous.map(|o| o.broker_id.clone()),
+                previous.map(|(o, _)| o.broker_id.clone()),
             ));
         }
         // Owner keys of deleted topics (ids the view has seen pass) go away.
         let applied = self.view.applied();
         let mut gone: Vec<_> = owners
-            .keys()
-            .filter(|(t, _)| !live.contains_key(t) && (*t as i64) <= applied)
-            .copied()
+            .iter()
+            .filter(|((t, _), _)| !live.contains_key(t) && (*t as i64) <= applied)
+            .map(|(p, (_, r))| (*p, *r))
             .collect();
         gone.sort();
-        plan.extend(gone.into_iter().map(|(topic_id, partition)| {
+        plan.extend(gone.into_iter().map(|((topic_id, partition), seen)| {
             (
                 OwnerChange {
                     topic_id,
                     partition,
                     owner: None,
+                    seen_mod_revision: seen,
                 },
                 None,
             )

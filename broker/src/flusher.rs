@@ -27,7 +27,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::catalog::{Catalog, WriterFence};
 use silt_metadata::codec::{CommitEntry, SegmentCommit};
-use silt_metadata::{CatalogError, Clock};
+use silt_metadata::{CatalogError, Clock, MetaError};
 use silt_storage::cache::SegmentCache;
 use silt_storage::object::segment_path;
 use silt_storage::segment::SegmentWriter;
@@ -70,8 +70,8 @@ pub struct Flusher {
     pub stats: Arc<Stats>,
     pub max_inflight: usize,
     next_seq: u64,
-    /// The next offset of each partition and the ownership epoch it was computed under.
-    next_offsets: HashMap<(u64, u32), (u64, i64)>,
+    /// The next offset of each partition, with the owner key revision it was computed under.
+    next_offsets: HashMap<(u64, u32), (i64, i64)>,
     epoch: u64,
 }
 
@@ -135,6 +135,11 @@ impl Flusher {
                 window = sealed.recv(), if open && inflight.len() < self.max_inflight => {
                     match window {
                         Some(window) => {
+                            // Just started (or reloaded): lay out nothing from a view that is
+                            // not yet consistent.
+                            if !self.view.is_ready() {
+                                self.view.wait_ready(Duration::from_secs(10)).await;
+                            }
                             if let Some(built) = self.build(window) {
                                 let handle = self.upload(&built);
                                 inflight.push_back((built, handle));
@@ -164,6 +169,13 @@ impl Flusher {
     /// may be written (its producers are answered at once).
     fn build(&mut self, window: Window) -> Option<Built> {
         let snapshot = self.view.flush_snapshot(window.partitions.keys().copied());
+        if !snapshot.ready {
+            self.wal.release(window.bytes);
+            window.fail(&BrokerError::unavailable(
+                "this broker is still loading the cluster state; nothing was stored, retry",
+            ));
+            return None;
+        }
         let Some(fence) = snapshot.fence.clone() else {
             self.wal.release(window.bytes);
             window.fail(&BrokerError::NotOwner {
@@ -188,7 +200,7 @@ impl Flusher {
         let mut waiters = window.waiters;
         let mut written = 0usize;
         for ((topic_id, partition), batches) in &window.partitions {
-            let Some(epoch) = snapshot.owned.get(&(*topic_id, *partition)).copied() else {
+            let Some(owned_at) = snapshot.owned.get(&(*topic_id, *partition)).copied() else {
                 continue;
             };
             let batches: Vec<_> = batches
@@ -202,11 +214,11 @@ impl Flusher {
             let slot = self
                 .next_offsets
                 .entry((*topic_id, *partition))
-                .or_insert((epoch, -1));
-            if slot.0 != epoch || slot.1 < 0 {
+                .or_insert((owned_at, -1));
+            if slot.0 != owned_at || slot.1 < 0 {
                 // Newly owned (or owned again): continue from what is committed.
                 *slot = (
-                    epoch,
+                    owned_at,
                     index
                         .partition(*topic_id, *partition)
                         .offsets()
@@ -391,11 +403,11 @@ impl Flusher {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                Err(e) if maybe_applied => {
-                    warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
-                    return self.settle(built).await;
+                // Refused before anything was applied (a limit): a definite no.
+                Err(CatalogError::Store(e @ MetaError::InvalidRequest(_))) if !maybe_applied => {
+                    return Err(CatalogError::Store(e).into());
                 }
-                Err(CatalogError::Fenced { .. }) => {
+                Err(CatalogError::Fenced { .. }) if !maybe_applied => {
                     return Err(BrokerError::NotOwner {
                         message: format!(
                             "broker '{}' lost ownership of a partition while flushing; nothing was stored, retry against the owner",
@@ -404,7 +416,11 @@ impl Flusher {
                         owner: None,
                     });
                 }
-                Err(e) => return Err(e.into()),
+                // Any other failure may have happened after etcd applied the commit.
+                Err(e) => {
+                    warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
+                    return self.settle(built).await;
+                }
             }
         }
     }

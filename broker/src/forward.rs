@@ -65,6 +65,12 @@ impl Router {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Status::internal(format!("bad broker address '{address}': {e}")))?
             .connect_timeout(Duration::from_secs(2))
+            // A paused owner keeps its socket open: keep-alive pings find it out, and no hop
+            // waits longer than a produce may.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(4))
+            .keep_alive_while_idle(true)
+            .timeout(Duration::from_secs(30))
             .tcp_nodelay(true);
         let client = LogClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(self.max_message)

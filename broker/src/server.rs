@@ -138,7 +138,7 @@ impl Broker {
         };
         let cache = Arc::new(SegmentCache::open(store.clone(), cache_config).await?);
 
-        // A new incarnation fences every earlier one of this broker id.
+        // This process's incarnation: newer than any earlier one of this broker id.
         let previous = catalog
             .store()
             .get(&catalog.keys().writer(&s.broker_id))
@@ -146,9 +146,10 @@ impl Broker {
             .and_then(|kv| Catalog::parse_incarnation(&kv.value))
             .unwrap_or(0);
         let incarnation = (clock.now_ms().max(0) as u64).max(previous + 1);
-        let fence = catalog.register_writer(&s.broker_id, incarnation).await?;
 
-        // The cluster view loads every key, then follows one watch from there.
+        // The cluster view loads every key, then follows one watch from there. Registering the
+        // new incarnation afterwards fences every earlier one of this broker id and is the
+        // write the view must have replayed to be consistent.
         let topics = Arc::new(TopicTable::default());
         let index = Arc::new(LogIndex::new());
         let view = Arc::new(ClusterView::new(
@@ -159,6 +160,8 @@ impl Broker {
             index.clone(),
         ));
         let watch_from = view.load().await?;
+        let fence = catalog.register_writer(&s.broker_id, incarnation).await?;
+        view.set_ready_at(fence.revision);
         let committed: HashSet<String> = catalog
             .load_segments()
             .await?
@@ -168,6 +171,9 @@ impl Broker {
         let segment_count = committed.len();
         let view_cancel = CancellationToken::new();
         let view_task = tokio::spawn(view.clone().run(watch_from, view_cancel.clone()));
+        if !view.wait_ready(Duration::from_secs(30)).await {
+            anyhow::bail!("the metadata watch did not catch up within 30 s; is etcd overloaded?");
+        }
 
         let stats = Arc::new(Stats::default());
         let (wal, outputs) = WalCache::new(
@@ -311,6 +317,25 @@ impl Broker {
             s.linger_ms, s.flush_bytes
         );
 
+        // A newer process of this broker id supersedes this one: stop (it can commit nothing).
+        let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (view, cancel, superseded) = (view.clone(), cancel.clone(), superseded.clone());
+            tokio::spawn(async move {
+                let mut changes = view.subscribe_topology();
+                while changes.changed().await.is_ok() {
+                    if !view.is_current() {
+                        tracing::error!(
+                            broker_id = %view.broker_id(),
+                            "a newer incarnation of this broker id started elsewhere; stopping"
+                        );
+                        superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            });
+        }
         let shutdown = cancel.clone();
         let wal_for_shutdown = wal.clone();
         let task = tokio::spawn(async move {
@@ -348,6 +373,9 @@ impl Broker {
             view_cancel.cancel();
             let _ = view_task.await;
             info!("broker stopped");
+            if superseded.load(std::sync::atomic::Ordering::Relaxed) {
+                anyhow::bail!("stopped: a newer incarnation of this broker id took over");
+            }
             served.map_err(anyhow::Error::from)
         });
         Ok(BrokerHandle { addr, cancel, task })

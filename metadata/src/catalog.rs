@@ -47,6 +47,9 @@ pub struct OwnerChange {
     pub partition: u32,
     /// The new owner and epoch; `None` deletes the owner key (the topic is gone).
     pub owner: Option<OwnerRecord>,
+    /// The owner key's `mod_revision` as the controller saw it (0: it had no owner key). The
+    /// change is made only if the key is still so.
+    pub seen_mod_revision: i64,
 }
 
 /// A broker losing partitions in an ownership transaction: its writer key, as the controller
@@ -207,19 +210,21 @@ impl Catalog {
     }
 
     /// Rewrites the writer key of `incarnation` with its own value, so every commit sent with an
-    /// older fence fails from now on (used to settle a commit whose outcome is unknown). Returns
-    /// false, changing nothing, when a newer incarnation holds the key.
+    /// older fence fails from now on (used to settle a commit whose outcome is unknown, and to
+    /// mark the point a reloaded view must reach). Returns the revision of the write, or
+    /// `None`, changing nothing, when a newer incarnation holds the key.
     pub async fn touch_writer(
         &self,
         broker_id: &str,
         incarnation: u64,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<Option<i64>, CatalogError> {
         let key = self.keys.writer(broker_id);
         let value = incarnation.to_string().into_bytes();
         let txn = Txn::new()
             .when([Compare::value(key.clone(), value.clone())])
             .and_then([Op::put(key, value)]);
-        Ok(self.store.txn(txn).await?.succeeded)
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
     }
 
     /// True when the segment's commit key exists.
@@ -286,12 +291,13 @@ impl Catalog {
     }
 
     /// Writes ownership changes as the controller elected at `controller_revision`: one
-    /// transaction comparing the election key and each losing writer's key, putting the owner
+    /// transaction comparing the election key, each changed owner key and each losing
+    /// writer's key with what the controller saw, putting the owner
     /// keys and then the losing writers' keys (so a watcher that sees a writer key change has
     /// already seen the owner changes of the same transaction). Returns false, changing
     /// nothing, when a compare failed (no longer the controller, or a view that is behind);
     /// otherwise the revision of the change.
-    /// The caller keeps `changes.len() + losers.len()` within the store's `max_txn_ops`.
+    /// The caller keeps `1 + changes.len() + losers.len()` within the store's `max_txn_ops`.
     pub async fn change_owners(
         &self,
         controller_revision: i64,
@@ -306,6 +312,11 @@ impl Catalog {
         let mut ops = Vec::with_capacity(changes.len() + losers.len());
         for c in changes {
             let key = self.keys.owner(c.topic_id, c.partition);
+            compares.push(Compare::new(
+                key.clone(),
+                crate::CompareOp::Equal,
+                crate::CompareTarget::ModRevision(c.seen_mod_revision),
+            ));
             ops.push(match &c.owner {
                 Some(owner) => Op::put(key, codec::encode_owner(owner)),
                 None => Op::delete(key),

@@ -58,7 +58,11 @@ pub fn encode_topic(topic: &TopicRecord) -> Vec<u8> {
 
 /// Decodes a topic record.
 pub fn decode_topic(key: &[u8], value: &[u8]) -> Result<TopicRecord, MetaError> {
-    decode_json_v1(key, value, "topic record", |t: &TopicRecord| t.v)
+    let topic = decode_json_v1(key, value, "topic record", |t: &TopicRecord| t.v)?;
+    if topic.partitions == 0 {
+        return Err(corrupt(key, "topic record with 0 partitions"));
+    }
+    Ok(topic)
 }
 
 /// Encodes a segment commit (binary v1).

@@ -67,6 +67,11 @@ impl EtcdOptions {
     }
 }
 
+/// Largest range or watch response accepted. etcd sends a catching-up watch up to 1000
+/// revisions per message and a range page up to 1000 keys, either far above gRPC's 4 MiB default
+/// when segment commits are large; refusing one would stall the caller on the same message.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// A [`MetaStore`] backed by an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -242,7 +247,10 @@ impl EtcdStore {
 #[async_trait]
 impl MetaStore for EtcdStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, MetaError> {
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let resp = client
             .get(req.key.clone(), Some(get_options(&req)))
             .await
@@ -333,7 +341,10 @@ impl MetaStore for EtcdStore {
         if start_revision > 0 {
             options = options.with_start_revision(start_revision);
         }
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let stream = client
             .watch(req.key.clone(), Some(options))
             .await

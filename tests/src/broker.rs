@@ -73,7 +73,12 @@ impl BrokerProcess {
     /// Starts a broker on a free loopback port and waits until it serves gRPC.
     pub async fn start(options: BrokerOptions) -> BrokerProcess {
         let mut child = command(&options)
-            .env("SILT_LOG", "info,silt_broker=debug")
+            // SILT_TEST_BROKER_LOG quiets them for benchmarks (the harness needs `info`).
+            .env(
+                "SILT_LOG",
+                std::env::var("SILT_TEST_BROKER_LOG")
+                    .unwrap_or_else(|_| "info,silt_broker=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

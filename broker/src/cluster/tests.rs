@@ -16,7 +16,6 @@ struct Node {
 
 async fn node(catalog: &Catalog, id: &str) -> Node {
     let incarnation = 1;
-    catalog.register_writer(id, incarnation).await.unwrap();
     let lease = catalog
         .store()
         .grant_lease(Duration::from_secs(3600))
@@ -43,8 +42,12 @@ async fn node(catalog: &Catalog, id: &str) -> Node {
         Arc::new(LogIndex::new()),
     ));
     let from = view.load().await.unwrap();
+    assert!(!view.is_ready());
+    let fence = catalog.register_writer(id, incarnation).await.unwrap();
+    view.set_ready_at(fence.revision);
     let cancel = CancellationToken::new();
     tokio::spawn(view.clone().run(from, cancel.clone()));
+    assert!(view.wait_ready(Duration::from_secs(10)).await);
     let controller = Controller {
         view: view.clone(),
         catalog: catalog.clone(),

@@ -72,7 +72,6 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
         })
         .await
         .unwrap();
-    catalog.register_writer("b0", 1).await.unwrap();
     let cache = Arc::new(
         SegmentCache::open(dyn_store.clone(), ReadCacheConfig::default())
             .await
@@ -131,6 +130,7 @@ pub(crate) async fn owning_view(
                 broker_id: broker.into(),
                 epoch: 1,
             }),
+            seen_mod_revision: 0,
         })
         .collect();
     catalog
@@ -146,10 +146,13 @@ pub(crate) async fn owning_view(
         index,
     ));
     let from = view.load().await.unwrap();
+    let fence = catalog.register_writer(broker, incarnation).await.unwrap();
+    view.set_ready_at(fence.revision);
     tokio::spawn(
         view.clone()
             .run(from, tokio_util::sync::CancellationToken::new()),
     );
+    assert!(view.wait_ready(Duration::from_secs(10)).await);
     view
 }
 

@@ -215,6 +215,7 @@ async fn taking_a_partition_away_fences_the_losers_pending_commit() {
         topic_id: t.id,
         partition: 0,
         owner: Some(owner("b1", 1)),
+        seen_mod_revision: 0,
     }];
     assert!(
         catalog
@@ -229,6 +230,19 @@ async fn taking_a_partition_away_fences_the_losers_pending_commit() {
         .unwrap();
 
     // The controller moves partition 0 to b2: b1's key is rewritten, its fence no longer holds.
+    let owner_kv = store
+        .get(&catalog.keys().owner(t.id, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    // Giving it again from a view that missed the first change is refused.
+    assert!(
+        catalog
+            .change_owners(elected, &give, &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
     let writer = store
         .get(&catalog.keys().writer("b1"))
         .await
@@ -238,6 +252,7 @@ async fn taking_a_partition_away_fences_the_losers_pending_commit() {
         topic_id: t.id,
         partition: 0,
         owner: Some(owner("b2", 2)),
+        seen_mod_revision: owner_kv.mod_revision,
     }];
     let loser = FencedWriter {
         broker_id: "b1".into(),
