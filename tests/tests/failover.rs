@@ -370,3 +370,60 @@ async fn chaos_kills_pauses_and_restarts_lose_nothing() {
     acked_more(&checker, 300).await;
     finish(&cluster, "chaos", checker, stop, load).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_keeps_producing_while_an_owner_dies() {
+    let Some(mut cluster) = Cluster::start("cli", TTL_MS, 20).await else {
+        return;
+    };
+    for _ in 0..3 {
+        cluster.add_broker().await;
+    }
+    let urls = cluster.urls();
+    let out = silt_tests::run_cli(&urls, &["topic", "create", "lines", "--partitions", "6"]);
+    assert!(out.success, "{}", out.stderr);
+    cluster.wait_owned("lines", Duration::from_secs(20)).await;
+
+    // `silt produce` of many lines, through the broker list; an owner dies half-way.
+    const LINES: usize = 60_000;
+    let input: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
+    let cli = {
+        let urls = urls.clone();
+        std::thread::spawn(move || {
+            silt_tests::run_cli_with_input(&urls, &["produce", "lines"], input.as_bytes())
+        })
+    };
+    let client = cluster.client().await;
+    wait_for(
+        "the produce to be under way",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                let described = client.describe_topic("lines").await.ok()?;
+                let stored: i64 = described.partitions.iter().map(|p| p.high_watermark).sum();
+                (stored > (LINES / 4) as i64).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(!cli.is_finished(), "the produce ended before the kill");
+    cluster.kill9(1);
+    let out = tokio::task::spawn_blocking(move || cli.join().unwrap())
+        .await
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("acknowledged {LINES} of {LINES}")),
+        "{}",
+        out.stderr
+    );
+
+    // Every line is stored (at least once: the CLI retries like any at-least-once producer).
+    cluster.wait_owned("lines", Duration::from_secs(20)).await;
+    let out = silt_tests::run_cli(&cluster.urls(), &["consume", "lines"]);
+    assert!(out.success, "{}", out.stderr);
+    let seen: std::collections::HashSet<&str> = out.stdout.lines().collect();
+    assert_eq!(seen.len(), LINES, "every line produced is stored");
+}
