@@ -166,16 +166,16 @@ async fn main() -> anyhow::Result<()> {
         let inside: Vec<&Ack> = acks.iter().filter(|a| a.at >= from && a.at < to).collect();
         let mut latencies: Vec<Duration> = inside.iter().map(|a| a.latency).collect();
         latencies.sort();
-        let p99 = latencies
-            .get((latencies.len() * 99 / 100).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default();
+        let quantile = |q: f64| {
+            let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
+        };
         let mib_s =
             inside.len() as f64 * record_size as f64 / (1 << 20) as f64 / (to - from).as_secs_f64();
-        (mib_s, p99.as_secs_f64() * 1000.0)
+        (mib_s, quantile(0.99), quantile(0.999), quantile(1.0))
     };
-    let (steady_mib_s, steady_p99) = window(steady_from, steady_to);
-    let (failover_mib_s, failover_p99) = window(around.0, around.1);
+    let (steady_mib_s, steady_p99, steady_p999, steady_max) = window(steady_from, steady_to);
+    let (failover_mib_s, failover_p99, failover_p999, failover_max) = window(around.0, around.1);
     let report = serde_json::json!({
         "brokers": brokers,
         "partitions": partitions,
@@ -195,8 +195,12 @@ async fn main() -> anyhow::Result<()> {
         "etcd_bytes_per_flush": meta_bytes as f64 / flushes.max(1) as f64,
         "steady_mib_s": steady_mib_s,
         "steady_p99_ms": steady_p99,
+        "steady_p999_ms": steady_p999,
+        "steady_max_ms": steady_max,
         "failover_window_mib_s": failover_mib_s,
         "failover_window_p99_ms": failover_p99,
+        "failover_window_p999_ms": failover_p999,
+        "failover_window_max_ms": failover_max,
     });
     println!("{report}");
     Ok(())
