@@ -85,7 +85,12 @@ pub(crate) fn settle(
             assert_eq!(p, partition);
             checker.acked(p, offset, seq, value);
         }
-        (_, _, Err(_)) => checker.failed(),
+        (_, _, Err(e)) => {
+            if std::env::var_os("SILT_TEST_SHOW_FAILURES").is_some() {
+                eprintln!("produce failed on partition {partition}: {e}");
+            }
+            checker.failed()
+        }
     }
 }
 
