@@ -271,8 +271,7 @@ impl ClusterView {
             if put {
                 match codec::decode_segment(&kv.key, &kv.value) {
                     Ok(mut c) => {
-                        let live = self.topics.live_ids();
-                        c.entries.retain(|e| live.contains_key(&e.topic_id));
+                        c.entries.retain(|e| self.topics.is_live(e.topic_id));
                         self.index.apply(id, &c);
                     }
                     Err(e) => warn!(error = %e, "skipping an unreadable segment commit"),

@@ -42,10 +42,16 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
 
 pub use silt_storage::routing::{murmur2, partition_for_key};
 
-/// The topics this broker knows, by name.
+/// The topics this broker knows, by name and by id.
 #[derive(Debug, Default)]
 pub struct TopicTable {
-    by_name: RwLock<HashMap<String, Arc<Topic>>>,
+    inner: RwLock<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<u64, Arc<Topic>>,
 }
 
 impl TopicTable {
@@ -57,24 +63,37 @@ impl TopicTable {
         table
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn insert(&self, topic: Topic) {
-        let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(topic.record.name.clone(), Arc::new(topic));
+        let topic = Arc::new(topic);
+        let mut t = self.write();
+        if let Some(old) = t.by_name.insert(topic.record.name.clone(), topic.clone()) {
+            t.by_id.remove(&old.id);
+        }
+        t.by_id.insert(topic.id, topic);
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Topic>> {
-        self.by_name
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
+        let mut t = self.write();
+        let topic = t.by_name.remove(name)?;
+        t.by_id.remove(&topic.id);
+        Some(topic)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.by_name
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.read().by_name.get(name).cloned()
+    }
+
+    /// True when a live topic has this id.
+    pub fn is_live(&self, id: u64) -> bool {
+        self.read().by_id.contains_key(&id)
     }
 
     /// The topic, or NOT_FOUND (INVALID_ARGUMENT for an invalid name).
@@ -86,13 +105,11 @@ impl TopicTable {
 
     /// Ids of all live topics.
     pub fn live_ids(&self) -> HashMap<u64, Arc<Topic>> {
-        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        map.values().map(|t| (t.id, t.clone())).collect()
+        self.read().by_id.clone()
     }
 
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = map.values().cloned().collect();
+        let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         all
     }
@@ -112,6 +129,28 @@ pub fn check_partition(topic: &Topic, partition: u32) -> Result<(), BrokerError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recreated_topic_replaces_the_old_id() {
+        use silt_metadata::codec::TopicRecord;
+        let topic = |id| Topic {
+            id,
+            record: TopicRecord {
+                v: 1,
+                name: "t".into(),
+                partitions: 1,
+                retention_ms: -1,
+                max_record_bytes: 1,
+                created_at_ms: 0,
+            },
+        };
+        let table = TopicTable::default();
+        table.insert(topic(5));
+        table.insert(topic(9));
+        assert!(!table.is_live(5) && table.is_live(9));
+        table.remove("t");
+        assert!(!table.is_live(9) && table.all().is_empty());
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {
