@@ -4,7 +4,8 @@
 //! the broker only copies bytes. Each [`PartitionReader::next_batch`] returns the records from
 //! `next_offset` on and advances it; it long-polls when the reader has caught up.
 //!
-//! Any broker serves reads, so a reader is not tied to one: when its broker fails (a transport
+//! Any broker serves reads; a reader starts on the partition's owner, whose read cache holds
+//! the segments it just wrote, so a tail reader costs no GET. It is not tied to it: when its broker fails (a transport
 //! error, UNAVAILABLE, no answer in time) it refreshes the client's broker list and continues
 //! from `next_offset` on the next known broker, a bounded number of times with backoff, so a
 //! consumer keeps reading while brokers come and go.
@@ -135,9 +136,15 @@ impl PartitionReader {
         start: StartSpec,
     ) -> Result<PartitionReader, ClientError> {
         let offsets = list_offsets(client, topic, partition, start).await?;
+        // Any broker serves reads; the owner has the freshly written tail in its cache.
+        let url = client
+            .routes(topic)
+            .await
+            .owner(partition)
+            .unwrap_or_else(|| client.preferred_url());
         Ok(PartitionReader {
             client: client.clone(),
-            url: client.preferred_url(),
+            url,
             topic: topic.to_string(),
             partition,
             next_offset: offsets.offset,
