@@ -190,7 +190,7 @@ async fn bench_commands_report_json() {
             .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("{key} in {json}"))
     };
-    for extra in [&[][..], &["--per-record"][..]] {
+    for extra in [&[][..], &["--per-record"][..], &["--replay"][..]] {
         let mut args = vec![
             "bench",
             "produce",

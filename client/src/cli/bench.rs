@@ -7,6 +7,7 @@ mod consume;
 mod object_store;
 mod payload;
 mod produce;
+mod replay;
 
 use std::process::ExitCode;
 use std::time::Duration;
