@@ -7,6 +7,10 @@
 #   cargo build --release --bins --features silt-broker/etcd
 #   bash deploy/local/etcd-garage.sh start      # etcd :2379, Garage :3900, bucket "silt"
 #   bash tests/bench/etcd-garage.sh
+#
+# PRODUCE_ARGS adds flags to every `silt bench produce` (e.g. "--replay"), BROKER_ARGS to every
+# broker (e.g. "--max-inflight-flushes 8"), CONCURRENCY sets the producers (default 4) and
+# TOPIC_PARTITIONS the topic's partition count (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -30,14 +34,17 @@ for run in $(seq 1 "$RUNS"); do
     for linger in 250 10; do
         dir=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench.XXXX")
         cluster="bench-$run-$linger-$$"
+        # shellcheck disable=SC2086
         "$BIN/silt-broker" --listen 127.0.0.1:0 --data-dir "$dir" --linger-ms "$linger" \
             --metadata etcd://127.0.0.1:2379 --cluster "$cluster" \
-            --object-store "s3://silt/$cluster" "${S3[@]}" 2> "$dir/broker.log" &
+            --object-store "s3://silt/$cluster" "${S3[@]}" ${BROKER_ARGS:-} 2> "$dir/broker.log" &
         pid=$!
         for _ in $(seq 1 400); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
         addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
+        # shellcheck disable=SC2086
         p=$("$BIN/silt" --broker "http://$addr" bench produce --topic b --records "$RECORDS" \
-            --record-size 1KiB --concurrency 4 --partitions 8 --json)
+            --record-size 1KiB --concurrency "${CONCURRENCY:-4}" --partitions "${TOPIC_PARTITIONS:-8}" --json \
+            ${PRODUCE_ARGS:-})
         record produce "$linger" "$run" "$p"
         kill "$pid"; wait "$pid" || true; pid=""
         rm -rf "$dir"
