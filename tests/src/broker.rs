@@ -179,6 +179,11 @@ impl BrokerProcess {
             .expect("connect to broker")
     }
 
+    /// The exit status, once the process has exited by itself.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) by name.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

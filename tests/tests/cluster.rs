@@ -192,3 +192,29 @@ async fn a_plain_client_of_one_broker_reaches_every_owner_through_one_hop() {
     );
     assert!(status.metadata().get("silt-not-stored").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_broker_id_supersedes_the_first() {
+    let Some(etcd) = EtcdProcess::start().await else {
+        return;
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let objects = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", objects.path().display());
+    let mut first =
+        BrokerProcess::start(options(&etcd, d1.path(), "twin").arg("--object-store", &store)).await;
+    let second =
+        BrokerProcess::start(options(&etcd, d2.path(), "twin").arg("--object-store", &store)).await;
+    // The old process can commit nothing any more: it stops by itself, with an error.
+    let status = wait_for(
+        "the superseded process to exit",
+        Duration::from_secs(20),
+        || {
+            let exited = first.exited();
+            async move { exited }
+        },
+    )
+    .await;
+    assert!(!status.success(), "a superseded broker exits non-zero");
+    assert_eq!(live(&second).await, ["twin"]);
+}
