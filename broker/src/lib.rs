@@ -8,9 +8,12 @@
 //!    order; only then the tickets resolve and [`log_index`] makes the records readable;
 //! 5. [`fetch`] — reads byte ranges of committed segments through the read cache.
 //!
-//! [`housekeeping`] runs retention and garbage collection; [`membership`] keeps the broker
-//! registered under a lease; [`server`] wires it all together and
-//! owns start-up and the shutdown order.
+//! Around it: [`forward`] sends a produce for a partition owned elsewhere to its owner (one
+//! hop); [`cluster`] follows one metadata watch — every broker's commits, members, owners, the
+//! controller, writer fences; [`controller`] (elected) assigns partitions with
+//! [`assignment`]'s balanced, sticky plan; [`membership`] keeps the broker registered under a
+//! lease; [`housekeeping`] runs retention and garbage collection; [`server`] wires it all
+//! together and owns start-up and the shutdown order.
 
 pub mod assignment;
 pub mod cluster;
