@@ -264,9 +264,12 @@ impl Flusher {
             waiters = kept;
         }
         if written == 0 {
+            // Every producer was refused above; nothing is left to store or to acknowledge.
             self.wal.release(window.bytes);
             for w in waiters {
-                let _ = w.tx.send(Ok(w.acks));
+                let _ = w.tx.send(Err(BrokerError::unavailable(
+                    "nothing of this request could be laid out; nothing was stored, retry",
+                )));
             }
             return None;
         }
