@@ -427,3 +427,30 @@ async fn the_cli_keeps_producing_while_an_owner_dies() {
     let seen: std::collections::HashSet<&str> = out.stdout.lines().collect();
     assert_eq!(seen.len(), LINES, "every line produced is stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_controller_elects_another_that_moves_its_partitions() {
+    let Some(mut cluster) = Cluster::start("ctl", TTL_MS, 20).await else {
+        return;
+    };
+    for _ in 0..3 {
+        cluster.add_broker().await;
+    }
+    let (checker, stop, load) = start_load(&cluster, "ctl", 6).await;
+    acked_more(&checker, 300).await;
+    let controller = cluster.status().await.unwrap().controller;
+    let slot: usize = controller[1..].parse().unwrap();
+    cluster.kill9(slot);
+    let moved = cluster.wait_owned("ctl", Duration::from_secs(30)).await;
+    let status = cluster.status().await.unwrap();
+    eprintln!(
+        "controller {controller} killed: {} elected, partitions owned again after {moved:?}",
+        status.controller
+    );
+    assert!(
+        cluster.serving_ids().contains(&status.controller),
+        "a live broker is the controller: {status:?}"
+    );
+    acked_more(&checker, 300).await;
+    finish(&cluster, "ctl", checker, stop, load).await;
+}
