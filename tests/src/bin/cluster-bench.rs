@@ -6,7 +6,8 @@
 //! partitions and is not the controller, measures the time until every partition is owned again
 //! and until each of the victim's partitions has its first new ack, compares throughput and
 //! p99 ack latency in the 10 s around the kill with the steady window, then adds a broker and
-//! measures the time until it owns its share. It reports the object-store bytes the new owners
+//! measures the time until it owns its share, and last kills the controller and measures the
+//! time until its partitions are owned again. It reports the object-store bytes the new owners
 //! read to take over and the etcd transactions and bytes per flush. Prints one JSON line.
 //!
 //!     cargo build --release --bins
@@ -137,6 +138,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let scale_out = spawned.elapsed();
     let newcomer = cluster.broker(new_slot).client().await.stats().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // kill -9 the controller: another broker is elected and moves its partitions.
+    let controller = cluster.status().await.expect("status").controller;
+    let controller_slot: usize = controller[1..].parse()?;
+    let killed = Instant::now();
+    cluster.kill9(controller_slot);
+    let controller_owned = poll_owned(&cluster, partitions, Duration::from_millis(10)).await;
+    let controller_failover = killed.elapsed().max(controller_owned);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -186,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         "failover_owned_ms": owned_after.as_secs_f64() * 1000.0,
         "failover_first_ack_ms": first_ack_each.as_secs_f64() * 1000.0,
         "failover_object_bytes_read": bytes_read_by_new_owners,
+        "controller_failover_owned_ms": controller_failover.as_secs_f64() * 1000.0,
         "scale_out_registered_ms": registered.as_secs_f64() * 1000.0,
         "scale_out_share_ms": scale_out.as_secs_f64() * 1000.0,
         "scale_out_share": share,
