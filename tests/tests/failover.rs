@@ -17,6 +17,23 @@ use silt_tests::{Checker, Cluster, read_partition, wait_for};
 
 const TTL_MS: u64 = 2_000;
 
+/// etcd, the object store and brokers b0..b2; `None` when etcd is not installed.
+async fn three_brokers(name: &str) -> Option<Cluster> {
+    let mut cluster = Cluster::start(name, TTL_MS, 20).await?;
+    for _ in 0..3 {
+        cluster.add_broker().await;
+    }
+    Some(cluster)
+}
+
+/// A whole number from the environment, else `default`.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A topic, and a load on it that runs until the returned flag is set.
 async fn start_load(
     cluster: &Cluster,
@@ -87,12 +104,9 @@ fn owned_by(owners: &[(u32, String)], broker: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_an_owner_moves_its_partitions_to_the_survivors() {
-    let Some(mut cluster) = Cluster::start("failover", TTL_MS, 20).await else {
+    let Some(mut cluster) = three_brokers("failover").await else {
         return;
     };
-    for _ in 0..3 {
-        cluster.add_broker().await;
-    }
     let (checker, stop, load) = start_load(&cluster, "orders", 6).await;
     acked_more(&checker, 500).await;
 
@@ -308,20 +322,11 @@ async fn scale_out_and_in_under_load_moves_no_record_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_kills_pauses_and_restarts_lose_nothing() {
-    let Some(mut cluster) = Cluster::start("chaos", TTL_MS, 20).await else {
+    let Some(mut cluster) = three_brokers("chaos").await else {
         return;
     };
-    for _ in 0..3 {
-        cluster.add_broker().await;
-    }
-    let seed: u64 = std::env::var("SILT_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261201);
-    let secs: u64 = std::env::var("SILT_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let seed = env_u64("SILT_CHAOS_SEED", 20261201);
+    let secs = env_u64("SILT_CHAOS_SECS", 60);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (checker, stop, load) = start_load(&cluster, "chaos", 8).await;
     acked_more(&checker, 300).await;
@@ -373,12 +378,9 @@ async fn chaos_kills_pauses_and_restarts_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_keeps_producing_while_an_owner_dies() {
-    let Some(mut cluster) = Cluster::start("cli", TTL_MS, 20).await else {
+    let Some(mut cluster) = three_brokers("cli").await else {
         return;
     };
-    for _ in 0..3 {
-        cluster.add_broker().await;
-    }
     let urls = cluster.urls();
     let out = silt_tests::run_cli(&urls, &["topic", "create", "lines", "--partitions", "6"]);
     assert!(out.success, "{}", out.stderr);
@@ -430,12 +432,9 @@ async fn the_cli_keeps_producing_while_an_owner_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_controller_elects_another_that_moves_its_partitions() {
-    let Some(mut cluster) = Cluster::start("ctl", TTL_MS, 20).await else {
+    let Some(mut cluster) = three_brokers("ctl").await else {
         return;
     };
-    for _ in 0..3 {
-        cluster.add_broker().await;
-    }
     let (checker, stop, load) = start_load(&cluster, "ctl", 6).await;
     acked_more(&checker, 300).await;
     let controller = cluster.status().await.unwrap().controller;
