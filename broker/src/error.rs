@@ -99,6 +99,7 @@ impl From<CatalogError> for BrokerError {
                 message: format!("{e}; retry against the current owner"),
                 retry_after_ms: 1000,
             },
+            CatalogError::Superseded { .. } => BrokerError::FailedPrecondition(e.to_string()),
             CatalogError::Store(e) => e.into(),
         }
     }

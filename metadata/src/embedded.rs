@@ -1,10 +1,12 @@
 //! [`EmbeddedStore`]: the single-node [`MetaStore`], persisted on local disk with redb.
 //!
 //! The whole keyspace is held in memory (Silt's metadata is small: topics, one key per segment
-//! object, per-topic log starts) and every mutating transaction is first committed durably to a
-//! redb database — one redb write transaction, fsynced — and only then applied in memory and
-//! announced to watchers. A crash therefore loses nothing that was acknowledged and never
-//! exposes half a transaction: redb's commit is atomic.
+//! object, per-topic log starts) and every change is first committed durably to a redb database
+//! and only then applied in memory, announced to watchers and answered. The durable commit runs
+//! on one dedicated writer thread ([`writer`]), never on an async runtime's workers, and groups
+//! every change waiting into one redb write transaction — one fsync for many commits. A crash
+//! therefore loses nothing that was acknowledged and never exposes half a transaction: redb's
+//! commit is atomic.
 //!
 //! It behaves as etcd does, so the two pass the same conformance suite: the revision starts at 1
 //! and grows by exactly one per mutating transaction; keys carry create/mod revisions, a version
@@ -19,18 +21,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
+use writer::Request;
 
 use crate::clock::Clock;
 use crate::error::MetaError;
 use crate::store::{
-    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaStore, Op, OpResponse, RangeRequest,
+    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaStore, Op, RangeRequest,
     RangeResponse, StoreLimits, Txn, TxnResponse, WatchEvent, WatchResponse, WatchStream,
 };
 
@@ -62,18 +65,37 @@ struct State {
     history_start: i64,
 }
 
-/// The embedded metadata store.
-pub struct EmbeddedStore {
-    db: Database,
+/// What the store's callers and its writer thread share.
+struct Shared {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<WatchResponse>>,
     clock: Arc<dyn Clock>,
     limits: StoreLimits,
+    /// Durable redb commits (groups) so far.
+    commits: std::sync::atomic::AtomicU64,
+}
+
+/// The embedded metadata store.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    /// Changes go to the writer thread; dropping the sender stops it.
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // The writer finishes the requests already sent, then releases the database file.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -155,6 +177,20 @@ impl EmbeddedStore {
             )),
             other => db_err(other),
         })?;
+        // redb makes its file's contents durable; the directory entry of a new file is ours to
+        // sync, or a power cut could lose the whole database.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| {
+                MetaError::Internal(format!(
+                    "cannot sync metadata directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
         Self::with_database(db, clock)
     }
 
@@ -224,8 +260,7 @@ impl EmbeddedStore {
         drop(read);
 
         let (events, _) = broadcast::channel(1024);
-        let store = Arc::new(Self {
-            db,
+        let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 kvs,
                 revision,
@@ -237,6 +272,22 @@ impl EmbeddedStore {
             events,
             clock,
             limits: StoreLimits::default(),
+            commits: Default::default(),
+        });
+        let (requests, inbox) = mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("silt-meta-writer".into())
+                .spawn(move || writer::run(db, shared, inbox))
+                .map_err(|e| {
+                    MetaError::Internal(format!("cannot start the metadata writer thread: {e}"))
+                })?
+        };
+        let store = Arc::new(Self {
+            shared,
+            requests: Some(requests),
+            writer: Some(writer),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&store);
@@ -245,16 +296,10 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Forgets the watch history below `revision`, as etcd's Compact does: a watch from an older
     /// revision then fails with `Compacted`.
     pub fn compact(&self, revision: i64) {
-        let mut state = self.lock();
+        let mut state = self.shared.lock();
         while state.history.front().is_some_and(|r| r.revision < revision) {
             state.history.pop_front();
         }
@@ -262,65 +307,63 @@ impl EmbeddedStore {
     }
 
     /// Deletes the keys of every lease whose TTL ran out (one revision per lease, as etcd).
-    pub fn expire_leases(&self) {
-        let now = self.clock.monotonic_ms();
-        let mut state = self.lock();
-        let expired: Vec<LeaseId> = state
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline_ms <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Err(e) = self.drop_lease(&mut state, id) {
-                tracing::warn!(lease = id, error = %e, "could not expire a lease; retrying");
-            }
+    pub async fn expire_leases(&self) {
+        if let Err(e) = self.call(Request::Expire).await {
+            tracing::warn!(error = %e, "could not expire leases; retrying");
         }
     }
 
-    /// Removes a lease and its keys in one revision.
-    fn drop_lease(&self, state: &mut State, id: LeaseId) -> Result<(), MetaError> {
-        let Some(lease) = state.leases.get(&id) else {
-            return Err(MetaError::LeaseNotFound(id));
-        };
-        let keys: Vec<Vec<u8>> = lease.keys.iter().cloned().collect();
-        let revision = state.revision + 1;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut kv = tx.open_table(KV).map_err(db_err)?;
-            for k in &keys {
-                kv.remove(k.as_slice()).map_err(db_err)?;
-            }
-            tx.open_table(LEASES)
-                .map_err(db_err)?
-                .remove(id)
-                .map_err(db_err)?;
-            if !keys.is_empty() {
-                tx.open_table(META)
-                    .map_err(db_err)?
-                    .insert("revision", revision)
-                    .map_err(db_err)?;
-            }
+    /// Durable commits (fsynced redb transactions) so far; each may hold many changes.
+    pub fn durable_commits(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True when some lease is past its deadline (cheap: no write).
+    fn any_lease_expired(&self) -> bool {
+        let now = self.shared.clock.monotonic_ms();
+        self.shared
+            .lock()
+            .leases
+            .values()
+            .any(|l| l.deadline_ms <= now)
+    }
+
+    /// Sends a change to the writer thread and waits until it is durable and applied.
+    async fn call<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, MetaError>>) -> Request,
+    ) -> Result<T, MetaError> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || MetaError::Unavailable("embedded metadata store closed".into());
+        self.requests
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(request(tx))
+            .map_err(|_| closed())?;
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+}
+
+async fn expire_leases_forever(store: Weak<EmbeddedStore>) {
+    let mut ticker = tokio::time::interval(LEASE_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.upgrade() {
+            Some(store) if store.any_lease_expired() => store.expire_leases().await,
+            Some(_) => {}
+            None => return,
         }
-        tx.commit().map_err(db_err)?;
-        state.leases.remove(&id);
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let events = keys
-            .into_iter()
-            .filter_map(|k| state.kvs.remove(&k))
-            .map(|old| {
-                WatchEvent::Delete(KeyValue {
-                    value: Vec::new(),
-                    mod_revision: revision,
-                    ..old
-                })
-            })
-            .collect();
-        state.revision = revision;
-        self.publish(state, WatchResponse { revision, events });
-        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a revision's events in the history and sends them to watchers.
@@ -334,77 +377,7 @@ impl EmbeddedStore {
         }
         let _ = self.events.send(response);
     }
-}
 
-async fn expire_leases_forever(store: Weak<EmbeddedStore>) {
-    let mut ticker = tokio::time::interval(LEASE_TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        match store.upgrade() {
-            Some(store) => store.expire_leases(),
-            None => return,
-        }
-    }
-}
-
-/// The keys of `[key, range_end)` as seen through a transaction's pending writes.
-fn view(
-    base: &BTreeMap<Vec<u8>, KeyValue>,
-    staged: &BTreeMap<Vec<u8>, Option<KeyValue>>,
-    key: &[u8],
-    range_end: &[u8],
-) -> Vec<KeyValue> {
-    let b = bounds(key, range_end);
-    let mut merged: BTreeMap<&[u8], Option<&KeyValue>> = base
-        .range::<Vec<u8>, _>(b.clone())
-        .map(|(k, v)| (k.as_slice(), Some(v)))
-        .collect();
-    for (k, v) in staged.range::<Vec<u8>, _>(b) {
-        merged.insert(k.as_slice(), v.as_ref());
-    }
-    merged.into_values().flatten().cloned().collect()
-}
-
-fn range_response(kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
-    let count = kvs.len() as i64;
-    let mut kvs = if req.count_only { Vec::new() } else { kvs };
-    let more = req.limit > 0 && count > req.limit;
-    if req.limit > 0 {
-        kvs.truncate(req.limit as usize);
-    }
-    RangeResponse {
-        kvs,
-        more,
-        count,
-        revision,
-    }
-}
-
-fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
-    use std::cmp::Ordering;
-    let ordering: Option<Ordering> = match (&c.target, kv) {
-        (CompareTarget::Value(_), None) => return false,
-        (CompareTarget::Value(v), Some(kv)) => Some(kv.value.as_slice().cmp(v.as_slice())),
-        (CompareTarget::ModRevision(r), kv) => Some(kv.map_or(0, |kv| kv.mod_revision).cmp(r)),
-        (CompareTarget::CreateRevision(r), kv) => {
-            Some(kv.map_or(0, |kv| kv.create_revision).cmp(r))
-        }
-        (CompareTarget::Version(r), kv) => Some(kv.map_or(0, |kv| kv.version).cmp(r)),
-        (CompareTarget::Lease(l), kv) => Some(kv.map_or(0, |kv| kv.lease).cmp(l)),
-    };
-    let Some(ordering) = ordering else {
-        return false;
-    };
-    match c.op {
-        CompareOp::Equal => ordering == Ordering::Equal,
-        CompareOp::NotEqual => ordering != Ordering::Equal,
-        CompareOp::Greater => ordering == Ordering::Greater,
-        CompareOp::Less => ordering == Ordering::Less,
-    }
-}
-
-impl EmbeddedStore {
     fn check_limits(&self, txn: &Txn) -> Result<(), MetaError> {
         if txn.op_count() > self.limits.max_txn_ops {
             return Err(MetaError::InvalidRequest(format!(
@@ -454,189 +427,86 @@ impl EmbeddedStore {
         }
         Ok(())
     }
+}
 
-    fn run_txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
-        self.check_limits(&txn)?;
-        let now = self.clock.monotonic_ms();
-        let mut state = self.lock();
-        let succeeded = txn
-            .compares
-            .iter()
-            .all(|c| compare_holds(state.kvs.get(&c.key), c));
-        let ops = if succeeded { txn.success } else { txn.failure };
-        let revision = state.revision + 1;
-        let mut staged: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
-        let mut events = Vec::new();
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Op::Put { key, value, lease } => {
-                    // A lease past its deadline is gone even if the reaper has not run yet.
-                    let lease_alive = |l: &Lease| l.deadline_ms > now;
-                    if lease != 0 && !state.leases.get(&lease).is_some_and(lease_alive) {
-                        return Err(MetaError::LeaseNotFound(lease));
-                    }
-                    let previous = match staged.get(&key) {
-                        Some(staged) => staged.clone(),
-                        None => state.kvs.get(&key).cloned(),
-                    };
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value,
-                        create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
-                        mod_revision: revision,
-                        version: previous.as_ref().map_or(1, |p| p.version + 1),
-                        lease,
-                    };
-                    events.push(WatchEvent::Put(kv.clone()));
-                    staged.insert(key, Some(kv));
-                    responses.push(OpResponse::Put);
-                }
-                Op::Delete { key, range_end } => {
-                    let doomed = view(&state.kvs, &staged, &key, &range_end);
-                    for old in &doomed {
-                        staged.insert(old.key.clone(), None);
-                        events.push(WatchEvent::Delete(KeyValue {
-                            value: Vec::new(),
-                            mod_revision: revision,
-                            ..old.clone()
-                        }));
-                    }
-                    responses.push(OpResponse::Delete(doomed.len() as i64));
-                }
-                Op::Get(req) => {
-                    let kvs = view(&state.kvs, &staged, &req.key, &req.range_end);
-                    let current = if events.is_empty() {
-                        state.revision
-                    } else {
-                        revision
-                    };
-                    responses.push(OpResponse::Get(range_response(kvs, &req, current)));
-                }
-            }
-        }
-        if events.is_empty() {
-            return Ok(TxnResponse {
-                succeeded,
-                revision: state.revision,
-                responses,
-            });
-        }
+fn range_response(kvs: Vec<KeyValue>, req: &RangeRequest, revision: i64) -> RangeResponse {
+    let count = kvs.len() as i64;
+    let mut kvs = if req.count_only { Vec::new() } else { kvs };
+    let more = req.limit > 0 && count > req.limit;
+    if req.limit > 0 {
+        kvs.truncate(req.limit as usize);
+    }
+    RangeResponse {
+        kvs,
+        more,
+        count,
+        revision,
+    }
+}
 
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(KV).map_err(db_err)?;
-            for (key, kv) in &staged {
-                match kv {
-                    Some(kv) => table
-                        .insert(key.as_slice(), encode_kv(kv).as_slice())
-                        .map(|_| ()),
-                    None => table.remove(key.as_slice()).map(|_| ()),
-                }
-                .map_err(db_err)?;
-            }
-            tx.open_table(META)
-                .map_err(db_err)?
-                .insert("revision", revision)
-                .map_err(db_err)?;
+fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ordering: Option<Ordering> = match (&c.target, kv) {
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Value(v), Some(kv)) => Some(kv.value.as_slice().cmp(v.as_slice())),
+        (CompareTarget::ModRevision(r), kv) => Some(kv.map_or(0, |kv| kv.mod_revision).cmp(r)),
+        (CompareTarget::CreateRevision(r), kv) => {
+            Some(kv.map_or(0, |kv| kv.create_revision).cmp(r))
         }
-        tx.commit().map_err(db_err)?;
-
-        for (key, kv) in staged {
-            let old_lease = state.kvs.get(&key).map_or(0, |old| old.lease);
-            if old_lease != 0
-                && let Some(lease) = state.leases.get_mut(&old_lease)
-            {
-                lease.keys.remove(&key);
-            }
-            match kv {
-                Some(kv) => {
-                    if kv.lease != 0
-                        && let Some(lease) = state.leases.get_mut(&kv.lease)
-                    {
-                        lease.keys.insert(key.clone());
-                    }
-                    state.kvs.insert(key, kv);
-                }
-                None => {
-                    state.kvs.remove(&key);
-                }
-            }
-        }
-        state.revision = revision;
-        self.publish(&mut state, WatchResponse { revision, events });
-        Ok(TxnResponse {
-            succeeded,
-            revision,
-            responses,
-        })
+        (CompareTarget::Version(r), kv) => Some(kv.map_or(0, |kv| kv.version).cmp(r)),
+        (CompareTarget::Lease(l), kv) => Some(kv.map_or(0, |kv| kv.lease).cmp(l)),
+    };
+    let Some(ordering) = ordering else {
+        return false;
+    };
+    match c.op {
+        CompareOp::Equal => ordering == Ordering::Equal,
+        CompareOp::NotEqual => ordering != Ordering::Equal,
+        CompareOp::Greater => ordering == Ordering::Greater,
+        CompareOp::Less => ordering == Ordering::Less,
     }
 }
 
 #[async_trait]
 impl MetaStore for EmbeddedStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, MetaError> {
-        let state = self.lock();
-        let kvs: Vec<KeyValue> = state
-            .kvs
-            .range::<Vec<u8>, _>(bounds(&req.key, &req.range_end))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let state = self.shared.lock();
+        let kvs = writer::read_range(&state, &req);
         Ok(range_response(kvs, &req, state.revision))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
-        self.run_txn(txn)
+        // Refused requests never reach the writer.
+        self.shared.check_limits(&txn)?;
+        self.call(|reply| Request::Txn(txn, reply)).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, MetaError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let mut state = self.lock();
-        let id = state.next_lease;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            tx.open_table(LEASES)
-                .map_err(db_err)?
-                .insert(id, ttl_ms)
-                .map_err(db_err)?;
-            tx.open_table(META)
-                .map_err(db_err)?
-                .insert("next_lease", id + 1)
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        state.next_lease = id + 1;
-        let deadline_ms = self.clock.monotonic_ms().saturating_add(ttl_ms);
-        state.leases.insert(
-            id,
-            Lease {
-                ttl_ms,
-                deadline_ms,
-                keys: BTreeSet::new(),
-            },
-        );
-        Ok(id)
+        self.call(|reply| Request::Grant { ttl_ms, reply }).await
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, MetaError> {
-        let now = self.clock.monotonic_ms();
-        let mut state = self.lock();
-        match state.leases.get_mut(&lease) {
-            Some(l) if l.deadline_ms > now => {
-                l.deadline_ms = now.saturating_add(l.ttl_ms);
-                Ok(Duration::from_millis(l.ttl_ms as u64))
+        let now = self.shared.clock.monotonic_ms();
+        let expired = {
+            let mut state = self.shared.lock();
+            match state.leases.get_mut(&lease) {
+                Some(l) if l.deadline_ms > now => {
+                    l.deadline_ms = now.saturating_add(l.ttl_ms);
+                    return Ok(Duration::from_millis(l.ttl_ms as u64));
+                }
+                Some(_) => true,
+                None => false,
             }
-            Some(_) => {
-                self.drop_lease(&mut state, lease)?;
-                Err(MetaError::LeaseNotFound(lease))
-            }
-            None => Err(MetaError::LeaseNotFound(lease)),
+        };
+        if expired {
+            self.expire_leases().await;
         }
+        Err(MetaError::LeaseNotFound(lease))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), MetaError> {
-        let mut state = self.lock();
-        self.drop_lease(&mut state, lease)
+        self.call(|reply| Request::Revoke(lease, reply)).await
     }
 
     async fn watch(
@@ -645,7 +515,7 @@ impl MetaStore for EmbeddedStore {
         start_revision: i64,
     ) -> Result<WatchStream, MetaError> {
         let (replay, live, from) = {
-            let state = self.lock();
+            let state = self.shared.lock();
             let from = if start_revision <= 0 {
                 state.revision + 1
             } else {
@@ -664,7 +534,7 @@ impl MetaStore for EmbeddedStore {
                 .filter(|r| r.revision >= from)
                 .cloned()
                 .collect();
-            (replay, self.events.subscribe(), from)
+            (replay, self.shared.events.subscribe(), from)
         };
         let last_replayed = replay.last().map_or(from - 1, |r| r.revision);
         let key = req.key.clone();
@@ -717,9 +587,10 @@ impl MetaStore for EmbeddedStore {
     }
 
     fn limits(&self) -> StoreLimits {
-        self.limits
+        self.shared.limits
     }
 }
 
 #[cfg(test)]
 mod tests;
+mod writer;

@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// What went wrong in a metadata call.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum MetaError {
     /// The store cannot be reached or failed transiently; retry later.
     #[error("metadata store unavailable: {0}")]
@@ -46,6 +46,16 @@ pub enum CatalogError {
     /// another broker) owns the partitions now. Nothing was committed.
     #[error("commit fenced: writer '{broker_id}' incarnation {incarnation} is no longer current")]
     Fenced { broker_id: String, incarnation: u64 },
+    /// Another process of this broker id registered `current` (≥ the incarnation asked for):
+    /// this one must not write.
+    #[error(
+        "broker id '{broker_id}': incarnation {incarnation} is superseded by {current} (another process with this id started)"
+    )]
+    Superseded {
+        broker_id: String,
+        incarnation: u64,
+        current: u64,
+    },
     #[error(transparent)]
     Store(#[from] MetaError),
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::*;
+use crate::store::OpResponse;
 use crate::clock::ManualClock;
 use crate::conformance::{self, Harness};
 
@@ -19,8 +20,8 @@ fn harness(store: Arc<EmbeddedStore>, clock: Arc<ManualClock>) -> Harness {
         prefix: b"/conformance/".to_vec(),
         advance: Box::new(move |d| {
             clock.advance_ms(d.as_millis() as i64);
-            reaper.expire_leases();
-            Box::pin(async {})
+            let reaper = reaper.clone();
+            Box::pin(async move { reaper.expire_leases().await })
         }),
     }
 }
@@ -76,10 +77,10 @@ async fn data_revision_and_leases_survive_reopen() {
     assert_eq!(store.put(b"c", b"3").await.unwrap(), revision + 1);
     // The lease restarted with a full TTL and still owns its key.
     clock.advance_ms(4_000);
-    store.expire_leases();
+    store.expire_leases().await;
     assert!(store.get(b"l").await.unwrap().is_some());
     clock.advance_ms(2_000);
-    store.expire_leases();
+    store.expire_leases().await;
     assert!(store.get(b"l").await.unwrap().is_none());
     let next = store.grant_lease(Duration::from_secs(1)).await.unwrap();
     assert!(next > lease, "lease ids never repeat");
@@ -182,7 +183,7 @@ async fn lease_expiry_is_one_watched_revision() {
         .await
         .unwrap_err();
     assert!(matches!(err, MetaError::LeaseNotFound(_)), "{err:?}");
-    store.expire_leases();
+    store.expire_leases().await;
     let got = stream.next().await.unwrap().unwrap();
     assert_eq!(got.revision, before + 1);
     let deleted: Vec<&[u8]> = got
