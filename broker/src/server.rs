@@ -85,7 +85,7 @@ impl Broker {
     pub async fn start(self) -> anyhow::Result<BrokerHandle> {
         let s = self.settings;
         let clock = self.clock;
-        std::fs::create_dir_all(&s.data_dir)
+        silt_storage::object::create_dir_durably(&s.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", s.data_dir.display()))?;
 
         let meta: Arc<dyn MetaStore> = match s.metadata.as_str() {

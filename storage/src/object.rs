@@ -49,11 +49,16 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             let dir = parsed.to_file_path().map_err(|()| {
                 StorageError::Config(format!("'{url}' is not an absolute file:// path"))
             })?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
+            create_dir_durably(&dir).map_err(|e| {
                 StorageError::Config(format!("cannot create {}: {e}", dir.display()))
             })?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
-            Ok(Arc::new(store.with_automatic_cleanup(true)))
+            // Every write is fsynced — the file, then the directory entries it added — before
+            // the put returns, so a segment is on disk before its commit starts: an ack
+            // survives a power cut, not only a crash of the process.
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
+                .with_fsync(true)
+                .with_automatic_cleanup(true);
+            Ok(Arc::new(store))
         }
         "memory" => Ok(Arc::new(object_store::memory::InMemory::new())),
         "s3" => {
@@ -93,6 +98,35 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             "object store scheme '{other}' is not supported; use file:///dir, memory:// or s3://bucket/prefix"
         ))),
     }
+}
+
+/// Creates `dir` and any missing parents, and makes their entries durable: each new directory
+/// and the existing one that received the first new entry are fsynced, so a power cut cannot
+/// lose the directory that later holds acknowledged data.
+pub fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(d) = cursor.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        cursor = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    // The new directories, deepest first, then the parent of the shallowest.
+    let mut sync = missing.clone();
+    if let Some(parent) = missing.last().and_then(|d| d.parent()) {
+        sync.push(if parent.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            parent.to_path_buf()
+        });
+    }
+    for d in sync {
+        std::fs::File::open(&d)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Creates the bucket of an `s3://bucket/...` URL if it does not exist (`--create-bucket`);

@@ -20,6 +20,8 @@ pub struct BrokerOptions {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A command the broker runs under (`strace -f ...`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl BrokerOptions {
@@ -30,6 +32,7 @@ impl BrokerOptions {
             linger_ms: 20,
             args: Vec::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -54,7 +57,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `silt-broker` on a free loopback port with `options`, stdin closed, no colours.
 fn command(options: &BrokerOptions) -> Command {
-    let mut command = Command::new(bin_path("silt-broker"));
+    let broker = bin_path("silt-broker");
+    let mut command = match options.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(broker);
+            c
+        }
+        None => Command::new(broker),
+    };
     command
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -167,6 +178,18 @@ impl BrokerProcess {
         self.child.id()
     }
 
+    /// The broker's own process id: the child's, or under a wrapper its child's.
+    fn broker_pid(&self) -> u32 {
+        let pid = self.child.id();
+        if self.options.wrapper.is_empty() {
+            return pid;
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
     /// The options it was started with.
     pub fn options(&self) -> &BrokerOptions {
         &self.options
@@ -188,7 +211,7 @@ impl BrokerProcess {
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
+            .arg(self.broker_pid().to_string())
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} failed");
@@ -205,7 +228,7 @@ impl BrokerProcess {
     pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, BrokerOptions) {
         let status = Command::new("kill")
             .arg("-TERM")
-            .arg(self.child.id().to_string())
+            .arg(self.broker_pid().to_string())
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");

@@ -87,18 +87,12 @@ fn make_certs(dir: &std::path::Path) {
 
 /// The etcd binary: `SILT_ETCD_BIN`, else `/usr/bin/etcd`, else `etcd` on the PATH.
 fn etcd_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SILT_ETCD_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let default = PathBuf::from("/usr/bin/etcd");
-    if default.exists() {
-        return Some(default);
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| PathBuf::from(dir).join("etcd"))
-        .find(|p| p.exists())
+    crate::require_tool(
+        "etcd",
+        "SILT_ETCD_BIN",
+        &[PathBuf::from("/usr/bin/etcd")],
+        "apt-get install etcd-server",
+    )
 }
 
 /// A port the kernel says is free right now.
@@ -110,31 +104,16 @@ fn free_port() -> u16 {
 }
 
 impl EtcdProcess {
-    /// Starts etcd, or returns `None` when no etcd binary is installed and `SILT_REQUIRE_ETCD`
-    /// is unset (`.ci/run` installs etcd and sets it, so CI never skips).
+    /// Starts etcd, or returns `None` when no etcd binary is installed and `SILT_ALLOW_SKIP=1`
+    /// (see [`crate::require_tool`]).
     pub async fn start() -> Option<EtcdProcess> {
-        let Some(bin) = etcd_bin() else {
-            assert!(
-                std::env::var_os("SILT_REQUIRE_ETCD").is_none(),
-                "SILT_REQUIRE_ETCD is set but no etcd binary was found (apt-get install etcd-server)"
-            );
-            eprintln!(
-                "skipping: no etcd binary (apt-get install etcd-server, or set SILT_ETCD_BIN)"
-            );
-            return None;
-        };
+        let bin = etcd_bin()?;
         Some(Self::launch(bin, false).await)
     }
 
     /// Like [`start`](Self::start), with TLS and client-certificate authentication on.
     pub async fn start_tls() -> Option<EtcdProcess> {
-        let Some(bin) = etcd_bin() else {
-            assert!(
-                std::env::var_os("SILT_REQUIRE_ETCD").is_none(),
-                "no etcd binary"
-            );
-            return None;
-        };
+        let bin = etcd_bin()?;
         Some(Self::launch(bin, true).await)
     }
 

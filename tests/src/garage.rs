@@ -23,19 +23,14 @@ pub struct GarageProcess {
 /// The garage binary: `SILT_GARAGE_BIN`, else `~/.cache/silt/tools/bin/garage` (where
 /// `.ci/run` installs it), else `garage` on the PATH.
 fn garage_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SILT_GARAGE_BIN") {
-        return Some(PathBuf::from(path));
-    }
     let cached =
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/silt/tools/bin/garage"));
-    if let Some(path) = cached.filter(|p| p.exists()) {
-        return Some(path);
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| PathBuf::from(dir).join("garage"))
-        .find(|p| p.exists())
+    crate::require_tool(
+        "garage",
+        "SILT_GARAGE_BIN",
+        cached.as_slice(),
+        "cargo install garage --locked",
+    )
 }
 
 fn free_port() -> u16 {
@@ -77,18 +72,9 @@ fn field(text: &str, label: &str) -> Option<String> {
 
 impl GarageProcess {
     /// Starts Garage and creates bucket `silt` and a key allowed on it, or returns `None` when
-    /// no garage binary exists and `SILT_REQUIRE_GARAGE` is unset (`.ci/run` sets it).
+    /// no garage binary exists and `SILT_ALLOW_SKIP=1` (see [`crate::require_tool`]).
     pub async fn start() -> Option<GarageProcess> {
-        let Some(bin) = garage_bin() else {
-            assert!(
-                std::env::var_os("SILT_REQUIRE_GARAGE").is_none(),
-                "SILT_REQUIRE_GARAGE is set but no garage binary was found (cargo install garage --locked)"
-            );
-            eprintln!(
-                "skipping: no garage binary (cargo install garage --locked, or set SILT_GARAGE_BIN)"
-            );
-            return None;
-        };
+        let bin = garage_bin()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let (rpc_port, s3_port) = (free_port(), free_port());
         let config = dir.path().join("silt-test-garage.toml");

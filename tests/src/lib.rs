@@ -55,6 +55,38 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Finds a tool a test needs: `env_var` if set, else the first of `candidates` that exists, else
+/// `name` on the `PATH`. When it is missing the test FAILS, naming how to install it — a green
+/// run never hides an untested backend — unless `SILT_ALLOW_SKIP=1` says skipping is fine; then
+/// it prints a visible `SKIPPED` line and returns `None` (the caller returns early).
+pub fn require_tool(
+    name: &str,
+    env_var: &str,
+    candidates: &[PathBuf],
+    install: &str,
+) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if let Some(found) = candidates.iter().find(|p| p.is_file()).cloned().or(on_path) {
+        return Some(found);
+    }
+    let why = format!("{name} is not installed ({install}; or set {env_var})");
+    if std::env::var("SILT_ALLOW_SKIP").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {why}; this test checked nothing");
+        println!("SKIPPED: {why}");
+        return None;
+    }
+    panic!(
+        "{why}. `bash .ci/run` installs it; to skip the tests that need it, set SILT_ALLOW_SKIP=1"
+    );
+}
+
 /// Waits until `check` returns `Some`, polling every 20 ms, or panics after `timeout` naming
 /// `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -222,3 +222,207 @@ async fn topics_and_data_survive_a_graceful_restart() {
         }
     }
 }
+
+/// One system call of an strace log, in the order it completed.
+#[derive(Debug)]
+struct Syscall {
+    name: String,
+    /// The path of the first argument: the fd's path (`strace -y`) or the first path string.
+    path: String,
+    /// Every byte of the line after the call's name (arguments, with `\xNN` decoded).
+    args: Vec<u8>,
+    ok: bool,
+}
+
+/// Decodes `\xNN` escapes (`strace -xx` prints every string byte that way).
+fn unescape(line: &str) -> Vec<u8> {
+    let b = line.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&line[i + 2..i + 4], 16) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Parses `strace -f -y -xx` output into completed calls, joining `<unfinished ...>` halves.
+fn parse_strace(text: &str) -> Vec<Syscall> {
+    let mut pending: std::collections::HashMap<String, String> = Default::default();
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let whole = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid.to_string(), head.to_string());
+            continue;
+        } else if rest.starts_with("<... ") {
+            let Some(head) = pending.remove(pid) else {
+                continue;
+            };
+            let tail = rest.split_once(" resumed>").map_or("", |(_, t)| t);
+            format!("{head}{tail}")
+        } else {
+            rest.to_string()
+        };
+        let Some((name, args)) = whole.split_once('(') else {
+            continue;
+        };
+        let args = unescape(args);
+        let text = String::from_utf8_lossy(&args);
+        // `fd<path>` or `"path"`.
+        let path = match (text.find('<'), text.find('"')) {
+            (Some(lt), q) if q.is_none_or(|q| lt < q) => {
+                text[lt + 1..].split('>').next().unwrap_or("").to_string()
+            }
+            (_, Some(q)) => text[q + 1..].split('"').next().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        let ok = text.trim_end().ends_with("= 0") || {
+            // pwrite64 returns the byte count.
+            text.rsplit("= ")
+                .next()
+                .and_then(|n| n.trim().parse::<i64>().ok())
+                .is_some_and(|n| n >= 0)
+        };
+        calls.push(Syscall {
+            name: name.to_string(),
+            path,
+            args,
+            ok,
+        });
+    }
+    calls
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A power cut, unlike kill -9, loses what is only in the page cache. The embedded default
+/// must therefore fsync each segment object — its file, and the directory entry that names
+/// it — before the metadata commit that acknowledges it starts. The broker runs under strace;
+/// for every committed segment the trace must show: the staged file fsynced, renamed to its
+/// final name, the directory fsynced, and only then the first write of the metadata database
+/// that names the segment (which redb then makes durable with fdatasync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
+    let Some(strace) =
+        silt_tests::require_tool("strace", "SILT_STRACE_BIN", &[], "apt-get install strace")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let trace = dir.path().join("trace.txt");
+    let mut options = BrokerOptions::new(&data);
+    options.wrapper = [
+        strace.to_string_lossy().as_ref(),
+        "-f",
+        "-y",
+        "-xx",
+        "-qq",
+        "-s",
+        "1048576",
+        "-e",
+        "signal=none",
+        "-e",
+        "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,pwritev,pwritev2",
+        "-o",
+        trace.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("p", 2, None, None).await.unwrap();
+    let producer = Producer::new(&client, "p", ProducerConfig::default())
+        .await
+        .unwrap();
+    // Several flushes, each acknowledged before the next starts.
+    for round in 0..4u64 {
+        let ack = producer
+            .send(ProducerRecord::new(event_value(round, 200)).with_partition((round % 2) as u32))
+            .await
+            .unwrap();
+        ack.await.unwrap();
+    }
+    let (status, _) =
+        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status}");
+
+    let calls = parse_strace(&std::fs::read_to_string(&trace).unwrap());
+    let data = std::fs::canonicalize(&data).unwrap();
+    let segments_dir = data.join("objects").join("segments");
+    let redb = data.join("metadata.redb").to_string_lossy().into_owned();
+    let committed = segment_files(&data);
+    assert!(committed.len() >= 4, "4 acked flushes: {committed:?}");
+    for id in &committed {
+        let object = segments_dir.join(format!("{id}.seg"));
+        let object = object.to_string_lossy();
+        let parent = segments_dir.join(id.split('/').next().unwrap());
+        let parent = parent.to_string_lossy();
+        let renamed = calls
+            .iter()
+            .position(|c| {
+                c.name.starts_with("rename") && c.ok && contains(&c.args, object.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("{object} was never renamed into place"));
+        let staged = String::from_utf8_lossy(&calls[renamed].args)
+            .split('"')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let file_synced = calls[..renamed]
+            .iter()
+            .any(|c| c.name == "fsync" && c.ok && c.path == staged);
+        assert!(
+            file_synced,
+            "{object}: its data ({staged}) was not fsynced before the rename"
+        );
+        let dir_synced = calls[renamed..]
+            .iter()
+            .position(|c| {
+                matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == parent
+            })
+            .map(|i| i + renamed)
+            .unwrap_or_else(|| {
+                panic!("{object}: directory {parent} never fsynced after the rename")
+            });
+        let committed_at = calls
+            .iter()
+            .position(|c| {
+                c.name.starts_with("pwrite") && c.path == redb && contains(&c.args, id.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("{object}: no metadata write names it"));
+        assert!(
+            dir_synced < committed_at,
+            "{object}: the metadata commit (call {committed_at}) started before the directory \
+             fsync (call {dir_synced})"
+        );
+        let durable = calls[committed_at..]
+            .iter()
+            .any(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == redb);
+        assert!(durable, "{object}: its metadata commit was never fsynced");
+    }
+    // The directories that hold the data are durable too.
+    for d in [data.clone(), data.join("objects"), segments_dir] {
+        let d = d.to_string_lossy();
+        assert!(
+            calls
+                .iter()
+                .any(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && c.path == *d),
+            "{d} was never fsynced"
+        );
+    }
+}
