@@ -68,6 +68,8 @@ struct State {
     /// The controller's broker id and the revision that elected it.
     controller: Option<(String, i64)>,
     writers: HashMap<String, WriterKey>,
+    /// The `mod_revision` of each topic's log-start key: what a retention write compares.
+    log_starts: HashMap<u64, i64>,
 }
 
 /// What the view has applied, and from when it is consistent.
@@ -280,6 +282,7 @@ impl ClusterView {
             return false;
         } else if let Some(topic_id) = keys.parse_log_start(&kv.key) {
             if put {
+                s.log_starts.insert(topic_id, kv.mod_revision);
                 match codec::decode_log_starts(&kv.key, &kv.value) {
                     Ok(starts) => {
                         for (p, start) in starts.into_iter().enumerate() {
@@ -290,6 +293,8 @@ impl ClusterView {
                     }
                     Err(e) => warn!(error = %e, "skipping unreadable log starts"),
                 }
+            } else {
+                s.log_starts.remove(&topic_id);
             }
             return false;
         } else if let Some(partition) = keys.parse_owner(&kv.key) {
@@ -515,6 +520,19 @@ impl ClusterView {
     /// The controller's broker id and election revision.
     pub fn controller(&self) -> Option<(String, i64)> {
         self.lock().controller.clone()
+    }
+
+    /// The `mod_revision` of a topic's log-start key as last seen (0: none).
+    pub fn log_start_revision(&self, topic_id: u64) -> i64 {
+        self.lock().log_starts.get(&topic_id).copied().unwrap_or(0)
+    }
+
+    /// The revision that elected this broker controller, while the view says it is.
+    pub fn controller_revision_if_me(&self) -> Option<i64> {
+        match self.controller() {
+            Some((id, revision)) if id == self.broker_id => Some(revision),
+            _ => None,
+        }
     }
 
     /// A writer key as last seen.

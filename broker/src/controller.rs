@@ -28,6 +28,36 @@ use crate::topics::TopicTable;
 /// How often the controller re-checks the assignment without a change (retries, elections).
 const TICK: Duration = Duration::from_millis(500);
 
+/// Splits a plan into transactions within the store's `max_txn_ops`. A transaction compares
+/// the election key, each changed owner key and each distinct loser's writer key
+/// (`1 + changes + losers`), and puts the owner keys and the losers' writer keys: so a chunk
+/// grows while `1 + changes + distinct losers` fits. In the worst case (every change takes a
+/// partition from a different broker) that is `(max_ops - 1) / 2` changes per transaction.
+fn txn_chunks(
+    plan: Vec<(OwnerChange, Option<String>)>,
+    max_ops: usize,
+) -> Vec<Vec<(OwnerChange, Option<String>)>> {
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<(OwnerChange, Option<String>)> = Vec::new();
+    let mut losers: BTreeSet<String> = BTreeSet::new();
+    for (change, loser) in plan {
+        let new_loser = loser.as_ref().is_some_and(|l| !losers.contains(l));
+        let ops = 1 + chunk.len() + 1 + losers.len() + usize::from(new_loser);
+        if !chunk.is_empty() && ops > max_ops {
+            chunks.push(std::mem::take(&mut chunk));
+            losers.clear();
+        }
+        if let Some(l) = &loser {
+            losers.insert(l.clone());
+        }
+        chunk.push((change, loser));
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// The controller loop of one broker.
 #[derive(Debug)]
 pub struct Controller {
@@ -78,10 +108,9 @@ impl Controller {
             }
         };
         let mut moved = 0;
-        for chunk in self
-            .plan()
-            .chunks(self.catalog.store().limits().max_txn_ops / 2)
-        {
+        let max_ops = self.catalog.store().limits().max_txn_ops;
+        for chunk in txn_chunks(self.plan(), max_ops) {
+            let chunk = chunk.as_slice();
             let losers: BTreeSet<&str> = chunk.iter().filter_map(|(_, l)| l.as_deref()).collect();
             let losers: Vec<FencedWriter> = losers
                 .into_iter()
@@ -185,5 +214,48 @@ impl Controller {
             )
         }));
         plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(partition: u32, loser: Option<&str>) -> (OwnerChange, Option<String>) {
+        (
+            OwnerChange {
+                topic_id: 1,
+                partition,
+                owner: None,
+                seen_mod_revision: 0,
+            },
+            loser.map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn every_chunk_fits_the_txn_limit_even_when_each_change_has_its_own_loser() {
+        let names: Vec<String> = (0..200).map(|i| format!("b{i}")).collect();
+        for (count, distinct) in [(64, 64), (200, 200), (200, 1), (200, 0), (127, 127), (5, 5)] {
+            let plan: Vec<_> = (0..count)
+                .map(|p| {
+                    let loser = (distinct > 0).then(|| names[p as usize % distinct].as_str());
+                    change(p, loser)
+                })
+                .collect();
+            let chunks = txn_chunks(plan, 128);
+            assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), count as usize);
+            for c in &chunks {
+                let losers: BTreeSet<_> = c.iter().filter_map(|(_, l)| l.clone()).collect();
+                assert!(1 + c.len() + losers.len() <= 128, "{count}/{distinct}: {}", c.len());
+            }
+            if distinct == 0 {
+                assert_eq!(chunks.len(), 2, "127 changes per txn without losers");
+            }
+        }
+        // 64 changes from 64 distinct brokers: 63 fit one transaction, the 64th the next.
+        let plan: Vec<_> = (0..64).map(|p| change(p, Some(&names[p as usize]))).collect();
+        let sizes: Vec<usize> = txn_chunks(plan, 128).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [63, 1]);
     }
 }

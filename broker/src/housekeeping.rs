@@ -20,7 +20,7 @@ use silt_metadata::catalog::{Catalog, WriterFence};
 use silt_storage::cache::SegmentCache;
 use silt_storage::object::{broker_segments_prefix, parse_segment_path};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
 use crate::error::BrokerError;
@@ -64,22 +64,27 @@ impl Housekeeper {
         }
     }
 
-    /// One retention + GC pass; only the controller runs them, so brokers do not race.
+    /// One retention + GC pass; only the controller runs them, so brokers do not race. Every
+    /// write is fenced on the controller's election (and retention on the log-start key's
+    /// version it read), so a controller that was paused or is behind changes nothing: log
+    /// starts never move backwards and nothing its successor still references is forgotten.
     pub async fn pass(&self) -> Result<Pass, BrokerError> {
         let mut pass = Pass::default();
-        if self
-            .view
-            .controller()
-            .is_none_or(|(id, _)| id != self.view.broker_id())
-        {
+        if !self.view.is_ready() {
             return Ok(pass);
         }
+        let Some(controller) = self.view.controller_revision_if_me() else {
+            return Ok(pass);
+        };
         let now = self.clock.now_ms();
         for topic in self.topics.all() {
             if topic.record.retention_ms < 0 {
                 continue;
             }
             let cutoff = now.saturating_sub(topic.record.retention_ms);
+            // Read the key's version before the starts: a start applied after the version
+            // read only makes the compare fail, never lets a lower start through.
+            let seen = self.view.log_start_revision(topic.id);
             let mut starts = self.index.log_starts(topic.id, topic.record.partitions);
             let mut changed = Vec::new();
             for (p, start) in starts.iter_mut().enumerate() {
@@ -91,7 +96,15 @@ impl Housekeeper {
             if changed.is_empty() {
                 continue;
             }
-            self.catalog.set_log_starts(&topic, &starts).await?;
+            if self
+                .catalog
+                .set_log_starts(controller, &topic, seen, &starts)
+                .await?
+                .is_none()
+            {
+                debug!(topic = %topic.record.name, "retention write refused (no longer controller, or the view is behind); retrying next pass");
+                continue;
+            }
             for p in &changed {
                 self.index
                     .partition(topic.id, *p)
@@ -117,7 +130,12 @@ impl Housekeeper {
             if !dead {
                 continue;
             }
-            self.catalog.delete_segment(&id).await?;
+            // The metadata key first, then the object: a crash in between leaves an orphan
+            // object, never an index entry without its object.
+            if !self.catalog.delete_segment(controller, &id).await? {
+                debug!("segment GC refused: no longer the controller");
+                break;
+            }
             let path = Path::from(commit.object.as_str());
             self.cache.remove_object(&path, commit.object_len);
             match self.store.delete(&path).await {

@@ -189,24 +189,42 @@ impl Catalog {
     }
 
     /// Makes `incarnation` the current one of `broker_id`: commits of earlier incarnations fail
-    /// from now on. Returns the new incarnation's fence.
+    /// from now on. Returns the new incarnation's fence. The write is a compare-and-set, so
+    /// incarnations only grow and are never handed out twice: if the key holds `incarnation` or
+    /// a newer one (another process of this id started meanwhile), nothing is written and the
+    /// answer is [`CatalogError::Superseded`].
     pub async fn register_writer(
         &self,
         broker_id: &str,
         incarnation: u64,
     ) -> Result<WriterFence, CatalogError> {
-        let revision = self
-            .store
-            .put(
-                &self.keys.writer(broker_id),
-                incarnation.to_string().as_bytes(),
-            )
-            .await?;
-        Ok(WriterFence {
-            broker_id: broker_id.to_string(),
-            incarnation,
-            revision,
-        })
+        let key = self.keys.writer(broker_id);
+        loop {
+            let current = self.store.get(&key).await?;
+            let seen = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            if let Some(held) = current
+                .as_ref()
+                .and_then(|kv| Self::parse_incarnation(&kv.value))
+                .filter(|held| *held >= incarnation)
+            {
+                return Err(CatalogError::Superseded {
+                    broker_id: broker_id.to_string(),
+                    incarnation,
+                    current: held,
+                });
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), seen)])
+                .and_then([Op::put(key.clone(), incarnation.to_string())]);
+            let resp = self.store.txn(txn).await?;
+            if resp.succeeded {
+                return Ok(WriterFence {
+                    broker_id: broker_id.to_string(),
+                    incarnation,
+                    revision: resp.revision,
+                });
+            }
+        }
     }
 
     /// Rewrites the writer key of `incarnation` with its own value, so every commit sent with an
@@ -304,11 +322,7 @@ impl Catalog {
         changes: &[OwnerChange],
         losers: &[FencedWriter],
     ) -> Result<Option<i64>, CatalogError> {
-        let mut compares = vec![Compare::new(
-            self.keys.controller(),
-            crate::CompareOp::Equal,
-            crate::CompareTarget::CreateRevision(controller_revision),
-        )];
+        let mut compares = vec![self.controller_compare(controller_revision)];
         let mut ops = Vec::with_capacity(changes.len() + losers.len());
         for c in changes {
             let key = self.keys.owner(c.topic_id, c.partition);
@@ -364,10 +378,28 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Forgets a segment (after its object was deleted or all its records expired).
-    pub async fn delete_segment(&self, object_id: &str) -> Result<(), CatalogError> {
-        self.store.delete(&self.keys.segment(object_id)).await?;
-        Ok(())
+    /// Forgets a segment whose records are all dead, as the controller elected at
+    /// `controller_revision`: false, changing nothing, when that broker is no longer the
+    /// controller (a paused ex-controller deletes nothing; its successor decides).
+    pub async fn delete_segment(
+        &self,
+        controller_revision: i64,
+        object_id: &str,
+    ) -> Result<bool, CatalogError> {
+        let txn = Txn::new()
+            .when([self.controller_compare(controller_revision)])
+            .and_then([Op::delete(self.keys.segment(object_id))]);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// The compare every controller write carries: the election key is still the one that
+    /// elected it.
+    fn controller_compare(&self, controller_revision: i64) -> Compare {
+        Compare::new(
+            self.keys.controller(),
+            crate::CompareOp::Equal,
+            crate::CompareTarget::CreateRevision(controller_revision),
+        )
     }
 
     /// Log start offsets of every topic that has any, by topic id.
@@ -381,22 +413,34 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Stores a topic's log start offsets, only while the topic still exists.
-    pub async fn set_log_starts(&self, topic: &Topic, starts: &[i64]) -> Result<(), CatalogError> {
+    /// Stores a topic's log start offsets as the controller elected at `controller_revision`.
+    /// The write is fenced three ways: the election key must still be that controller's, the
+    /// topic must still exist, and the log-start key must still be at `seen_mod_revision` (0:
+    /// none yet) — the version the caller computed `starts` from. So a controller that was
+    /// paused, cut off or is just behind can never put back older, lower log starts over its
+    /// successor's. Returns the revision of the write, or `None` (nothing written) when a
+    /// compare failed; the caller recomputes from a fresher view.
+    pub async fn set_log_starts(
+        &self,
+        controller_revision: i64,
+        topic: &Topic,
+        seen_mod_revision: i64,
+        starts: &[i64],
+    ) -> Result<Option<i64>, CatalogError> {
+        let key = self.keys.log_start(topic.id);
         let txn = Txn::new()
-            .when([Compare::new(
-                self.keys.topic(&topic.record.name),
-                crate::CompareOp::Equal,
-                crate::CompareTarget::CreateRevision(topic.id as i64),
-            )])
-            .and_then([Op::put(
-                self.keys.log_start(topic.id),
-                codec::encode_log_starts(starts),
-            )]);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(CatalogError::TopicNotFound(topic.record.name.clone()));
-        }
-        Ok(())
+            .when([
+                self.controller_compare(controller_revision),
+                Compare::new(
+                    self.keys.topic(&topic.record.name),
+                    crate::CompareOp::Equal,
+                    crate::CompareTarget::CreateRevision(topic.id as i64),
+                ),
+                Compare::mod_revision(key.clone(), seen_mod_revision),
+            ])
+            .and_then([Op::put(key, codec::encode_log_starts(starts))]);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
     }
 
     /// Reads a whole prefix page by page (etcd bounds response sizes).

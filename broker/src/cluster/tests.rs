@@ -205,3 +205,172 @@ async fn topics_created_and_deleted_elsewhere_reach_every_view() {
     assert!(matches!(a.view.owner((t.id, 0)), Owner::Unowned));
     a.cancel.cancel();
 }
+
+/// A controller paused (or cut off) past its lease wakes up with a view from before the pause.
+/// Its retention pass must not write that view's older, lower log starts over its successor's:
+/// a broker that later loads the cluster would compute a high watermark stopping at the gap the
+/// successor's GC left, and a new owner would hand out acknowledged offsets again.
+#[tokio::test]
+async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
+    use silt_storage::cache::{ReadCacheConfig, SegmentCache};
+
+    use crate::housekeeping::Housekeeper;
+
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    let mut record = topic("t", 2);
+    record.retention_ms = 1_000;
+    let t = catalog.create_topic(record).await.unwrap();
+    let objects: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let cache = Arc::new(
+        SegmentCache::open(objects.clone(), ReadCacheConfig::default())
+            .await
+            .unwrap(),
+    );
+    let housekeeper = |node: &Node, now_ms: i64| Housekeeper {
+        catalog: catalog.clone(),
+        topics: node.view.topics.clone(),
+        index: node.view.index.clone(),
+        store: objects.clone(),
+        cache: cache.clone(),
+        clock: ManualClock::new(now_ms),
+        fence: node.view.flush_snapshot(std::iter::empty()).fence.unwrap(),
+        view: node.view.clone(),
+    };
+    // Partition 0: [0, 10) at t=100, [10, 20) at t=700, [20, 30) at t=10 000.
+    // Partition 1: [0, 10) at t=500, [10, 20) at t=10 000. One segment per range.
+    let a = node(&catalog, "a").await;
+    until("a controls and owns both", || {
+        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![2]
+    })
+    .await;
+    let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
+    for (n, (p, first, ts)) in [
+        (0, 0, 100),
+        (0, 10, 700),
+        (0, 20, 10_000),
+        (1, 0, 500),
+        (1, 10, 10_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let entry = CommitEntry {
+            topic_id: t.id,
+            partition: p,
+            batch_count: 1,
+            first_offset: first,
+            last_offset: first + 9,
+            min_timestamp: ts,
+            max_timestamp: ts,
+            position: 16,
+            length: 50,
+            crc32c: 0,
+        };
+        let commit = SegmentCommit {
+            object: format!("segments/a/{n}.seg"),
+            object_len: 100,
+            created_at_ms: 0,
+            entries: vec![entry],
+        };
+        catalog
+            .commit_segment(&fence, &format!("a/{n}"), &commit)
+            .await
+            .unwrap();
+    }
+    until("a sees its commits", || {
+        a.view.index.partition(t.id, 0).offsets().high_watermark == 30
+            && a.view.index.partition(t.id, 1).offsets().high_watermark == 20
+    })
+    .await;
+    // a, as controller at cutoff 150, trims partition 0 to 10 and collects [0, 10).
+    let pass = housekeeper(&a, 1_150).pass().await.unwrap();
+    assert_eq!((pass.partitions_trimmed, pass.segments_deleted), (1, 1));
+    until("a sees its own retention", || {
+        a.view.log_start_revision(t.id) > 0
+    })
+    .await;
+
+    // a is paused: its view freezes (controller = a, log starts [10, 0]); its lease runs out.
+    a.cancel.cancel();
+    store.revoke_lease(a.lease).await.unwrap();
+    let b = node(&catalog, "b").await;
+    until("b is elected", || {
+        b.view.controller_revision_if_me().is_some()
+    })
+    .await;
+    // b, at cutoff 750, trims partition 0 to 20 and partition 1 to 10, and collects [10, 20) of
+    // partition 0 and [0, 10) of partition 1.
+    let pass = housekeeper(&b, 1_750).pass().await.unwrap();
+    assert_eq!((pass.partitions_trimmed, pass.segments_deleted), (2, 2));
+    assert_eq!(
+        catalog.load_log_starts().await.unwrap(),
+        vec![(t.id, vec![20, 10])]
+    );
+
+    // a wakes up at cutoff 600: its stale view expires partition 1's first range and would
+    // write [10, 10], lowering partition 0 from 20 to 10; and it still thinks it may collect.
+    let pass = housekeeper(&a, 1_600).pass().await.unwrap();
+    assert_eq!(
+        pass,
+        crate::housekeeping::Pass::default(),
+        "a stale controller changes nothing"
+    );
+    assert_eq!(
+        catalog.load_log_starts().await.unwrap(),
+        vec![(t.id, vec![20, 10])],
+        "no log start moved backwards"
+    );
+    assert_eq!(catalog.load_segments().await.unwrap().len(), 2);
+
+    // A broker loading the cluster now continues partition 0 after offset 29, not at 10.
+    let c = node(&catalog, "c").await;
+    assert_eq!(
+        c.view.index.partition(t.id, 0).offsets().high_watermark,
+        30,
+        "no acknowledged offset is handed out again"
+    );
+    assert_eq!(c.view.index.partition(t.id, 1).offsets().high_watermark, 20);
+    b.cancel.cancel();
+    c.cancel.cancel();
+}
+
+/// The worst case for an ownership transaction: every moved partition comes from a different
+/// broker, so each change adds an owner compare and a writer compare and put. 64 such changes
+/// are more than one transaction may hold (etcd's default 128 operations); the controller must
+/// split them, not retry one oversized transaction forever.
+#[tokio::test]
+async fn the_controller_moves_64_partitions_from_64_dead_brokers() {
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 64)).await.unwrap();
+    let mut fences = Vec::new();
+    for p in 0..64u32 {
+        let dead = format!("dead-{p}");
+        fences.push(catalog.register_writer(&dead, 1).await.unwrap());
+        let owner = OwnerRecord {
+            v: 1,
+            broker_id: dead,
+            epoch: 1,
+        };
+        store
+            .put(&catalog.keys().owner(t.id, p), &codec::encode_owner(&owner))
+            .await
+            .unwrap();
+    }
+    let live = node(&catalog, "live").await;
+    until("the live broker owns all 64", || {
+        counts(&live.view) == vec![64]
+    })
+    .await;
+    for fence in &fences {
+        let writer = live.view.writer(&fence.broker_id).unwrap();
+        assert!(
+            writer.mod_revision > fence.revision,
+            "{} was fenced",
+            fence.broker_id
+        );
+    }
+    live.cancel.cancel();
+}

@@ -152,7 +152,10 @@ async fn a_fenced_writer_commits_nothing() {
 
 #[tokio::test]
 async fn load_segments_pages_through_many_keys() {
-    let catalog = Catalog::new(store(), "c");
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let controller = catalog.campaign("b1", lease).await.unwrap().unwrap();
     let fence = catalog.register_writer("b1", 1).await.unwrap();
     for seq in 0..2100 {
         catalog
@@ -163,25 +166,123 @@ async fn load_segments_pages_through_many_keys() {
     let loaded = catalog.load_segments().await.unwrap();
     assert_eq!(loaded.len(), 2100);
     assert!(loaded.windows(2).all(|w| w[0].0 < w[1].0));
-    catalog.delete_segment("b1/0-000000000000").await.unwrap();
+    assert!(
+        catalog
+            .delete_segment(controller, "b1/0-000000000000")
+            .await
+            .unwrap()
+    );
+    assert_eq!(catalog.load_segments().await.unwrap().len(), 2099);
+    // Only the controller that is still elected may forget a segment.
+    assert!(
+        !catalog
+            .delete_segment(controller + 1, "b1/0-000000000001")
+            .await
+            .unwrap()
+    );
     assert_eq!(catalog.load_segments().await.unwrap().len(), 2099);
 }
 
 #[tokio::test]
 async fn log_starts_follow_their_topic() {
-    let catalog = Catalog::new(store(), "c");
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let controller = catalog.campaign("b1", lease).await.unwrap().unwrap();
     let t = catalog.create_topic(topic("t", 2)).await.unwrap();
-    catalog.set_log_starts(&t, &[3, 4]).await.unwrap();
+    assert!(
+        catalog
+            .set_log_starts(controller, &t, 0, &[3, 4])
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(
         catalog.load_log_starts().await.unwrap(),
         vec![(t.id, vec![3, 4])]
     );
     catalog.delete_topic("t").await.unwrap();
     assert!(catalog.load_log_starts().await.unwrap().is_empty());
-    assert!(matches!(
-        catalog.set_log_starts(&t, &[5, 5]).await,
-        Err(CatalogError::TopicNotFound(_))
-    ));
+    assert_eq!(
+        catalog
+            .set_log_starts(controller, &t, 0, &[5, 5])
+            .await
+            .unwrap(),
+        None,
+        "a deleted topic gets no log starts"
+    );
+    assert!(catalog.load_log_starts().await.unwrap().is_empty());
+}
+
+/// A controller that was paused past its lease — or whose view is behind — computed its log
+/// starts from an older version of the key; its write must not lower what its successor stored.
+#[tokio::test]
+async fn a_stale_controller_cannot_lower_log_starts() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 2)).await.unwrap();
+    let old_lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let old = catalog.campaign("old", old_lease).await.unwrap().unwrap();
+    let first = catalog
+        .set_log_starts(old, &t, 0, &[10, 10])
+        .await
+        .unwrap()
+        .unwrap();
+    // The old controller is paused; its lease ends and another broker is elected, which
+    // advances the log starts.
+    store.revoke_lease(old_lease).await.unwrap();
+    let new_lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let new = catalog.campaign("new", new_lease).await.unwrap().unwrap();
+    let second = catalog
+        .set_log_starts(new, &t, first, &[50, 60])
+        .await
+        .unwrap()
+        .unwrap();
+    // The old controller wakes up and writes what it computed before the pause.
+    assert_eq!(
+        catalog
+            .set_log_starts(old, &t, first, &[20, 20])
+            .await
+            .unwrap(),
+        None
+    );
+    // Even as the elected controller, a write computed from an older version is refused.
+    assert_eq!(
+        catalog
+            .set_log_starts(new, &t, first, &[20, 20])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        catalog.load_log_starts().await.unwrap(),
+        vec![(t.id, vec![50, 60])]
+    );
+    assert!(
+        catalog
+            .set_log_starts(new, &t, second, &[70, 60])
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn incarnations_only_grow_and_are_never_given_twice() {
+    let catalog = Catalog::new(store(), "c");
+    catalog.register_writer("b", 5).await.unwrap();
+    for stale in [5, 4] {
+        assert!(matches!(
+            catalog.register_writer("b", stale).await,
+            Err(CatalogError::Superseded { current: 5, .. })
+        ));
+    }
+    // Two processes racing for the same incarnation: exactly one wins.
+    let (a, b) = tokio::join!(
+        catalog.register_writer("b", 6),
+        catalog.register_writer("b", 6)
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
 }
 
 #[tokio::test]
