@@ -143,6 +143,7 @@ impl Router {
                 .collect();
             self.produce
                 .validate_batches(&topic, all)
+                .await
                 .map_err(produce_status)?;
         }
         let total: usize = groups.values().map(Vec::len).sum();

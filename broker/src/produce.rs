@@ -14,7 +14,8 @@ use bytes::Bytes;
 use silt_metadata::Clock;
 use silt_metadata::catalog::Topic;
 use silt_storage::batch::{
-    BatchCompression, BatchLimits, ProducerInfo, RecordData, encode_batch, validate_batch,
+    BatchCompression, BatchHeader, BatchLimits, ProducerInfo, RecordData, encode_batch,
+    validate_batch,
 };
 
 use crate::error::BrokerError;
@@ -39,6 +40,72 @@ pub struct ProduceLimits {
     pub max_request_bytes: usize,
     pub max_request_records: usize,
     pub max_batch_bytes: usize,
+    /// Most bytes the batches of one request may decompress to.
+    pub max_uncompressed_bytes: u64,
+}
+
+/// The request-level checks of a `ProduceBatches` request (count and bytes of its batches).
+fn check_request_shape(
+    batches: &[(u32, Bytes)],
+    limits: &ProduceLimits,
+) -> Result<(), BrokerError> {
+    if batches.is_empty() {
+        return Err(BrokerError::InvalidArgument(
+            "the request holds no batches".into(),
+        ));
+    }
+    if batches.len() > limits.max_request_records {
+        return Err(BrokerError::InvalidArgument(format!(
+            "the request holds {} batches; the limit is {} per request (max-request-records)",
+            batches.len(),
+            limits.max_request_records
+        )));
+    }
+    let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
+    if total > limits.max_request_bytes {
+        return Err(BrokerError::InvalidArgument(format!(
+            "the request carries {total} bytes of batches; the limit is {} per request (max-request-bytes): send fewer or smaller batches per request",
+            limits.max_request_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Validates every batch of a request, all or nothing, within one decompression budget.
+fn check_batches(
+    topic: &Topic,
+    batches: Vec<(u32, Bytes)>,
+    limits: &ProduceLimits,
+) -> Result<(Vec<AppendBatch>, u64, u64), BrokerError> {
+    let mut budget = limits.max_uncompressed_bytes;
+    let mut append = Vec::with_capacity(batches.len());
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for (i, (partition, batch)) in batches.into_iter().enumerate() {
+        check_partition(topic, partition)
+            .map_err(|e| BrokerError::NotFound(format!("batch {i}: {e}")))?;
+        let batch_limits = BatchLimits {
+            max_batch_bytes: limits.max_batch_bytes,
+            max_record_bytes: topic.record.max_record_bytes as usize,
+            max_uncompressed_bytes: budget,
+        };
+        let valid = validate_batch(&batch, &batch_limits).map_err(|e| {
+            BrokerError::InvalidArgument(format!(
+                "batch {i} (partition {partition}) is invalid, nothing was stored: {e}"
+            ))
+        })?;
+        budget -= valid.uncompressed_bytes;
+        records += u64::from(valid.record_count);
+        bytes += batch.len() as u64;
+        append.push(AppendBatch {
+            topic_id: topic.id,
+            partition,
+            record_count: valid.record_count,
+            first_timestamp: valid.header.base_timestamp,
+            max_timestamp: valid.header.max_timestamp,
+            bytes: batch,
+        });
+    }
+    Ok((append, records, bytes))
 }
 
 /// Validates and routes produce requests into the WAL cache.
@@ -50,6 +117,8 @@ pub struct ProducePath {
     pub stats: Arc<Stats>,
     pub limits: ProduceLimits,
     sticky: AtomicU32,
+    /// Compressed requests being checked at once (one per core).
+    decompressing: tokio::sync::Semaphore,
 }
 
 impl ProducePath {
@@ -67,6 +136,9 @@ impl ProducePath {
             stats,
             limits,
             sticky: AtomicU32::new(0),
+            decompressing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -77,62 +149,36 @@ impl ProducePath {
         batches: Vec<(u32, Bytes)>,
     ) -> Result<Vec<BatchAck>, BrokerError> {
         let topic = self.topics.require(topic)?;
-        let (append, records, bytes) = self.validate_batches(&topic, batches)?;
+        let (append, records, bytes) = self.validate_batches(&topic, batches).await?;
         self.append(append, records, bytes).await
     }
 
     /// Checks a whole `ProduceBatches` request — limits, partitions, every batch — without
     /// storing anything; returns the batches to append with their record and byte counts.
-    pub fn validate_batches(
+    /// Compressed batches are checked on a blocking thread (decompression is CPU work that must
+    /// not stall the async workers), at most one request per core at a time, and the request's
+    /// batches together may decompress to at most `max_uncompressed_bytes`.
+    pub async fn validate_batches(
         &self,
         topic: &Topic,
         batches: Vec<(u32, Bytes)>,
     ) -> Result<(Vec<AppendBatch>, u64, u64), BrokerError> {
-        if batches.is_empty() {
-            return Err(BrokerError::InvalidArgument(
-                "the request holds no batches".into(),
-            ));
+        check_request_shape(&batches, &self.limits)?;
+        let compressed = batches.iter().any(|(_, b)| {
+            BatchHeader::read(b).is_ok_and(|h| h.compression() != Some(BatchCompression::None))
+        });
+        if !compressed {
+            return check_batches(topic, batches, &self.limits);
         }
-        if batches.len() > self.limits.max_request_records {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the request holds {} batches; the limit is {} per request (max-request-records)",
-                batches.len(),
-                self.limits.max_request_records
-            )));
-        }
-        let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
-        if total > self.limits.max_request_bytes {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the request carries {total} bytes of batches; the limit is {} per request (max-request-bytes): send fewer or smaller batches per request",
-                self.limits.max_request_bytes
-            )));
-        }
-        let limits = BatchLimits {
-            max_batch_bytes: self.limits.max_batch_bytes,
-            max_record_bytes: topic.record.max_record_bytes as usize,
-        };
-        let mut append = Vec::with_capacity(batches.len());
-        let (mut records, mut bytes) = (0u64, 0u64);
-        for (i, (partition, batch)) in batches.into_iter().enumerate() {
-            check_partition(topic, partition)
-                .map_err(|e| BrokerError::NotFound(format!("batch {i}: {e}")))?;
-            let valid = validate_batch(&batch, &limits).map_err(|e| {
-                BrokerError::InvalidArgument(format!(
-                    "batch {i} (partition {partition}) is invalid, nothing was stored: {e}"
-                ))
-            })?;
-            records += u64::from(valid.record_count);
-            bytes += batch.len() as u64;
-            append.push(AppendBatch {
-                topic_id: topic.id,
-                partition,
-                record_count: valid.record_count,
-                first_timestamp: valid.header.base_timestamp,
-                max_timestamp: valid.header.max_timestamp,
-                bytes: batch,
-            });
-        }
-        Ok((append, records, bytes))
+        let _permit = self
+            .decompressing
+            .acquire()
+            .await
+            .map_err(|_| BrokerError::unavailable("the broker is shutting down"))?;
+        let (topic, limits) = (topic.clone(), self.limits);
+        tokio::task::spawn_blocking(move || check_batches(&topic, batches, &limits))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("batch validation failed: {e}")))?
     }
 
     /// Appends validated batches and waits until they are durable.

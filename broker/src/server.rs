@@ -230,6 +230,7 @@ impl Broker {
                 max_request_bytes: s.max_request_bytes as usize,
                 max_request_records: s.max_request_records as usize,
                 max_batch_bytes: s.max_batch_bytes as usize,
+                max_uncompressed_bytes: s.max_uncompressed_bytes,
             },
         ));
         let fetch = Arc::new(FetchPath {

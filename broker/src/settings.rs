@@ -45,6 +45,8 @@ pub struct Settings {
     pub max_request_bytes: u64,
     pub max_request_records: u64,
     pub max_batch_bytes: u64,
+    /// Most bytes the batches of one produce request may decompress to.
+    pub max_uncompressed_bytes: u64,
     pub default_max_record_bytes: u32,
     pub default_retention_ms: i64,
     pub cache_memory_bytes: u64,
@@ -55,6 +57,8 @@ pub struct Settings {
     /// TTL of the broker's membership lease.
     pub lease_ttl_ms: u64,
     pub max_inflight_flushes: usize,
+    /// Longest an ordered shutdown may take before the process exits non-zero.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -82,6 +86,7 @@ impl Default for Settings {
             max_request_bytes: 32 << 20,
             max_request_records: 50_000,
             max_batch_bytes: 8 << 20,
+            max_uncompressed_bytes: 256 << 20,
             default_max_record_bytes: 1 << 20,
             default_retention_ms: 7 * 24 * 3600 * 1000,
             cache_memory_bytes: 256 << 20,
@@ -90,6 +95,7 @@ impl Default for Settings {
             advertise: None,
             lease_ttl_ms: 5_000,
             max_inflight_flushes: 4,
+            shutdown_timeout_ms: 25_000,
         }
     }
 }
@@ -220,6 +226,13 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<u64>,
 
+    /// Most bytes the record batches of one produce request may decompress to; a compressed
+    /// batch past it (a compression bomb) is refused without decompressing the rest
+    /// [default: 268435456 (256 MiB)].
+    #[arg(long, env = "SILT_MAX_UNCOMPRESSED_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_uncompressed_bytes: Option<u64>,
+
     /// Largest record for topics that do not set their own [default: 1048576 (1 MiB)].
     #[arg(long, env = "SILT_DEFAULT_MAX_RECORD_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,6 +274,13 @@ pub struct Cli {
     #[arg(long, env = "SILT_MAX_INFLIGHT_FLUSHES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_inflight_flushes: Option<usize>,
+
+    /// Longest an ordered shutdown (SIGTERM: flush, commit, leave) may take; past it the broker
+    /// logs what was left and exits non-zero, acknowledging nothing it did not commit. Keep it
+    /// below the orchestrator's grace period (Kubernetes: 30 s) [default: 25000].
+    #[arg(long, env = "SILT_SHUTDOWN_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_ms: Option<u64>,
 }
 
 impl Settings {
@@ -337,6 +357,18 @@ impl Settings {
             return Err(format!(
                 "lease-ttl-ms {} must be between 1000 and 60000",
                 self.lease_ttl_ms
+            ));
+        }
+        if self.max_uncompressed_bytes < self.max_batch_bytes {
+            return Err(format!(
+                "max-uncompressed-bytes ({}) must be at least max-batch-bytes ({})",
+                self.max_uncompressed_bytes, self.max_batch_bytes
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.shutdown_timeout_ms) {
+            return Err(format!(
+                "shutdown-timeout-ms {} must be between 1000 and 3600000",
+                self.shutdown_timeout_ms
             ));
         }
         if self.max_inflight_flushes == 0 {

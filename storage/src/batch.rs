@@ -49,6 +49,9 @@ pub struct BatchLimits {
     pub max_batch_bytes: usize,
     /// Largest single record as encoded in the batch (its length-prefixed body), in bytes.
     pub max_record_bytes: usize,
+    /// Most bytes the batch's records may take once decompressed (a compressed batch is refused
+    /// as soon as its stream passes this, without decompressing the rest).
+    pub max_uncompressed_bytes: u64,
 }
 
 /// The header fields of a RecordBatch v2 the broker uses, read at their fixed positions.
@@ -116,11 +119,15 @@ pub struct ValidBatch {
     pub header: BatchHeader,
     /// Number of records (at least 1).
     pub record_count: u32,
+    /// Bytes of its records once decompressed (their stored size when not compressed).
+    pub uncompressed_bytes: u64,
 }
 
 /// Checks that `batch` is one well-formed RecordBatch v2 within `limits`, without decoding
-/// uncompressed records (their length prefixes are walked) and decompressing compressed ones only
-/// to count and size their records. Control batches are refused: only the broker writes them.
+/// uncompressed records (their length prefixes are walked); compressed records are streamed
+/// through their codec and walked the same way, never held whole, and refused past
+/// `max_uncompressed_bytes` ([`decompress`]). Control batches are refused: only the broker
+/// writes them.
 pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, BatchError> {
     if batch.len() < BATCH_HEADER_LEN {
         return Err(BatchError::TooShort { len: batch.len() });
@@ -179,14 +186,29 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
             ),
         });
     }
-    if compression == Compression::None {
-        walk_records(&batch[BATCH_HEADER_LEN..], count, limits.max_record_bytes)?;
+    let uncompressed_bytes = if compression == Compression::None {
+        let records = &batch[BATCH_HEADER_LEN..];
+        if records.len() as u64 > limits.max_uncompressed_bytes {
+            return Err(BatchError::DecompressedTooLarge {
+                limit: limits.max_uncompressed_bytes,
+                budget: limits.max_uncompressed_bytes,
+            });
+        }
+        walk_records(records, count, limits.max_record_bytes)?;
+        records.len() as u64
     } else {
-        check_compressed_records(batch, count, limits.max_record_bytes)?;
-    }
+        decompress::check_records(
+            compression,
+            &batch[BATCH_HEADER_LEN..],
+            count,
+            limits.max_record_bytes,
+            limits.max_uncompressed_bytes,
+        )?
+    };
     Ok(ValidBatch {
         header,
         record_count: count as u32,
+        uncompressed_bytes,
     })
 }
 
@@ -227,34 +249,6 @@ fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(
             declared: count,
             reason: format!("{} bytes follow the last record", records.len() - pos),
         });
-    }
-    Ok(())
-}
-
-/// Decompresses a batch through `kafka-protocol` to check its record count and record sizes.
-fn check_compressed_records(
-    batch: &[u8],
-    count: i32,
-    max_record_bytes: usize,
-) -> Result<(), BatchError> {
-    let mut buf = Bytes::copy_from_slice(batch);
-    let set =
-        RecordBatchDecoder::decode(&mut buf).map_err(|e| BatchError::Undecodable(e.to_string()))?;
-    if set.records.len() != count as usize {
-        return Err(BatchError::BadRecordCount {
-            declared: count,
-            reason: format!("it holds {}", set.records.len()),
-        });
-    }
-    for (index, record) in set.records.iter().enumerate() {
-        let len = record_payload_len(record);
-        if len > max_record_bytes {
-            return Err(BatchError::RecordTooLarge {
-                index,
-                len,
-                limit: max_record_bytes,
-            });
-        }
     }
     Ok(())
 }
@@ -459,5 +453,8 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(x)
 }
 
+mod decompress;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,12 @@ pub enum BatchError {
         len: usize,
         limit: usize,
     },
+    /// The records decompress to more than allowed: a compression bomb, or a batch (or request)
+    /// too large once decompressed. Nothing past the limit was decompressed.
+    #[error(
+        "batch records decompress to more than {limit} bytes (the limit: what its record count allows at the topic's record limit, and at most {budget} bytes per request); send smaller batches"
+    )]
+    DecompressedTooLarge { limit: u64, budget: u64 },
     #[error("control batches cannot be produced by clients")]
     ControlBatch,
     #[error("batch records could not be decoded: {0}")]

@@ -279,3 +279,133 @@ backend_tests!(
     wal_cache_is_bounded_with_retry_advice,
     request_and_record_limits
 );
+
+/// The broker's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+        * 1024
+}
+
+/// Compression bombs, one per codec, against a broker with default limits: small requests
+/// whose records inflate to hundreds of MiB (each record within the 1 MiB record limit), and a
+/// record whose length says 4 GiB. Each is refused with INVALID_ARGUMENT naming the limit;
+/// nothing is stored; the broker's peak memory barely moves (the stream is checked as it
+/// decompresses and abandoned at the cap, never held whole); and it still serves afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_bombs_are_refused_with_bounded_memory() {
+    use silt_storage::batch::testing::{CODECS, compress, raw_batch, zero_records, zigzag};
+    use std::io::Write as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+    let client = broker.client().await;
+    client.create_topic("bomb", 1, None, None).await.unwrap();
+    let mut log = log_client(&broker).await;
+    // Warm up, so the baseline includes the broker's buffers for an ordinary request.
+    log.produce_batches(ProduceBatchesRequest {
+        topic: "bomb".into(),
+        batches: vec![PartitionBatch {
+            partition: 0,
+            batch: value_batch(100, 1000),
+        }],
+    })
+    .await
+    .unwrap();
+    let before = peak_rss(broker.pid());
+
+    for codec in CODECS {
+        // Each batch stays within the 8 MiB batch limit: snappy (at most ~21:1) needs several
+        // batches to pass the 256 MiB request budget; the others pack 512 MiB into one.
+        let (records_per_batch, batches) = match codec {
+            BatchCompression::Snappy => (150, 3),
+            _ => (512, 1),
+        };
+        let stream = compress(codec, zero_records(records_per_batch, (1 << 20) - 8));
+        let batch = Bytes::from(raw_batch(codec, records_per_batch as i32, &stream));
+        assert!(
+            batch.len() < 8 << 20,
+            "{codec:?} bomb is {} bytes",
+            batch.len()
+        );
+        let err = log
+            .produce_batches(ProduceBatchesRequest {
+                topic: "bomb".into(),
+                batches: vec![
+                    PartitionBatch {
+                        partition: 0,
+                        batch,
+                    };
+                    batches
+                ],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{codec:?}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("decompress"),
+            "{codec:?}: {}",
+            err.message()
+        );
+
+        // One record that says it is 4 GiB long.
+        let stream = compress(codec, |w| {
+            w.write_all(&zigzag(4 << 30)).unwrap();
+            w.write_all(&vec![0u8; 1 << 20]).unwrap();
+        });
+        let err = log
+            .produce_batches(ProduceBatchesRequest {
+                topic: "bomb".into(),
+                batches: vec![PartitionBatch {
+                    partition: 0,
+                    batch: Bytes::from(raw_batch(codec, 1, &stream)),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{codec:?}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("record limit"),
+            "{codec:?}: {}",
+            err.message()
+        );
+    }
+    let after = peak_rss(broker.pid());
+    assert!(
+        after < before + (48 << 20),
+        "peak memory grew from {} MiB to {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert_eq!(
+        high_watermark(&mut log, "bomb", 0).await,
+        100,
+        "no bomb was stored"
+    );
+    let ok = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "bomb".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch: value_batch(3, 100),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.acks[0].base_offset, 100);
+}

@@ -123,6 +123,7 @@ impl Log for Mock {
         let limits = BatchLimits {
             max_batch_bytes: 8 << 20,
             max_record_bytes: state.max_record_bytes,
+            max_uncompressed_bytes: 128 << 20,
         };
         let Some(partitions) = state.topics.get(&request.topic) else {
             return Err(Status::not_found(format!(

@@ -1,9 +1,11 @@
 use super::*;
+
 use proptest::prelude::*;
 
 const LIMITS: BatchLimits = BatchLimits {
     max_batch_bytes: 1 << 20,
     max_record_bytes: 1 << 16,
+    max_uncompressed_bytes: 64 << 20,
 };
 
 fn records(n: usize) -> Vec<RecordData> {
@@ -172,8 +174,8 @@ fn record_and_batch_limits_are_enforced() {
         ..RecordData::default()
     }];
     let small = BatchLimits {
-        max_batch_bytes: 1 << 20,
         max_record_bytes: 1000,
+        ..LIMITS
     };
     for codec in [Compression::None, Compression::Zstd] {
         let b = encode_batch(&big, codec, ProducerInfo::default()).unwrap();
@@ -189,6 +191,7 @@ fn record_and_batch_limits_are_enforced() {
     let tiny = BatchLimits {
         max_batch_bytes: 100,
         max_record_bytes: 1000,
+        ..LIMITS
     };
     assert!(matches!(
         validate_batch(&b, &tiny),
@@ -252,4 +255,103 @@ proptest! {
         let cut = cut.min(b.len());
         prop_assert!(validate_batch(&b[..b.len() - cut], &LIMITS).is_err());
     }
+}
+
+use super::testing::{CODECS, compress, raw_batch, zero_records, zigzag};
+
+#[test]
+fn compression_bombs_are_refused_at_the_cap() {
+    // 16 MiB of legal records (each within the record limit) in a few KiB, against a 1 MiB
+    // budget: refused once the stream passes 1 MiB.
+    let limits = BatchLimits {
+        max_batch_bytes: 8 << 20,
+        max_record_bytes: 64 << 10,
+        max_uncompressed_bytes: 1 << 20,
+    };
+    for codec in CODECS {
+        let stream = compress(codec, zero_records(4096, 4096));
+        let b = raw_batch(codec, 4096, &stream);
+        assert!(
+            b.len() < 2 << 20,
+            "{codec:?}: the bomb is small ({} B)",
+            b.len()
+        );
+        let err = validate_batch(&b, &limits).unwrap_err();
+        assert!(
+            matches!(err, BatchError::DecompressedTooLarge { limit, .. } if limit == 1 << 20),
+            "{codec:?}: {err}"
+        );
+        // The record count bounds the work too: 8 records of at most 64 KiB cannot be 16 MiB.
+        let b = raw_batch(codec, 8, &stream);
+        let roomy = BatchLimits {
+            max_uncompressed_bytes: 1 << 30,
+            ..limits
+        };
+        assert!(
+            matches!(
+                validate_batch(&b, &roomy),
+                Err(BatchError::DecompressedTooLarge { .. } | BatchError::BadRecordCount { .. })
+            ),
+            "{codec:?}"
+        );
+    }
+}
+
+#[test]
+fn a_record_length_beyond_32_bits_is_refused_by_its_length() {
+    let limits = BatchLimits {
+        max_uncompressed_bytes: u64::MAX,
+        ..LIMITS
+    };
+    for codec in CODECS {
+        // One record that says it is 4 GiB long (the stream holds its first KiB).
+        let stream = compress(codec, |w| {
+            w.write_all(&zigzag(4 << 30)).unwrap();
+            w.write_all(&[0u8; 1024]).unwrap();
+        });
+        let err = validate_batch(&raw_batch(codec, 1, &stream), &limits).unwrap_err();
+        assert!(
+            matches!(err, BatchError::RecordTooLarge { index: 0, len, .. } if len == 4 << 30),
+            "{codec:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn compressed_streams_must_hold_exactly_their_records() {
+    for codec in CODECS {
+        let stream = compress(codec, zero_records(3, 100));
+        let b = raw_batch(codec, 3, &stream);
+        let valid = validate_batch(&b, &LIMITS).unwrap();
+        assert_eq!((valid.record_count, valid.uncompressed_bytes), (3, 3 * 102));
+        for (count, what) in [(2, "bytes after the last record"), (4, "a missing record")] {
+            assert!(
+                validate_batch(&raw_batch(codec, count, &stream), &LIMITS).is_err(),
+                "{codec:?}: {what}"
+            );
+        }
+        // Garbage after the compressed stream, or a cut stream.
+        let mut trailing = stream.clone();
+        trailing.extend_from_slice(b"trailing garbage");
+        let cut = &stream[..stream.len() - 3];
+        for bad in [&trailing[..], cut] {
+            assert!(
+                validate_batch(&raw_batch(codec, 3, bad), &LIMITS).is_err(),
+                "{codec:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_uncompressed_budget_applies_to_plain_batches_too() {
+    let b = batch(50);
+    let tight = BatchLimits {
+        max_uncompressed_bytes: 100,
+        ..LIMITS
+    };
+    assert!(matches!(
+        validate_batch(&b, &tight),
+        Err(BatchError::DecompressedTooLarge { .. })
+    ));
 }

@@ -1,0 +1,118 @@
+//! Builders of hostile batches for tests (here and in the integration suite): a RecordBatch v2
+//! around any record stream, compressed with any codec — compression bombs, lying lengths.
+
+use std::io::Write;
+
+use kafka_protocol::records::Compression;
+
+use super::{ATTRIBUTES_POS, BATCH_HEADER_LEN, CRC_POS};
+
+/// Compresses what `write` writes with `codec`, as Kafka clients frame it.
+pub fn compress(codec: Compression, write: impl FnOnce(&mut dyn std::io::Write)) -> Vec<u8> {
+    match codec {
+        Compression::None => {
+            let mut out = Vec::new();
+            write(&mut out);
+            out
+        }
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            write(&mut e);
+            e.finish().unwrap()
+        }
+        Compression::Snappy => {
+            // snappy-java framing, as Kafka's Java client writes it: 32 KiB blocks.
+            let mut raw = Vec::new();
+            write(&mut raw);
+            let mut out = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+            let mut encoder = snap::raw::Encoder::new();
+            for block in raw.chunks(32 << 10) {
+                let c = encoder.compress_vec(block).unwrap();
+                out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                out.extend_from_slice(&c);
+            }
+            out
+        }
+        Compression::Lz4 => {
+            let mut e = lz4::EncoderBuilder::new().build(Vec::new()).unwrap();
+            write(&mut e);
+            let (out, result) = e.finish();
+            result.unwrap();
+            out
+        }
+        Compression::Zstd => {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+            write(&mut e);
+            let _ = e.flush();
+            e.finish().unwrap()
+        }
+    }
+}
+
+/// Every compression codec.
+pub const CODECS: [Compression; 4] = [
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
+
+/// A codec's value in the batch attributes.
+pub fn codec_bits(codec: Compression) -> i16 {
+    match codec {
+        Compression::None => 0,
+        Compression::Gzip => 1,
+        Compression::Snappy => 2,
+        Compression::Lz4 => 3,
+        Compression::Zstd => 4,
+    }
+}
+
+/// A RecordBatch v2 around an already compressed record stream, with a correct CRC.
+pub fn raw_batch(codec: Compression, count: i32, compressed: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(BATCH_HEADER_LEN + compressed.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((BATCH_HEADER_LEN - 12 + compressed.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&codec_bits(codec).to_be_bytes());
+    b.extend_from_slice(&(count - 1).to_be_bytes());
+    b.extend_from_slice(&1i64.to_be_bytes());
+    b.extend_from_slice(&1i64.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&count.to_be_bytes());
+    assert_eq!(b.len(), BATCH_HEADER_LEN);
+    b.extend_from_slice(compressed);
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_POS..]);
+    b[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Kafka's zigzag varint of `v`.
+pub fn zigzag(v: i64) -> Vec<u8> {
+    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let byte = (raw & 0x7f) as u8;
+        raw >>= 7;
+        if raw == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// `count` records of `size` zero bytes each, as a record stream.
+pub fn zero_records(count: usize, size: usize) -> impl FnOnce(&mut dyn std::io::Write) {
+    move |w| {
+        let zeros = vec![0u8; size];
+        for _ in 0..count {
+            w.write_all(&zigzag(size as i64)).unwrap();
+            w.write_all(&zeros).unwrap();
+        }
+    }
+}
