@@ -247,14 +247,20 @@ mod tests {
             assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), count as usize);
             for c in &chunks {
                 let losers: BTreeSet<_> = c.iter().filter_map(|(_, l)| l.clone()).collect();
-                assert!(1 + c.len() + losers.len() <= 128, "{count}/{distinct}: {}", c.len());
+                assert!(
+                    1 + c.len() + losers.len() <= 128,
+                    "{count}/{distinct}: {}",
+                    c.len()
+                );
             }
             if distinct == 0 {
                 assert_eq!(chunks.len(), 2, "127 changes per txn without losers");
             }
         }
         // 64 changes from 64 distinct brokers: 63 fit one transaction, the 64th the next.
-        let plan: Vec<_> = (0..64).map(|p| change(p, Some(&names[p as usize]))).collect();
+        let plan: Vec<_> = (0..64)
+            .map(|p| change(p, Some(&names[p as usize])))
+            .collect();
         let sizes: Vec<usize> = txn_chunks(plan, 128).iter().map(Vec::len).collect();
         assert_eq!(sizes, [63, 1]);
     }

@@ -4,9 +4,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::*;
-use crate::store::OpResponse;
 use crate::clock::ManualClock;
 use crate::conformance::{self, Harness};
+use crate::store::OpResponse;
 
 fn harness(store: Arc<EmbeddedStore>, clock: Arc<ManualClock>) -> Harness {
     let reaper = store.clone();
