@@ -1,10 +1,12 @@
 //! Silt's wire API: the `silt.v1` protobuf messages and the tonic client and server code
-//! generated from `proto/silt/v1/silt.proto`. This crate holds no logic; conversions and
-//! validation live at the edges (`silt-broker`'s gRPC layer, `silt-client`).
+//! generated from `proto/silt/v1/silt.proto`, and the [`wire`] contract around them (metadata
+//! keys, what a failed call may have done). This crate holds no broker or client logic;
+//! conversions and validation live at the edges (`silt-broker`'s gRPC layer, `silt-client`).
 
-#![allow(unreachable_pub, clippy::all)]
+pub mod wire;
 
 /// Generated code for package `silt.v1`.
+#[allow(unreachable_pub, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("silt.v1");
 

@@ -250,13 +250,13 @@ impl Flusher {
             let mut kept = Vec::with_capacity(waiters.len());
             for (i, w) in waiters.into_iter().enumerate() {
                 if refused.contains(&i) {
-                    let _ = w.tx.send(Err(BrokerError::NotOwner {
+                    w.fail(BrokerError::NotOwner {
                         message: format!(
                             "broker '{}' no longer owns a partition of this request; nothing was stored, retry against the owner",
                             self.view.broker_id()
                         ),
                         owner: None,
-                    }));
+                    });
                 } else {
                     kept.push(w);
                 }
@@ -267,11 +267,16 @@ impl Flusher {
             // Every producer was refused above; nothing is left to store or to acknowledge.
             self.wal.release(window.bytes);
             for w in waiters {
-                let _ = w.tx.send(Err(BrokerError::unavailable(
+                w.fail(BrokerError::unavailable(
                     "nothing of this request could be laid out; nothing was stored, retry",
-                )));
+                ));
             }
             return None;
+        }
+        // From here the segment may reach the store: a waiter dropped unanswered after this
+        // point (the flusher stopped) says its records may be stored.
+        for w in &mut waiters {
+            w.mark_written();
         }
         let (bytes, entries) = writer.finish();
         let commit = SegmentCommit {
@@ -359,7 +364,7 @@ impl Flusher {
                 self.stats.segment_flushed(built.bytes.len());
                 debug!(object = %built.path, bytes = built.bytes.len(), partitions = built.commit.entries.len(), "segment committed");
                 for w in built.waiters {
-                    let _ = w.tx.send(Ok(w.acks));
+                    w.ack();
                 }
             }
             Err(error) => {
@@ -370,7 +375,7 @@ impl Flusher {
                     self.next_offsets.clear();
                 }
                 for w in built.waiters {
-                    let _ = w.tx.send(Err(error.clone()));
+                    w.fail(error.clone());
                 }
                 let store = self.store.clone();
                 let path = built.path.clone();

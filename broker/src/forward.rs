@@ -26,8 +26,7 @@ use crate::produce::ProducePath;
 use crate::status::{NOT_STORED, produce_status};
 use crate::topics::partition_for_key;
 
-/// Request metadata key marking a forwarded produce; its value is the forwarding broker's id.
-pub const FORWARDED: &str = "silt-forwarded";
+pub use silt_api::wire::FORWARDED;
 
 /// Where part of a request goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -299,30 +298,13 @@ impl Router {
 }
 
 /// A failed hop to an owner, as the client should see it: the owner's own answers pass as they
-/// are; a transport failure becomes UNAVAILABLE (retriable), marked not-stored only when the
-/// connection never opened (nothing was sent).
+/// are; a failure of the hop itself (no answer from the owner) becomes UNAVAILABLE
+/// (retriable), marked not-stored only when the connection never opened (nothing was sent).
 fn hop_failure(address: &str, status: Status) -> Status {
-    let ours = status
-        .metadata()
-        .get(crate::status::RETRY_AFTER_MS)
-        .is_some()
-        || status.metadata().get(NOT_STORED).is_some();
-    if ours
-        || !matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Internal
-                | tonic::Code::Cancelled
-                | tonic::Code::DeadlineExceeded
-        )
-    {
+    if !silt_api::wire::is_transport_failure(&status) {
         return status;
     }
-    let message = status.message().to_ascii_lowercase();
-    let never_connected =
-        message.contains("connect error") || message.contains("connection refused");
-    let error = if never_connected {
+    let error = if silt_api::wire::never_sent(&status) {
         BrokerError::unavailable(format!(
             "forwarding to the owner at {address} failed: it cannot be reached ({}); nothing was stored, retry",
             status.message()
@@ -385,18 +367,29 @@ mod tests {
 
     #[test]
     fn hop_failures_become_retriable_and_say_what_may_be_stored() {
+        // The owner answered: its status passes as it is, whatever its words.
         let owner_said = produce_status(BrokerError::InvalidArgument("bad batch".into()));
         assert_eq!(
             hop_failure("a:1", owner_said.clone()).code(),
             owner_said.code()
         );
-        let refused = hop_failure("a:1", Status::unavailable("tcp connect error: refused"));
+        let worded_like_a_refusal = Status::unavailable("tcp connect error: connection refused");
+        let passed = hop_failure("a:1", worded_like_a_refusal);
+        assert!(
+            passed.metadata().get(NOT_STORED).is_none(),
+            "a message is not a classification"
+        );
+        // The connection never opened: nothing was sent.
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let refused = hop_failure(
+            "a:1",
+            Status::from_error(Box::new(tonic::ConnectError(Box::new(refused)))),
+        );
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert!(refused.metadata().get(NOT_STORED).is_some());
-        let reset = hop_failure(
-            "a:1",
-            Status::unknown("h2 protocol error: connection reset"),
-        );
+        // The connection broke mid-call: the owner may have stored the records.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let reset = hop_failure("a:1", Status::from_error(Box::new(reset)));
         assert_eq!(reset.code(), tonic::Code::Unavailable);
         assert!(reset.metadata().get(NOT_STORED).is_none());
     }

@@ -339,7 +339,21 @@ impl Broker {
         }
         let shutdown = cancel.clone();
         let wal_for_shutdown = wal.clone();
-        let task = tokio::spawn(async move {
+        let shutdown_timeout = Duration::from_millis(s.shutdown_timeout_ms);
+        let stage = Arc::new(std::sync::Mutex::new("serving"));
+        let set_stage = {
+            let stage = stage.clone();
+            move |now: &'static str| *stage.lock().unwrap_or_else(|e| e.into_inner()) = now
+        };
+        let wal_for_deadline = wal.clone();
+        let deadline = {
+            let cancel = cancel.clone();
+            async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(shutdown_timeout).await;
+            }
+        };
+        let orderly = async move {
             let server = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
@@ -349,17 +363,23 @@ impl Broker {
                         .max_encoding_message_size(usize::MAX),
                 )
                 .add_service(AdminServer::new(admin_service).max_decoding_message_size(max_message))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    shutdown.cancelled().await;
-                    info!("shutting down: refusing new produce, flushing the WAL cache");
-                    health_reporter
-                        .set_not_serving::<LogServer<LogService>>()
-                        .await;
-                    // Seal and flush what was accepted; in-flight calls finish with their acks.
-                    wal_for_shutdown.close();
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                    let set_stage = set_stage.clone();
+                    async move {
+                        shutdown.cancelled().await;
+                        info!("shutting down: refusing new produce, flushing the WAL cache");
+                        set_stage("flushing the WAL cache and answering in-flight produce calls");
+                        health_reporter
+                            .set_not_serving::<LogServer<LogService>>()
+                            .await;
+                        // Seal and flush what was accepted; in-flight calls finish with their
+                        // acks.
+                        wal_for_shutdown.close();
+                    }
                 });
             let served = server.await;
             // The server is gone; nothing can append any more. Let the flusher drain.
+            set_stage("committing the last segments");
             linger_task.abort();
             drop(wal);
             tracker.close();
@@ -367,6 +387,7 @@ impl Broker {
             drop(flusher_task);
             // Everything accepted is committed: leave the cluster at once, which hands this
             // broker's partitions (and the controller's job, if it had it) to the others.
+            set_stage("leaving the cluster");
             controller_stop.cancel();
             let _ = controller_task.await;
             leave.cancel();
@@ -378,6 +399,27 @@ impl Broker {
                 anyhow::bail!("stopped: a newer incarnation of this broker id took over");
             }
             served.map_err(anyhow::Error::from)
+        };
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                result = orderly => result,
+                () = deadline => {
+                    let stage = *stage.lock().unwrap_or_else(|e| e.into_inner());
+                    let unflushed = wal_for_deadline.bytes_in_use();
+                    tracing::error!(
+                        stage,
+                        unflushed_bytes = unflushed,
+                        "shutdown did not finish within {shutdown_timeout:?}; exiting. Records \
+                         not yet committed were never acknowledged; their producers see the \
+                         connection close and retry. This broker's partitions move to others \
+                         when its lease expires."
+                    );
+                    anyhow::bail!(
+                        "shutdown did not finish within {shutdown_timeout:?} (stuck {stage}, \
+                         {unflushed} bytes not committed)"
+                    )
+                }
+            }
         });
         Ok(BrokerHandle { addr, cancel, task })
     }

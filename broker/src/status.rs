@@ -5,17 +5,7 @@ use tonic::{Code, Status};
 
 use crate::error::BrokerError;
 
-/// Metadata key carrying how long to wait before retrying, in ms.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
-/// Metadata key carrying the log start offset on OUT_OF_RANGE.
-pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
-/// Metadata key carrying the high watermark on OUT_OF_RANGE.
-pub const HIGH_WATERMARK: &str = "silt-high-watermark";
-/// Metadata key of a not-owner answer: the owner's address, empty when none is known.
-pub const OWNER: &str = "silt-owner";
-/// Metadata key set (to "1") on a failed produce when none of its records was stored, so a
-/// client may retry without risking a duplicate.
-pub const NOT_STORED: &str = "silt-not-stored";
+pub use silt_api::wire::{HIGH_WATERMARK, LOG_START_OFFSET, NOT_STORED, OWNER, RETRY_AFTER_MS};
 
 /// Marks a failed produce whose records were certainly not stored.
 pub fn produce_status(e: BrokerError) -> Status {

@@ -51,9 +51,12 @@ pub struct DurableTicket(oneshot::Receiver<Result<Vec<BatchAck>, BrokerError>>);
 impl DurableTicket {
     /// Waits for durability; the acks are in append order.
     pub async fn durable(self) -> Result<Vec<BatchAck>, BrokerError> {
+        // A waiter always answers, even when dropped (see `Waiter`'s `Drop`); no answer at
+        // all cannot say whether anything was stored.
         self.0.await.unwrap_or_else(|_| {
-            Err(BrokerError::unavailable(
-                "the broker stopped before the records were committed",
+            Err(BrokerError::CommitUnknown(
+                "the broker stopped without saying whether these records were stored; they may be"
+                    .into(),
             ))
         })
     }
@@ -67,11 +70,54 @@ pub struct PendingBatch {
     pub slot: usize,
 }
 
-/// A producer waiting on a window.
+/// A producer waiting on a window. It answers exactly once: with [`Waiter::ack`] or [`Waiter::fail`], or, if it
+/// is dropped unanswered (the flusher stopped or failed), with an error that says whether
+/// anything may have been stored: "not stored" until the flusher marks it written (its segment
+/// is being uploaded), ambiguous after.
 #[derive(Debug)]
 pub struct Waiter {
-    pub tx: oneshot::Sender<Result<Vec<BatchAck>, BrokerError>>,
+    tx: Option<oneshot::Sender<Result<Vec<BatchAck>, BrokerError>>>,
     pub acks: Vec<BatchAck>,
+    written: bool,
+}
+
+impl Waiter {
+    /// Acknowledges the producer: its records are durable at `acks`.
+    pub fn ack(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Ok(std::mem::take(&mut self.acks)));
+        }
+    }
+
+    /// Fails the producer with `error`.
+    pub fn fail(mut self, error: BrokerError) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(error));
+        }
+    }
+
+    /// From now on the waiter's records may be stored (their segment is being uploaded).
+    pub fn mark_written(&mut self) {
+        self.written = true;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let error = if self.written {
+                BrokerError::CommitUnknown(
+                    "the broker stopped while storing these records; they may or may not be stored"
+                        .into(),
+                )
+            } else {
+                BrokerError::unavailable(
+                    "the broker stopped before storing these records; nothing was stored, retry",
+                )
+            };
+            let _ = tx.send(Err(error));
+        }
+    }
 }
 
 /// The batches gathered between two flushes.
@@ -94,7 +140,7 @@ impl Window {
     /// Fails every waiter of the window.
     pub fn fail(self, error: &BrokerError) {
         for w in self.waiters {
-            let _ = w.tx.send(Err(error.clone()));
+            w.fail(error.clone());
         }
     }
 }
@@ -185,8 +231,9 @@ impl WalCache {
         }
         let waiter = open.waiters.len();
         open.waiters.push(Waiter {
-            tx,
+            tx: Some(tx),
             acks: vec![BatchAck::default(); batches.len()],
+            written: false,
         });
         open.bytes += bytes;
         for (slot, batch) in batches.into_iter().enumerate() {
@@ -337,6 +384,24 @@ mod tests {
             t.durable().await,
             Err(BrokerError::Unavailable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_says_whether_its_records_may_be_stored() {
+        let (cache, mut out) = WalCache::new(1 << 20, 1, Duration::from_secs(60));
+        let unwritten = cache.append(vec![batch(0, 10)]).unwrap();
+        let written = cache.append(vec![batch(0, 10)]).unwrap();
+        let first = out.sealed.try_recv().unwrap();
+        let mut second = out.sealed.try_recv().unwrap();
+        second.waiters[0].mark_written();
+        drop((first, second));
+        let err = unwritten.durable().await.unwrap_err();
+        assert!(err.nothing_stored(), "never laid out: {err:?}");
+        let err = written.durable().await.unwrap_err();
+        assert!(
+            matches!(err, BrokerError::CommitUnknown(_)) && !err.nothing_stored(),
+            "its segment was uploading: {err:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

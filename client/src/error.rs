@@ -18,15 +18,7 @@ use silt_storage::BatchError;
 use thiserror::Error;
 use tonic::{Code, Status};
 
-/// Metadata key of the broker's retry hint (RESOURCE_EXHAUSTED, UNAVAILABLE), in milliseconds.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
-/// Metadata key of the log start offset sent with OUT_OF_RANGE.
-pub const LOG_START_OFFSET: &str = "silt-log-start-offset";
-/// Metadata key (value `1`) of an error after which nothing of the request was stored.
-pub const NOT_STORED: &str = "silt-not-stored";
-/// Metadata key of the owner's address sent with a not-owner UNAVAILABLE (empty while the
-/// partition is being reassigned).
-pub const OWNER: &str = "silt-owner";
+pub use silt_api::wire::{LOG_START_OFFSET, NOT_STORED, OWNER, RETRY_AFTER_MS};
 
 /// Why a client call failed.
 #[derive(Debug, Clone, Error)]
@@ -94,7 +86,7 @@ impl ClientError {
     /// source error; a status a broker sent has none.
     pub fn is_transport(&self) -> bool {
         match self {
-            ClientError::Status(s) => std::error::Error::source(s).is_some(),
+            ClientError::Status(s) => silt_api::wire::is_transport_failure(s),
             ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
             _ => false,
         }
@@ -105,16 +97,7 @@ impl ClientError {
     pub fn is_connect_failure(&self) -> bool {
         match self {
             ClientError::Connect { .. } => true,
-            ClientError::Status(s) => {
-                let mut cause = std::error::Error::source(s);
-                while let Some(e) = cause {
-                    if e.is::<tonic::ConnectError>() {
-                        return true;
-                    }
-                    cause = e.source();
-                }
-                false
-            }
+            ClientError::Status(s) => silt_api::wire::never_sent(s),
             _ => false,
         }
     }
@@ -122,10 +105,7 @@ impl ClientError {
     /// True when the broker marked the error `silt-not-stored`: nothing of the request was
     /// stored, so sending it again cannot duplicate records.
     pub fn is_not_stored(&self) -> bool {
-        self.status()
-            .and_then(|s| s.metadata().get(NOT_STORED))
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() == "1")
+        self.status().is_some_and(silt_api::wire::marked_not_stored)
     }
 
     /// True when a produce that failed this way may still have been committed: a transport

@@ -185,6 +185,17 @@ impl EtcdProcess {
         .collect()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) by name: a paused etcd keeps its connections open
+    /// and answers nothing.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Kills etcd (SIGKILL) and leaves it down.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

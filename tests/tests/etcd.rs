@@ -252,3 +252,67 @@ async fn etcd_over_tls_with_client_certificates() {
         .unwrap();
     assert_eq!(ack, (0, 0));
 }
+
+/// A shutdown that cannot finish — etcd stops answering while the last segment commits —
+/// ends at `--shutdown-timeout-ms`: the broker exits non-zero, and the record it could not
+/// commit is never acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_shutdown_ends_at_its_timeout_without_a_false_ack() {
+    let Some(etcd) = EtcdProcess::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions {
+        linger_ms: 60_000,
+        ..BrokerOptions::new(dir.path())
+            .arg("--metadata", etcd.url())
+            .arg("--cluster", "stuck")
+            .arg("--shutdown-timeout-ms", 2_000)
+    };
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("s", 1, None, None).await.unwrap();
+    let config = ProducerConfig {
+        retry_for: Duration::from_secs(1),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, "s", config).await.unwrap();
+    let ack = producer
+        .send(ProducerRecord::new(event_value(1, 100)).with_partition(0))
+        .await
+        .unwrap();
+    // With a 60 s linger the record waits in the WAL cache; SIGTERM flushes it, and its
+    // commit meets a paused etcd.
+    silt_tests::wait_for(
+        "the record in the WAL cache",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move { (client.stats().await.ok()?.wal_cache_bytes > 0).then_some(()) }
+        },
+    )
+    .await;
+    etcd.signal("STOP");
+    let started = std::time::Instant::now();
+    let (status, _) =
+        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    let took = started.elapsed();
+    etcd.signal("CONT");
+    assert!(
+        !status.success(),
+        "a shutdown that did not finish exits non-zero"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the shutdown took {took:?}, past its 2 s timeout"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(30), ack)
+        .await
+        .expect("the producer answers");
+    assert!(
+        answer.is_err(),
+        "an uncommitted record was acknowledged: {answer:?}"
+    );
+}

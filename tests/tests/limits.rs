@@ -299,7 +299,6 @@ fn peak_rss(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compression_bombs_are_refused_with_bounded_memory() {
     use silt_storage::batch::testing::{CODECS, compress, raw_batch, zero_records, zigzag};
-    use std::io::Write as _;
 
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;

@@ -341,3 +341,28 @@ async fn seeded_store_faults_never_produce_a_false_ack() {
         );
     }
 }
+
+/// A flusher that stops (its task dropped, as in a crash of the task or a shutdown past its
+/// deadline) while a segment is uploading must not tell that segment's producers "not stored":
+/// the upload and even the commit may complete. Their tickets say the outcome is unknown.
+#[tokio::test]
+async fn a_flusher_stopped_mid_flush_answers_ambiguous_not_unstored() {
+    let slow = Faults {
+        put_error: 0.0,
+        put_lost_response: 0.0,
+        get_error: 0.0,
+        latency: (Duration::from_secs(30), Duration::from_secs(30)),
+    };
+    let store = Arc::new(FaultyStore::new(Arc::new(InMemory::new()), slow, 0));
+    let parts = setup(store.clone()).await;
+    let ticket = parts.wal.append(vec![batch(parts.topic_id, 0, 3)]).unwrap();
+    // The window seals after the 5 ms linger and its upload starts, then hangs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    parts.flusher.abort();
+    let err = tokio::time::timeout(Duration::from_secs(5), ticket.durable())
+        .await
+        .expect("the ticket is answered")
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::CommitUnknown(_)), "{err:?}");
+    assert!(!err.nothing_stored());
+}
