@@ -121,13 +121,23 @@ impl Broker {
             allow_http: s.s3_allow_http,
             virtual_hosted_style: s.s3_virtual_hosted_style,
             credentials: None,
+            retry_for: None,
         };
         if s.create_bucket && silt_storage::object::create_bucket_if_missing(&url, &s3).await? {
             info!(object_store = %url, "created the missing bucket");
         }
         let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
         let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();
-        silt_storage::object::claim_for_cluster(store.as_ref(), &s.cluster, clock.now_ms())
+        // The start-up check retries briefly: a wrong endpoint or a stopped server is reported
+        // in seconds, with its cause.
+        let probe = open_object_store(
+            &url,
+            &S3Options {
+                retry_for: Some(Duration::from_secs(5)),
+                ..s3.clone()
+            },
+        )?;
+        silt_storage::object::claim_for_cluster(probe.as_ref(), &s.cluster, clock.now_ms())
             .await
             .map_err(|e| anyhow::anyhow!("object store {url}: {e}"))?;
         let cache_config = ReadCacheConfig {

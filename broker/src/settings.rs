@@ -137,18 +137,21 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_region: Option<String>,
 
-    /// Allow plain http to the S3 endpoint (loopback MinIO) [default: false].
-    #[arg(long, env = "SILT_S3_ALLOW_HTTP")]
+    /// Allow plain http to the S3 endpoint; an endpoint written `http://...` is allowed anyway
+    /// (`--s3-allow-http` alone means true) [default: false].
+    #[arg(long, env = "SILT_S3_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_allow_http: Option<bool>,
 
-    /// Use virtual-hosted-style S3 URLs instead of path-style [default: false].
-    #[arg(long, env = "SILT_S3_VIRTUAL_HOSTED_STYLE")]
+    /// Use virtual-hosted-style S3 URLs instead of path-style (alone means true)
+    /// [default: false].
+    #[arg(long, env = "SILT_S3_VIRTUAL_HOSTED_STYLE", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_virtual_hosted_style: Option<bool>,
 
-    /// Create the bucket of an `s3://` object store at start if it does not exist [default: false].
-    #[arg(long, env = "SILT_CREATE_BUCKET")]
+    /// Create the bucket of an `s3://` object store at start if it does not exist (alone means
+    /// true) [default: false].
+    #[arg(long, env = "SILT_CREATE_BUCKET", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub create_bucket: Option<bool>,
 
@@ -422,6 +425,33 @@ mod tests {
         assert_eq!(s.linger_ms, 20, "a flag beats the file");
         assert_eq!(s.flush_bytes, 1024, "the file beats the default");
         assert_eq!(s.broker_id, "b-7");
+    }
+
+    #[test]
+    fn boolean_flags_take_a_value_or_stand_alone() {
+        use clap::Parser;
+        for (args, expected) in [
+            (&["--s3-allow-http"][..], Some(true)),
+            (&["--s3-allow-http", "true"][..], Some(true)),
+            (&["--s3-allow-http", "false"][..], Some(false)),
+            (&["--s3-allow-http=false"][..], Some(false)),
+            (&[][..], None),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("silt-broker").chain(args.iter().copied()))
+                    .unwrap();
+            assert_eq!(cli.s3_allow_http, expected, "{args:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "silt-broker",
+            "--create-bucket",
+            "--s3-virtual-hosted-style",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.create_bucket, cli.s3_virtual_hosted_style),
+            (Some(true), Some(true))
+        );
     }
 
     #[test]

@@ -28,12 +28,17 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     /// Region; when unset and not in the environment, `us-east-1`.
     pub region: Option<String>,
-    /// Allow plain `http://` endpoints (loopback test servers).
+    /// Allow plain `http://` endpoints. An endpoint written as `http://...` is allowed
+    /// whatever this says (the user asked for it); a warning is logged unless it is loopback.
     pub allow_http: bool,
     /// Virtual-hosted-style URLs (`bucket.host`) instead of path-style (`host/bucket`).
     pub virtual_hosted_style: bool,
     /// Access key id and secret; `None` takes them from the standard AWS environment.
     pub credentials: Option<(String, String)>,
+    /// How long a failing request is retried (5xx, throttling, connection errors);
+    /// `None` keeps `object_store`'s default (10 retries within 3 minutes). Start-up checks
+    /// use a short one, so a wrong endpoint is reported in seconds.
+    pub retry_for: Option<std::time::Duration>,
 }
 
 /// Opens the object store named by `url`: `file:///abs/dir`, `memory://` or
@@ -65,10 +70,20 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
                 StorageError::Config(format!("'{url}' names no bucket: use s3://bucket/prefix"))
             })?;
+            let plain_http = s3
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+            if plain_http && !is_loopback_url(s3.endpoint.as_deref().unwrap_or_default()) {
+                tracing::warn!(
+                    endpoint = s3.endpoint.as_deref().unwrap_or_default(),
+                    "the S3 endpoint is plain http on a network address: data and credentials travel unencrypted"
+                );
+            }
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
-                .with_allow_http(s3.allow_http);
+                .with_allow_http(s3.allow_http || plain_http);
             if let Some((key_id, secret)) = &s3.credentials {
                 builder = builder
                     .with_access_key_id(key_id)
@@ -76,6 +91,12 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             }
             if let Some(endpoint) = &s3.endpoint {
                 builder = builder.with_endpoint(endpoint);
+            }
+            if let Some(retry_for) = s3.retry_for {
+                builder = builder.with_retry(object_store::RetryConfig {
+                    retry_timeout: retry_for,
+                    ..object_store::RetryConfig::default()
+                });
             }
             if let Some(region) = &s3.region {
                 builder = builder.with_region(region);
@@ -97,6 +118,19 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
         other => Err(StorageError::Config(format!(
             "object store scheme '{other}' is not supported; use file:///dir, memory:// or s3://bucket/prefix"
         ))),
+    }
+}
+
+/// True when `url`'s host is a loopback address or `localhost`.
+fn is_loopback_url(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -220,7 +254,8 @@ pub const CLUSTER_MARKER: &str = "silt-cluster.json";
 /// Claims the store for `cluster`: reads the cluster marker, writes it if missing, and refuses
 /// a prefix that another cluster owns (two clusters writing one prefix would delete each
 /// other's objects as orphans). The write also proves the bucket exists and the credentials can
-/// write, so a broker fails at start, not at its first flush.
+/// write, so a broker fails at start, not at its first flush — with the real cause
+/// ([`explain_store_error`]).
 pub async fn claim_for_cluster(
     store: &dyn ObjectStore,
     cluster: &str,
@@ -228,13 +263,11 @@ pub async fn claim_for_cluster(
 ) -> Result<(), StorageError> {
     use object_store::ObjectStoreExt;
     let marker = Path::from(CLUSTER_MARKER);
-    let hint = "check that the bucket exists (or start with --create-bucket) and the credentials may read and write it";
     match store.get(&marker).await {
         Ok(found) => {
-            let bytes = found
-                .bytes()
-                .await
-                .map_err(|e| StorageError::Config(format!("reading {marker}: {e}; {hint}")))?;
+            let bytes = found.bytes().await.map_err(|e| {
+                StorageError::Config(format!("reading {marker}: {}", explain_store_error(&e)))
+            })?;
             let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("cluster")?.as_str().map(str::to_string))
@@ -249,16 +282,83 @@ pub async fn claim_for_cluster(
         Err(object_store::Error::NotFound { .. }) => {
             let body = serde_json::json!({ "v": 1, "cluster": cluster, "created_at_ms": now_ms })
                 .to_string();
-            store
-                .put(&marker, Bytes::from(body).into())
-                .await
-                .map(|_| ())
-                .map_err(|e| StorageError::Config(format!("cannot write {marker}: {e}; {hint}")))
+            match store.put(&marker, Bytes::from(body).into()).await {
+                Ok(_) => Ok(()),
+                // Reading a missing object is normal; writing one fails only without a bucket.
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    Err(StorageError::Config(format!(
+                        "the bucket does not exist ({}): create it, or start with --create-bucket true",
+                        chain(&e)
+                    )))
+                }
+                Err(e) => Err(StorageError::Config(format!(
+                    "cannot write {marker}: {}",
+                    explain_store_error(&e)
+                ))),
+            }
         }
         Err(e) => Err(StorageError::Config(format!(
-            "cannot read {marker}: {e}; {hint}"
+            "cannot read {marker}: {}",
+            explain_store_error(&e)
         ))),
     }
+}
+
+/// An object-store error as a user can act on it: its cause, then what to check.
+pub fn explain_store_error(e: &object_store::Error) -> String {
+    use std::error::Error as _;
+    let cause = chain(e);
+    let lower = cause.to_ascii_lowercase();
+    let hint = match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            "the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile) and that the key may read and write this bucket"
+        }
+        object_store::Error::NotFound { .. } => {
+            "the bucket does not exist: create it, or start with --create-bucket true"
+        }
+        _ if lower.contains("invalidaccesskeyid")
+            || lower.contains("signaturedoesnotmatch")
+            || lower.contains("accessdenied")
+            || lower.contains("forbidden") =>
+        {
+            "the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS profile)"
+        }
+        _ if lower.contains("nosuchbucket") => {
+            "the bucket does not exist: create it, or start with --create-bucket true"
+        }
+        _ if lower.contains("connect") || lower.contains("dns") || lower.contains("resolve") => {
+            "the endpoint cannot be reached: is the server running, and are --s3-endpoint's host and port right?"
+        }
+        _ if lower.contains("timed out") || lower.contains("timeout") => {
+            "the endpoint did not answer in time: is it the S3 port of a running server?"
+        }
+        _ if lower.contains("builder error") || lower.contains("https") => {
+            "the endpoint URL was refused by the HTTP client: check --s3-endpoint (scheme, host and port)"
+        }
+        _ if e.source().is_none() => "",
+        _ => "check --s3-endpoint, the region, the bucket and the credentials",
+    };
+    if hint.is_empty() {
+        cause
+    } else {
+        format!("{cause}; {hint}")
+    }
+}
+
+/// An error and its causes, joined: object_store's own message often hides the server's.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// The folder of one broker's segment objects.
@@ -517,6 +617,47 @@ mod tests {
             open_object_store("s3://bucket/some/prefix", &s3).is_ok(),
             "S3 is wired (no request is made)"
         );
+    }
+
+    #[test]
+    fn plain_http_endpoints_are_allowed_when_written_so() {
+        for (endpoint, loopback) in [
+            ("http://127.0.0.1:9000", true),
+            ("http://localhost:9000", true),
+            ("http://[::1]:9000", true),
+            ("http://minio.internal:9000", false),
+        ] {
+            assert_eq!(is_loopback_url(endpoint), loopback, "{endpoint}");
+            let s3 = S3Options {
+                endpoint: Some(endpoint.into()),
+                ..S3Options::default()
+            };
+            assert!(open_object_store("s3://b/p", &s3).is_ok(), "{endpoint}");
+        }
+    }
+
+    #[test]
+    fn store_errors_name_their_cause_and_what_to_check() {
+        let denied = object_store::Error::PermissionDenied {
+            path: "silt-cluster.json".into(),
+            source: "AccessDenied: the key may not read".into(),
+        };
+        let text = explain_store_error(&denied);
+        assert!(
+            text.contains("AccessDenied") && text.contains("credentials"),
+            "{text}"
+        );
+        assert!(!text.contains("bucket does not exist"), "{text}");
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request: client error (Connect): tcp connect error: Connection refused".into(),
+        };
+        let text = explain_store_error(&refused);
+        assert!(
+            text.contains("Connection refused") && text.contains("cannot be reached"),
+            "{text}"
+        );
+        assert!(!text.contains("credentials"), "{text}");
     }
 
     #[tokio::test]

@@ -202,6 +202,7 @@ impl GarageProcess {
             allow_http: true,
             virtual_hosted_style: false,
             credentials: Some((self.key_id.clone(), self.secret.clone())),
+            retry_for: None,
         }
     }
 

@@ -59,13 +59,17 @@ async fn broker_on_etcd_and_garage_survives_kill_9_under_load() {
     assert!(report.acked >= 3_000);
 }
 
+/// Every start-up refusal names its real cause, and a newcomer's plain-http endpoint works
+/// without extra flags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_up_refuses_a_missing_bucket_and_wrong_credentials() {
+async fn start_up_refusals_name_their_real_cause() {
     let Some(garage) = GarageProcess::start().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (args, env) = garage.broker_args("p");
+
+    // Wrong secret: the credentials, not the bucket.
     let mut options = BrokerOptions::new(dir.path());
     options.args.extend(args.clone());
     options.env = vec![
@@ -73,19 +77,55 @@ async fn start_up_refuses_a_missing_bucket_and_wrong_credentials() {
         ("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()),
     ];
     let stderr = BrokerProcess::refused(&options);
-    assert!(
-        stderr.contains("credentials"),
-        "names what to check: {stderr}"
-    );
+    assert!(stderr.contains("credentials were refused"), "{stderr}");
+    assert!(!stderr.contains("does not exist"), "{stderr}");
 
+    // A missing bucket: the bucket, and how to create it.
     let mut options = BrokerOptions::new(dir.path());
     options.args.extend(
-        args.into_iter()
+        args.iter()
             .map(|a| a.replace("s3://silt/", "s3://no-such-bucket/")),
     );
-    options.env = env;
+    options.env = env.clone();
     let stderr = BrokerProcess::refused(&options);
-    assert!(stderr.contains("bucket"), "names what to check: {stderr}");
+    assert!(
+        stderr.contains("bucket does not exist") && stderr.contains("--create-bucket"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("credentials"), "{stderr}");
+
+    // Nothing listens at the endpoint: said so, in seconds.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut options = BrokerOptions::new(dir.path());
+    options.args.extend(args.iter().map(|a| {
+        if a.starts_with("http://") {
+            nobody.clone()
+        } else {
+            a.clone()
+        }
+    }));
+    options.env = env.clone();
+    let started = std::time::Instant::now();
+    let stderr = BrokerProcess::refused(&options);
+    assert!(stderr.contains("cannot be reached"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A newcomer's first run: an http:// endpoint, no --s3-allow-http.
+    let mut options = BrokerOptions::new(dir.path());
+    let mut plain = args.clone();
+    let at = plain.iter().position(|a| a == "--s3-allow-http").unwrap();
+    plain.drain(at..at + 2);
+    options.args.extend(plain);
+    options.env = env;
+    let broker = BrokerProcess::start(options).await;
+    let client = broker.client().await;
+    client.create_topic("plain", 1, None, None).await.unwrap();
 }
 
 /// Garage dies and comes back under load: acks are delayed or fail retriably, never false.

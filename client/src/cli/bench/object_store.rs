@@ -39,8 +39,16 @@ pub(crate) struct ObjectStoreBenchArgs {
     /// S3 region [default: AWS_REGION, else us-east-1].
     #[arg(long, env = "SILT_S3_REGION")]
     s3_region: Option<String>,
-    /// Allow a plain-http S3 endpoint (loopback servers).
-    #[arg(long, env = "SILT_S3_ALLOW_HTTP")]
+    /// Allow plain http to the S3 endpoint, as the broker's flag: `--s3-allow-http` or
+    /// `--s3-allow-http true|false`; an endpoint written `http://...` is allowed anyway.
+    #[arg(
+        long,
+        env = "SILT_S3_ALLOW_HTTP",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
     s3_allow_http: bool,
     /// PUTs in flight.
     #[arg(long, default_value_t = 4)]
