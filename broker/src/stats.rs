@@ -134,6 +134,28 @@ mod tests {
     fn parses_proc_stat() {
         let line = "1234 (silt broker) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0 100 0 0";
         assert_eq!(cpu_seconds_from_stat(line), Some(3.0));
-        assert!(process_cpu_seconds() >= 0.0);
+    }
+
+    #[test]
+    fn process_cpu_time_follows_the_work_done() {
+        // Work on one thread until the process reports 0.2 CPU seconds more. One busy thread
+        // cannot use CPU faster than wall time passes, so that must take at least ~0.2 s of
+        // wall time (a wrong tick rate would report it too early) and, even on a busy machine,
+        // arrive well within 10 s (a reading that does not follow the work never would).
+        let before = process_cpu_seconds();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while process_cpu_seconds() - before < 0.2 {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "10 s of work read as {} CPU seconds",
+                process_cpu_seconds() - before
+            );
+        }
+        let wall = start.elapsed().as_secs_f64();
+        assert!(wall >= 0.18, "0.2 CPU seconds reported after {wall} s of wall time");
     }
 }
