@@ -156,6 +156,9 @@ mod tests {
             );
         }
         let wall = start.elapsed().as_secs_f64();
-        assert!(wall >= 0.18, "0.2 CPU seconds reported after {wall} s of wall time");
+        assert!(
+            wall >= 0.18,
+            "0.2 CPU seconds reported after {wall} s of wall time"
+        );
     }
 }

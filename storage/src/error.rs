@@ -63,6 +63,7 @@ pub enum SegmentError {
 pub enum StorageError {
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    #[cfg(feature = "objects")]
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
     #[error("invalid object store configuration: {0}")]
@@ -75,6 +76,7 @@ impl StorageError {
     /// True when retrying later may succeed (store outages, timeouts, throttling).
     pub fn is_retriable(&self) -> bool {
         match self {
+            #[cfg(feature = "objects")]
             StorageError::ObjectStore(e) => !matches!(
                 e,
                 object_store::Error::NotFound { .. }

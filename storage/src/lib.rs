@@ -11,9 +11,15 @@
 //! 4. [`cache`]: reads come back as chunk-aligned range GETs through a memory + disk cache that
 //!    every flush pre-fills.
 
+//!
+//! The formats ([`batch`], [`segment`], [`routing`]) build without the object-store stack; the
+//! stores and the cache are the default feature `objects` (the fuzz targets build without it).
+
 pub mod batch;
+#[cfg(feature = "objects")]
 pub mod cache;
 mod error;
+#[cfg(feature = "objects")]
 pub mod object;
 pub mod routing;
 pub mod segment;

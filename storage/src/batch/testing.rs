@@ -1,5 +1,6 @@
-//! Builders of hostile batches for tests (here and in the integration suite): a RecordBatch v2
-//! around any record stream, compressed with any codec — compression bombs, lying lengths.
+//! Builders of hostile batches for tests (here, in the integration suite and in the fuzz
+//! targets): a RecordBatch v2 around any record stream, compressed with any codec —
+//! compression bombs, lying lengths — and the batch fuzz target's body.
 
 use std::io::Write;
 
@@ -113,6 +114,41 @@ pub fn zero_records(count: usize, size: usize) -> impl FnOnce(&mut dyn std::io::
         for _ in 0..count {
             w.write_all(&zigzag(size as i64)).unwrap();
             w.write_all(&zeros).unwrap();
+        }
+    }
+}
+
+/// The body of the batch fuzz target (and of its corpus replay): `data` becomes a batch whose
+/// length field and CRC are made right — so the fuzzer's mutations reach the attributes, the
+/// record count, the codecs and the record walk instead of dying at the CRC — and is validated
+/// under tight and loose limits. It must never panic, hang or allocate without bound; what it
+/// accepts must be exactly what a second validation accepts.
+pub fn fuzz_batch(data: &[u8]) {
+    let mut b = data.to_vec();
+    if b.len() >= BATCH_HEADER_LEN {
+        let len = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[16] = 2;
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_POS..]);
+        b[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+    for limits in [
+        super::BatchLimits {
+            max_batch_bytes: 1 << 20,
+            max_record_bytes: 1 << 10,
+            max_uncompressed_bytes: 1 << 20,
+        },
+        super::BatchLimits {
+            max_batch_bytes: 8 << 20,
+            max_record_bytes: 1 << 20,
+            max_uncompressed_bytes: 64 << 20,
+        },
+    ] {
+        let first = super::validate_batch(&b, &limits);
+        assert_eq!(first, super::validate_batch(&b, &limits));
+        if let Ok(valid) = first {
+            assert!(valid.record_count >= 1);
+            assert!(valid.uncompressed_bytes <= limits.max_uncompressed_bytes);
         }
     }
 }
