@@ -69,7 +69,7 @@ etcd on 127.0.0.1:2379, Garage S3 on http://127.0.0.1:3900 (bucket "silt"). Star
   source $dir/credentials
   cargo run --release -p silt-broker --features etcd -- \\
       --metadata etcd://127.0.0.1:2379 --object-store s3://silt/cluster-a \\
-      --s3-endpoint http://127.0.0.1:3900 --s3-region garage --s3-allow-http true
+      --s3-endpoint http://127.0.0.1:3900 --s3-region garage
 
 Stop with: bash deploy/local/etcd-garage.sh stop
 MSG
