@@ -6,11 +6,18 @@
 # $OUT and prints the medians.
 #
 #   cargo build --release --bins && bash tests/bench/single-broker.sh
+#
+# LINGERS, MODES, CONSUME=0 and OBJECT_STORE=0 pick a subset; BIN points at other binaries
+# (e.g. an older build, to compare two versions on the same machine in one session).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
 RUNS=${RUNS:-3}
 RECORDS=${RECORDS:-300000}
+LINGERS=${LINGERS:-250 10}
+MODES=${MODES:-fast per-record per-record-c32}
+CONSUME=${CONSUME:-1}
+OBJECT_STORE=${OBJECT_STORE:-1}
 OUT=${OUT:-/tmp/silt-bench-results.jsonl}
 : > "$OUT"
 
@@ -27,9 +34,9 @@ start_broker() { # linger_ms → sets $pid, $addr, $dir
 stop_broker() { kill "$pid"; wait "$pid" || true; pid=""; rm -rf "$dir"; }
 record() { echo "{\"kind\":\"$1\",\"linger_ms\":$2,\"mode\":\"$3\",\"run\":$4,\"result\":$5}" | tee -a "$OUT"; }
 
-for linger in 250 10; do
+for linger in $LINGERS; do
     for run in $(seq 1 "$RUNS"); do
-        for mode in fast per-record per-record-c32; do
+        for mode in $MODES; do
             start_broker "$linger"
             case $mode in
                 fast) args=(--concurrency 4) ;;
@@ -39,7 +46,7 @@ for linger in 250 10; do
             p=$("$BIN/silt" --broker "http://$addr" bench produce --topic b --records "$RECORDS" \
                 --record-size 1KiB "${args[@]}" --json)
             record produce "$linger" "$mode" "$run" "$p"
-            if [ "$mode" = fast ]; then
+            if [ "$mode" = fast ] && [ "$CONSUME" = 1 ]; then
                 c=$("$BIN/silt" --broker "http://$addr" bench consume --topic b --json)
                 record consume "$linger" "$mode" "$run" "$c"
             fi
@@ -48,6 +55,7 @@ for linger in 250 10; do
     done
 done
 for run in $(seq 1 "$RUNS"); do
+    [ "$OBJECT_STORE" = 1 ] || break
     d=$(mktemp -d "${TMPDIR:-/tmp}/silt-os.XXXX")
     o=$("$BIN/silt" bench object-store --object-store "file://$d" --object-size 8MiB --total-bytes 1GiB --json)
     record object-store 0 raw "$run" "$o"
