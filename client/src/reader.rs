@@ -28,7 +28,7 @@ pub const DEFAULT_FETCH_BYTES: u32 = 4 << 20;
 /// How many times one [`PartitionReader::next_batch`] moves to another broker before it
 /// returns the error.
 const READ_FAILOVERS: u32 = 8;
-/// First pause before reading from another broker; doubled per failover up to
+/// First pause before reading from another broker; doubled (with jitter) per failover up to
 /// [`MAX_READ_BACKOFF`] (about 10 s in all: a broker's death and its lease running out).
 const READ_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_READ_BACKOFF: Duration = Duration::from_secs(2);
@@ -213,31 +213,36 @@ impl PartitionReader {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             raw_batches: true,
         };
-        let mut failovers = 0u32;
+        // Pauses before each failover: exponential with jitter, READ_FAILOVERS of them.
+        let mut pauses = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(READ_BACKOFF)
+                .with_max_delay(MAX_READ_BACKOFF)
+                .with_jitter()
+                .with_max_times(READ_FAILOVERS as usize),
+        );
         let response = loop {
-            match self
+            let error = match self
                 .fetch_once(request.clone(), max_wait + FETCH_GRACE)
                 .await
             {
                 Ok(response) => break response,
-                Err(e) if fails_over(&e) && failovers < READ_FAILOVERS => {
-                    let pause = READ_BACKOFF
-                        .saturating_mul(1 << failovers.min(16))
-                        .min(MAX_READ_BACKOFF);
-                    let wake = tokio::time::Instant::now() + pause;
-                    // Learn brokers that joined, then move to the broker after this one.
-                    self.client.refresh_routes(&self.topic).await;
-                    let next = next_after(&self.client.candidates(), &self.url);
-                    tracing::debug!(
-                        topic = %self.topic, partition = self.partition, from = %self.url,
-                        to = %next, ?pause, error = %e, "fetch failed, moving to another broker"
-                    );
-                    self.url = next;
-                    failovers += 1;
-                    tokio::time::sleep_until(wake).await;
-                }
+                Err(e) if fails_over(&e) => e,
                 Err(e) => return Err(e),
-            }
+            };
+            let Some(pause) = pauses.next() else {
+                return Err(error);
+            };
+            let wake = tokio::time::Instant::now() + pause;
+            // Learn brokers that joined, then move to the broker after this one.
+            self.client.refresh_routes(&self.topic).await;
+            let next = next_after(&self.client.candidates(), &self.url);
+            tracing::debug!(
+                topic = %self.topic, partition = self.partition, from = %self.url,
+                to = %next, ?pause, error = %error, "fetch failed, moving to another broker"
+            );
+            self.url = next;
+            tokio::time::sleep_until(wake).await;
         };
         let mut records = Vec::new();
         for batch in response.batches {

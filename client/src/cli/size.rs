@@ -1,5 +1,6 @@
 //! Byte sizes on the command line: `8MiB`, `1KiB`, `100MB`, `1.5GiB` or plain bytes, with
-//! binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units, case-insensitive.
+//! binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units,
+//! case-insensitive, parsed by the `bytesize` crate as the broker's settings are.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,45 +14,9 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let unit = unit.trim();
-        let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "m" | "mb" => 1_000_000,
-            "g" | "gb" => 1_000_000_000,
-            "t" | "tb" => 1_000_000_000_000,
-            "ki" | "kib" => 1 << 10,
-            "mi" | "mib" => 1 << 20,
-            "gi" | "gib" => 1 << 30,
-            "ti" | "tib" => 1 << 40,
-            _ => {
-                return Err(format!(
-                    "unknown size unit '{unit}' in '{s}' (use B, KiB, MiB, GiB, KB, MB, GB)"
-                ));
-            }
-        };
-        if number.is_empty() {
-            return Err(format!("size '{s}' has no number"));
-        }
-        let bytes = if let Ok(whole) = number.parse::<u64>() {
-            whole
-                .checked_mul(multiplier)
-                .ok_or_else(|| format!("size '{s}' is too large"))?
-        } else {
-            let value: f64 = number
-                .parse()
-                .map_err(|_| format!("'{number}' is not a number in size '{s}'"))?;
-            let bytes = value * multiplier as f64;
-            if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-                return Err(format!("size '{s}' is too large"));
-            }
-            bytes.round() as u64
-        };
-        Ok(ByteSize(bytes))
+        s.parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|e| format!("'{s}' is not a size (use e.g. 4096, 8MiB, 100MB, 1.5GiB): {e}"))
     }
 }
 

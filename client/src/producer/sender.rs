@@ -29,7 +29,8 @@ use crate::brokers::normalize_url;
 use crate::client::{Client, log_client};
 use crate::error::ClientError;
 
-/// First retry delay when the broker gives no hint; doubled per attempt up to [`MAX_BACKOFF`].
+/// First retry delay when the broker gives no hint; doubled (with jitter) per attempt up to
+/// [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_millis(250);
@@ -301,13 +302,28 @@ async fn produce_once(
 fn backoff(err: &ClientError, attempt: u32) -> Duration {
     let delay = err
         .retry_after()
-        .unwrap_or_else(|| BASE_BACKOFF.saturating_mul(1 << attempt.min(16)))
+        .unwrap_or_else(|| exponential(attempt))
         .min(MAX_BACKOFF);
     if err.is_connect_failure() {
         delay.min(MAX_CONNECT_BACKOFF)
     } else {
         delay
     }
+}
+
+/// The delay before retry number `attempt + 1` without a hint: exponential from
+/// [`BASE_BACKOFF`] to [`MAX_BACKOFF`], with jitter so producers that failed together do not
+/// retry together (`backon`'s policy).
+fn exponential(attempt: u32) -> Duration {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BASE_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.min(16) as usize)
+        .unwrap_or(MAX_BACKOFF)
 }
 
 /// Checks the acks follow the contract (one per batch, in order, covering its records) and
@@ -362,8 +378,13 @@ mod tests {
             .insert("retry-after-ms", "300".parse().unwrap());
         assert_eq!(backoff(&status.into(), 3), Duration::from_millis(300));
         let plain = ClientError::from(Status::unavailable("store down"));
-        assert_eq!(backoff(&plain, 0), Duration::from_millis(100));
-        assert_eq!(backoff(&plain, 2), Duration::from_millis(400));
+        // Without a hint: exponential with jitter, within [delay, 2 × delay), capped.
+        for _ in 0..20 {
+            let first = backoff(&plain, 0);
+            assert!((100..200).contains(&first.as_millis()), "{first:?}");
+            let third = backoff(&plain, 2);
+            assert!((400..800).contains(&third.as_millis()), "{third:?}");
+        }
         assert_eq!(backoff(&plain, 30), MAX_BACKOFF);
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
