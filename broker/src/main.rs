@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use silt_broker::{Broker, Cli, Settings};
+use silt_broker::{Builder, Cli, Settings};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let settings = Settings::load(&cli).map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
-    let handle = Broker::new(settings).start().await?;
+    let handle = Builder::new(settings).start().await?;
     let cancel = handle.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

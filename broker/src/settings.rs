@@ -9,6 +9,34 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Sizes in flags, `SILT_*` variables and the file: plain bytes or `8MiB`, `100MB`, `1.5GiB`
+/// (the `bytesize` crate, as the `silt` CLI parses them).
+mod size {
+    use serde::Deserialize;
+
+    pub(super) fn parse(s: &str) -> Result<u64, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| format!("'{s}' is not a size (use e.g. 4096, 8MiB, 100MB): {e}"))
+    }
+
+    pub(super) fn parse_u32(s: &str) -> Result<u32, String> {
+        let n = parse(s)?;
+        u32::try_from(n).map_err(|_| format!("'{s}' is {n} bytes; at most 4 GiB - 1"))
+    }
+
+    pub(super) fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        bytesize::ByteSize::deserialize(d).map(|b| b.as_u64())
+    }
+
+    pub(super) fn de_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = de(d)?;
+        u32::try_from(n)
+            .map_err(|_| serde::de::Error::custom(format!("{n} bytes is over 4 GiB - 1")))
+    }
+}
+
 /// The default gRPC port: "SILT" on a phone keypad is 7458; 7450 is easier to remember.
 pub const DEFAULT_PORT: u16 = 7450;
 
@@ -40,16 +68,24 @@ pub struct Settings {
     pub etcd_key: Option<PathBuf>,
     pub broker_id: String,
     pub linger_ms: u64,
+    #[serde(deserialize_with = "size::de")]
     pub flush_bytes: u64,
+    #[serde(deserialize_with = "size::de")]
     pub wal_cache_bytes: u64,
+    #[serde(deserialize_with = "size::de")]
     pub max_request_bytes: u64,
     pub max_request_records: u64,
+    #[serde(deserialize_with = "size::de")]
     pub max_batch_bytes: u64,
     /// Most bytes the batches of one produce request may decompress to.
+    #[serde(deserialize_with = "size::de")]
     pub max_uncompressed_bytes: u64,
+    #[serde(deserialize_with = "size::de_u32")]
     pub default_max_record_bytes: u32,
     pub default_retention_ms: i64,
+    #[serde(deserialize_with = "size::de")]
     pub cache_memory_bytes: u64,
+    #[serde(deserialize_with = "size::de")]
     pub cache_disk_bytes: u64,
     pub retention_check_ms: u64,
     /// Address other brokers and clients reach this broker at; `None` = the bound address.
@@ -204,18 +240,18 @@ pub struct Cli {
     pub linger_ms: Option<u64>,
 
     /// Flush a segment as soon as this many bytes are buffered [default: 8388608 (8 MiB)].
-    #[arg(long, env = "SILT_FLUSH_BYTES")]
+    #[arg(long, env = "SILT_FLUSH_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flush_bytes: Option<u64>,
 
     /// Memory for accepted but not yet committed records; past it produce gets
     /// RESOURCE_EXHAUSTED [default: 268435456 (256 MiB)].
-    #[arg(long, env = "SILT_WAL_CACHE_BYTES")]
+    #[arg(long, env = "SILT_WAL_CACHE_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal_cache_bytes: Option<u64>,
 
     /// Largest gRPC request accepted [default: 33554432 (32 MiB)].
-    #[arg(long, env = "SILT_MAX_REQUEST_BYTES")]
+    #[arg(long, env = "SILT_MAX_REQUEST_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<u64>,
 
@@ -225,19 +261,19 @@ pub struct Cli {
     pub max_request_records: Option<u64>,
 
     /// Largest single record batch [default: 8388608 (8 MiB)].
-    #[arg(long, env = "SILT_MAX_BATCH_BYTES")]
+    #[arg(long, env = "SILT_MAX_BATCH_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<u64>,
 
     /// Most bytes the record batches of one produce request may decompress to; a compressed
     /// batch past it (a compression bomb) is refused without decompressing the rest
     /// [default: 268435456 (256 MiB)].
-    #[arg(long, env = "SILT_MAX_UNCOMPRESSED_BYTES")]
+    #[arg(long, env = "SILT_MAX_UNCOMPRESSED_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_uncompressed_bytes: Option<u64>,
 
     /// Largest record for topics that do not set their own [default: 1048576 (1 MiB)].
-    #[arg(long, env = "SILT_DEFAULT_MAX_RECORD_BYTES")]
+    #[arg(long, env = "SILT_DEFAULT_MAX_RECORD_BYTES", value_parser = size::parse_u32)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_max_record_bytes: Option<u32>,
 
@@ -247,12 +283,12 @@ pub struct Cli {
     pub default_retention_ms: Option<i64>,
 
     /// Memory tier of the read cache [default: 268435456 (256 MiB)].
-    #[arg(long, env = "SILT_CACHE_MEMORY_BYTES")]
+    #[arg(long, env = "SILT_CACHE_MEMORY_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_memory_bytes: Option<u64>,
 
     /// Disk tier of the read cache under <data-dir>/cache; 0 disables it [default: 0].
-    #[arg(long, env = "SILT_CACHE_DISK_BYTES")]
+    #[arg(long, env = "SILT_CACHE_DISK_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_disk_bytes: Option<u64>,
 
@@ -425,6 +461,41 @@ mod tests {
         assert_eq!(s.linger_ms, 20, "a flag beats the file");
         assert_eq!(s.flush_bytes, 1024, "the file beats the default");
         assert_eq!(s.broker_id, "b-7");
+    }
+
+    #[test]
+    fn sizes_take_units_in_flags_environment_and_file() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "silt-broker",
+            "--flush-bytes",
+            "8MiB",
+            "--default-max-record-bytes",
+            "1.5 MiB",
+        ])
+        .unwrap();
+        let s = Settings::load(&cli).unwrap();
+        assert_eq!(
+            (s.flush_bytes, s.default_max_record_bytes),
+            (8 << 20, 3 << 19)
+        );
+        assert!(Cli::try_parse_from(["silt-broker", "--flush-bytes", "8 parsecs"]).is_err());
+        assert!(
+            Cli::try_parse_from(["silt-broker", "--default-max-record-bytes", "5GiB"]).is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silt.toml");
+        std::fs::write(
+            &path,
+            "wal_cache_bytes = \"512MiB\"\nmax_batch_bytes = 4194304\n",
+        )
+        .unwrap();
+        let s = Settings::load(&Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!((s.wal_cache_bytes, s.max_batch_bytes), (512 << 20, 4 << 20));
     }
 
     #[test]

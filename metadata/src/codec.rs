@@ -24,22 +24,9 @@ pub struct TopicRecord {
     pub created_at_ms: i64,
 }
 
-/// One partition's part of a segment object, as committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitEntry {
-    pub topic_id: u64,
-    pub partition: u32,
-    pub batch_count: u32,
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub min_timestamp: i64,
-    pub max_timestamp: i64,
-    /// Byte range of the partition's batches in the object.
-    pub position: u64,
-    pub length: u32,
-    /// CRC32C of that range.
-    pub crc32c: u32,
-}
+/// One partition's part of a segment object, as committed: the segment format's own index
+/// entry (`silt_storage::segment::SegmentEntry`), postcard-encoded field by field.
+pub use silt_storage::segment::SegmentEntry;
 
 /// A committed segment object: what makes its records readable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +35,7 @@ pub struct SegmentCommit {
     pub object: String,
     pub object_len: u64,
     pub created_at_ms: i64,
-    pub entries: Vec<CommitEntry>,
+    pub entries: Vec<SegmentEntry>,
 }
 
 /// Encodes a topic record.
@@ -117,7 +104,7 @@ mod tests {
             object_len: 8 << 20,
             created_at_ms: 1_700_000_000_000,
             entries: (0..entries)
-                .map(|i| CommitEntry {
+                .map(|i| SegmentEntry {
                     topic_id: 17,
                     partition: i as u32,
                     batch_count: 3,

@@ -27,6 +27,14 @@ pub struct Harness {
     pub compact: Box<dyn Fn(i64) -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Harness {
     fn key(&self, k: &str) -> Vec<u8> {
         let mut key = self.prefix.clone();

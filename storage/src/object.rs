@@ -366,35 +366,51 @@ pub fn broker_segments_prefix(broker_id: &str) -> Path {
     Path::from(format!("segments/{broker_id}"))
 }
 
-/// The name of a segment object: `segments/<broker>/<incarnation:016x>-<seq:012>.seg`. Names
-/// never repeat: an incarnation is unique per broker and `seq` counts its flushes.
-pub fn segment_path(broker_id: &str, incarnation: u64, seq: u64) -> Path {
-    Path::from(format!(
-        "segments/{broker_id}/{incarnation:016x}-{seq:012}.seg"
-    ))
+/// The name of a segment object, the one place it is spelled: the object lives at
+/// `segments/<broker>/<incarnation:016x>-<seq:012>.seg` and is committed under the id
+/// `<broker>/<incarnation:016x>-<seq:012>` (the suffix of its metadata key), so an object with no
+/// commit key is known to be uncommitted. Names never repeat: an incarnation is unique per
+/// broker and `seq` counts its flushes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentName {
+    pub broker: String,
+    pub incarnation: u64,
+    pub seq: u64,
 }
 
-/// The `(broker, incarnation, seq)` of a segment object name, `None` for any other path.
-pub fn parse_segment_path(path: &Path) -> Option<(String, u64, u64)> {
-    let mut parts = path.parts();
-    if parts.next()?.as_ref() != "segments" {
-        return None;
+impl SegmentName {
+    /// The object's path in the store.
+    pub fn path(&self) -> Path {
+        Path::from(format!("segments/{}.seg", self.id()))
     }
-    let broker = parts.next()?.as_ref().to_string();
-    let file = parts.next()?;
-    if parts.next().is_some() {
-        return None;
+
+    /// The id its commit is stored under.
+    pub fn id(&self) -> String {
+        format!("{}/{:016x}-{:012}", self.broker, self.incarnation, self.seq)
     }
-    let stem = file.as_ref().strip_suffix(".seg")?;
-    let (inc, seq) = stem.split_once('-')?;
-    if inc.len() != 16 || seq.len() != 12 {
-        return None;
+
+    /// The name of a segment object's path, `None` for any other path.
+    pub fn parse(path: &Path) -> Option<Self> {
+        let mut parts = path.parts();
+        if parts.next()?.as_ref() != "segments" {
+            return None;
+        }
+        let broker = parts.next()?.as_ref().to_string();
+        let file = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let stem = file.as_ref().strip_suffix(".seg")?;
+        let (inc, seq) = stem.split_once('-')?;
+        if inc.len() != 16 || seq.len() != 12 {
+            return None;
+        }
+        Some(Self {
+            broker,
+            incarnation: u64::from_str_radix(inc, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
     }
-    Some((
-        broker,
-        u64::from_str_radix(inc, 16).ok()?,
-        seq.parse().ok()?,
-    ))
 }
 
 /// Request counts of an [`InstrumentedStore`].
@@ -579,23 +595,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segment_paths_round_trip() {
-        let p = segment_path("broker-7", 0x1234, 42);
+    fn segment_names_round_trip() {
+        let name = SegmentName {
+            broker: "broker-7".into(),
+            incarnation: 0x1234,
+            seq: 42,
+        };
+        let p = name.path();
         assert_eq!(
             p.as_ref(),
             "segments/broker-7/0000000000001234-000000000042.seg"
         );
-        assert_eq!(
-            parse_segment_path(&p),
-            Some(("broker-7".into(), 0x1234, 42))
-        );
+        assert_eq!(name.id(), "broker-7/0000000000001234-000000000042");
+        assert_eq!(SegmentName::parse(&p), Some(name));
         for other in [
             "segments/b/x.seg",
             "segments/b/0000000000001234-000000000042",
             "other/b/0000000000001234-000000000042.seg",
             "segments/0000000000001234-000000000042.seg",
         ] {
-            assert_eq!(parse_segment_path(&Path::from(other)), None, "{other}");
+            assert_eq!(SegmentName::parse(&Path::from(other)), None, "{other}");
         }
         assert!(p.prefix_matches(&broker_segments_prefix("broker-7")));
     }

@@ -32,8 +32,9 @@ pub const INDEX_ENTRY_LEN: usize = 64;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 32;
 
-/// One partition's batches inside a segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One partition's batches inside a segment: written into the segment's index, and committed
+/// as is in metadata (the commit's entries are these), which makes the records readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentEntry {
     /// The topic's id.
     pub topic_id: u64,

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use silt_metadata::codec::{BrokerRecord, CommitEntry, SegmentCommit, TopicRecord};
+use silt_metadata::codec::{BrokerRecord, SegmentCommit, SegmentEntry, TopicRecord};
 use silt_metadata::{EmbeddedStore, LeaseId, ManualClock, MetaStore};
 
 use super::*;
-use crate::controller::Controller;
+use crate::cluster::controller::Controller;
 
 struct Node {
     view: Arc<ClusterView>,
@@ -145,7 +145,7 @@ async fn brokers_share_partitions_evenly_and_take_over_a_leavers() {
         object: "segments/x.seg".into(),
         object_len: 100,
         created_at_ms: 0,
-        entries: vec![CommitEntry {
+        entries: vec![SegmentEntry {
             topic_id: t.id,
             partition: 0,
             batch_count: 1,
@@ -256,7 +256,7 @@ async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
     .into_iter()
     .enumerate()
     {
-        let entry = CommitEntry {
+        let entry = SegmentEntry {
             topic_id: t.id,
             partition: p,
             batch_count: 1,

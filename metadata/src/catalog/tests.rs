@@ -4,7 +4,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::codec::CommitEntry;
+use crate::codec::SegmentEntry;
 use crate::store::{LeaseId, RangeResponse, StoreLimits, TxnResponse, WatchStream};
 use crate::{EmbeddedStore, ManualClock};
 
@@ -65,7 +65,7 @@ fn commit(topic_id: u64, partitions: u32) -> SegmentCommit {
         object_len: 100,
         created_at_ms: 7,
         entries: (0..partitions)
-            .map(|p| CommitEntry {
+            .map(|p| SegmentEntry {
                 topic_id,
                 partition: p,
                 batch_count: 1,

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use prost::Message;
 use silt_api::v1;
-use silt_metadata::codec::{self, CommitEntry, OwnerRecord, SegmentCommit, TopicRecord};
+use silt_metadata::codec::{self, OwnerRecord, SegmentCommit, TopicRecord};
 use silt_storage::batch::testing::{CODECS, compress, raw_batch, zero_records};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use silt_storage::segment::SegmentWriter;
@@ -69,21 +69,7 @@ fn main() {
         object: "segments/b/0-1.seg".into(),
         object_len: segment.len() as u64,
         created_at_ms: 0,
-        entries: entries
-            .iter()
-            .map(|e| CommitEntry {
-                topic_id: e.topic_id,
-                partition: e.partition,
-                batch_count: e.batch_count,
-                first_offset: e.first_offset,
-                last_offset: e.last_offset,
-                min_timestamp: e.min_timestamp,
-                max_timestamp: e.max_timestamp,
-                position: e.position,
-                length: e.length,
-                crc32c: e.crc32c,
-            })
-            .collect(),
+        entries: entries.clone(),
     };
     write(
         "metadata_values",

@@ -5,7 +5,8 @@
 //! `MAX_WINDOW_PARTITIONS` partitions (keeping the commit value small), or `linger` after its
 //! first batch; the sealed window goes to the [flusher](crate::flusher), which turns it into one
 //! segment object and one metadata commit. The ticket resolves only after that commit — the type
-//! is the durability promise: nothing else can produce a `BatchAck`.
+//! is the durability promise: a ticket is answered only through [`Producers`], which only a
+//! sealed window yields, and an unanswered one says on drop whether anything may be stored.
 //!
 //! Memory is bounded: bytes accepted but not yet committed count against `limit`; past it
 //! `append` fails with RESOURCE_EXHAUSTED and a retry hint instead of growing.
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::error::BrokerError;
+use crate::core::error::BrokerError;
 
 /// Most partitions one segment may hold (bounds the size of its metadata commit).
 pub const MAX_WINDOW_PARTITIONS: usize = 4096;
@@ -54,51 +55,59 @@ impl DurableTicket {
         // A waiter always answers, even when dropped (see `Waiter`'s `Drop`); no answer at
         // all cannot say whether anything was stored.
         self.0.await.unwrap_or_else(|_| {
-            Err(BrokerError::CommitUnknown(
-                "the broker stopped without saying whether these records were stored; they may be"
-                    .into(),
+            Err(BrokerError::ambiguous(
+                "the broker stopped without saying whether these records were stored; they may be",
             ))
         })
     }
 }
 
-/// A batch in a window, with the slot its ack goes to.
+/// A batch in a window: which producer (request) it belongs to, and where its ack goes.
 #[derive(Debug)]
 pub struct PendingBatch {
-    pub batch: AppendBatch,
-    pub waiter: usize,
-    pub slot: usize,
+    batch: AppendBatch,
+    producer: usize,
+    slot: usize,
 }
 
-/// A producer waiting on a window. It answers exactly once: with [`Waiter::ack`] or [`Waiter::fail`], or, if it
-/// is dropped unanswered (the flusher stopped or failed), with an error that says whether
-/// anything may have been stored: "not stored" until the flusher marks it written (its segment
-/// is being uploaded), ambiguous after.
+impl PendingBatch {
+    pub fn batch(&self) -> &AppendBatch {
+        &self.batch
+    }
+
+    /// The producer (request) the batch belongs to, an index into its window's [`Producers`].
+    pub fn producer(&self) -> usize {
+        self.producer
+    }
+
+    /// The batch's place in its producer's request (where its ack goes).
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+}
+
+/// A producer waiting on a window. It answers exactly once: with [`Producers::ack`] or a
+/// failure, or, if it is dropped unanswered (the flusher stopped or failed), with an error that
+/// says whether anything may have been stored: "not stored" until the flusher marks it written
+/// (its segment is being uploaded), ambiguous after. Only this module can answer it.
 #[derive(Debug)]
-pub struct Waiter {
+struct Waiter {
     tx: Option<oneshot::Sender<Result<Vec<BatchAck>, BrokerError>>>,
-    pub acks: Vec<BatchAck>,
+    acks: Vec<BatchAck>,
     written: bool,
 }
 
 impl Waiter {
-    /// Acknowledges the producer: its records are durable at `acks`.
-    pub fn ack(mut self) {
+    fn ack(mut self) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Ok(std::mem::take(&mut self.acks)));
         }
     }
 
-    /// Fails the producer with `error`.
-    pub fn fail(mut self, error: BrokerError) {
+    fn fail(mut self, error: BrokerError) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Err(error));
         }
-    }
-
-    /// From now on the waiter's records may be stored (their segment is being uploaded).
-    pub fn mark_written(&mut self) {
-        self.written = true;
     }
 }
 
@@ -106,9 +115,8 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             let error = if self.written {
-                BrokerError::CommitUnknown(
-                    "the broker stopped while storing these records; they may or may not be stored"
-                        .into(),
+                BrokerError::ambiguous(
+                    "the broker stopped while storing these records; they may or may not be stored",
                 )
             } else {
                 BrokerError::unavailable(
@@ -120,16 +128,62 @@ impl Drop for Waiter {
     }
 }
 
+/// The producers of a window, once the flusher laid it out: the only way to answer them.
+#[derive(Debug)]
+pub struct Producers(Vec<Option<Waiter>>);
+
+impl Producers {
+    /// Answers the producers in `refused` with `error` now; nothing of theirs is written.
+    pub fn refuse(&mut self, refused: &std::collections::HashSet<usize>, error: &BrokerError) {
+        for i in refused {
+            if let Some(w) = self.0.get_mut(*i).and_then(Option::take) {
+                w.fail(error.clone());
+            }
+        }
+    }
+
+    /// Where batch `slot` of producer `producer` landed.
+    pub fn set_ack(&mut self, producer: usize, slot: usize, ack: BatchAck) {
+        if let Some(Some(w)) = self.0.get_mut(producer) {
+            w.acks[slot] = ack;
+        }
+    }
+
+    /// From now on these producers' records may be stored (their segment is being uploaded).
+    pub fn mark_written(&mut self) {
+        for w in self.0.iter_mut().flatten() {
+            w.written = true;
+        }
+    }
+
+    /// True when no producer is left to answer.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Acknowledges every producer left: their records are durable at their acks.
+    pub fn ack(self) {
+        self.0.into_iter().flatten().for_each(Waiter::ack);
+    }
+
+    /// Fails every producer left with `error`.
+    pub fn fail(self, error: &BrokerError) {
+        for w in self.0.into_iter().flatten() {
+            w.fail(error.clone());
+        }
+    }
+}
+
 /// The batches gathered between two flushes.
 #[derive(Debug, Default)]
 pub struct Window {
-    pub generation: u64,
-    pub bytes: usize,
+    generation: u64,
+    bytes: usize,
     /// Batches per (topic id, partition), in append order; the map order is the segment layout.
-    pub partitions: BTreeMap<(u64, u32), Vec<PendingBatch>>,
-    pub waiters: Vec<Waiter>,
+    partitions: BTreeMap<(u64, u32), Vec<PendingBatch>>,
+    waiters: Vec<Waiter>,
     /// When the first batch arrived.
-    pub opened_at: Option<Instant>,
+    opened_at: Option<Instant>,
 }
 
 impl Window {
@@ -137,11 +191,29 @@ impl Window {
         self.waiters.is_empty()
     }
 
-    /// Fails every waiter of the window.
+    /// Bytes of the window's batches (what it holds of the cache's memory).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// When the window's first batch arrived.
+    pub fn opened_at(&self) -> Option<Instant> {
+        self.opened_at
+    }
+
+    /// The window's batches by (topic id, partition), in segment layout order.
+    pub fn partitions(&self) -> impl Iterator<Item = (&(u64, u32), &[PendingBatch])> {
+        self.partitions.iter().map(|(k, v)| (k, v.as_slice()))
+    }
+
+    /// The window's producers, to answer once the window is laid out.
+    pub fn into_producers(self) -> Producers {
+        Producers(self.waiters.into_iter().map(Some).collect())
+    }
+
+    /// Fails every producer of the window.
     pub fn fail(self, error: &BrokerError) {
-        for w in self.waiters {
-            w.fail(error.clone());
-        }
+        self.into_producers().fail(error);
     }
 }
 
@@ -208,13 +280,13 @@ impl WalCache {
         let before = self.in_use.fetch_add(bytes, Ordering::AcqRel);
         if before + bytes > self.limit && before > 0 {
             self.in_use.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(BrokerError::ResourceExhausted {
-                message: format!(
+            return Err(BrokerError::busy(
+                format!(
                     "the broker's WAL cache is full ({before} of {} bytes awaiting flush); retry shortly",
                     self.limit
                 ),
-                retry_after_ms: self.linger.as_millis().max(10) as u64,
-            });
+                self.linger.as_millis().max(10) as u64,
+            ));
         }
         let (tx, rx) = oneshot::channel();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +312,7 @@ impl WalCache {
             let key = (batch.topic_id, batch.partition);
             open.partitions.entry(key).or_default().push(PendingBatch {
                 batch,
-                waiter,
+                producer: waiter,
                 slot,
             });
         }
@@ -321,6 +393,7 @@ pub async fn run_linger_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::error::ErrorKind;
 
     fn batch(partition: u32, len: usize) -> AppendBatch {
         AppendBatch {
@@ -355,10 +428,7 @@ mod tests {
         let (cache, _out) = WalCache::new(100, 1000, Duration::from_secs(60));
         let _t = cache.append(vec![batch(0, 80)]).unwrap();
         let err = cache.append(vec![batch(0, 30)]).unwrap_err();
-        assert!(
-            matches!(err, BrokerError::ResourceExhausted { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err.kind, ErrorKind::Busy { .. }), "{err:?}");
         cache.release(80);
         let _t = cache.append(vec![batch(0, 30)]).unwrap();
         assert_eq!(cache.bytes_in_use(), 30);
@@ -377,12 +447,18 @@ mod tests {
         cache.close();
         assert!(matches!(
             cache.append(vec![batch(0, 1)]),
-            Err(BrokerError::Unavailable { .. })
+            Err(BrokerError {
+                kind: ErrorKind::Unavailable { .. },
+                ..
+            })
         ));
         drop(out);
         assert!(matches!(
             t.durable().await,
-            Err(BrokerError::Unavailable { .. })
+            Err(BrokerError {
+                kind: ErrorKind::Unavailable { .. },
+                ..
+            })
         ));
     }
 
@@ -392,14 +468,14 @@ mod tests {
         let unwritten = cache.append(vec![batch(0, 10)]).unwrap();
         let written = cache.append(vec![batch(0, 10)]).unwrap();
         let first = out.sealed.try_recv().unwrap();
-        let mut second = out.sealed.try_recv().unwrap();
-        second.waiters[0].mark_written();
+        let mut second = out.sealed.try_recv().unwrap().into_producers();
+        second.mark_written();
         drop((first, second));
         let err = unwritten.durable().await.unwrap_err();
         assert!(err.nothing_stored(), "never laid out: {err:?}");
         let err = written.durable().await.unwrap_err();
         assert!(
-            matches!(err, BrokerError::CommitUnknown(_)) && !err.nothing_stored(),
+            err.kind == ErrorKind::Ambiguous && !err.nothing_stored(),
             "its segment was uploading: {err:?}"
         );
     }

@@ -22,35 +22,37 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::catalog::{Catalog, WriterFence};
-use silt_metadata::codec::{CommitEntry, SegmentCommit};
+use silt_metadata::codec::SegmentCommit;
 use silt_metadata::{CatalogError, Clock, MetaError};
 use silt_storage::cache::SegmentCache;
-use silt_storage::object::segment_path;
+use silt_storage::object::SegmentName;
 use silt_storage::segment::SegmentWriter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cluster::{ClusterView, FlushSnapshot};
-use crate::error::BrokerError;
-use crate::log_index::LogIndex;
-use crate::stats::{FlushTimes, Stats};
-use crate::wal_cache::{BatchAck, Waiter, WalCache, Window};
+use crate::core::error::BrokerError;
+use crate::core::log_index::LogIndex;
+use crate::core::stats::{FlushTimes, Stats};
+use crate::core::wal_cache::{BatchAck, Producers, WalCache, Window};
 
 /// How long a commit keeps retrying a metadata store that is unavailable.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// A window laid out as a segment, uploading.
+#[derive(Debug)]
 struct Built {
     object_id: String,
     path: Path,
     bytes: Bytes,
     commit: SegmentCommit,
-    waiters: Vec<Waiter>,
+    producers: Producers,
     held: usize,
     epoch: u64,
     fence: WriterFence,
@@ -59,6 +61,7 @@ struct Built {
 }
 
 /// Everything the flusher works with.
+#[derive(Debug)]
 pub struct Flusher {
     pub wal: Arc<WalCache>,
     pub store: Arc<dyn ObjectStore>,
@@ -168,44 +171,49 @@ impl Flusher {
     /// Assigns offsets and lays the window out as a segment object; `None` when nothing of it
     /// may be written (its producers are answered at once).
     fn build(&mut self, window: Window) -> Option<Built> {
-        let snapshot = self.view.flush_snapshot(window.partitions.keys().copied());
+        let snapshot = self
+            .view
+            .flush_snapshot(window.partitions().map(|(p, _)| *p));
         if !snapshot.ready {
-            self.wal.release(window.bytes);
+            self.wal.release(window.bytes());
             window.fail(&BrokerError::unavailable(
                 "this broker is still loading the cluster state; nothing was stored, retry",
             ));
             return None;
         }
         let Some(fence) = snapshot.fence.clone() else {
-            self.wal.release(window.bytes);
-            window.fail(&BrokerError::NotOwner {
-                message: format!(
+            self.wal.release(window.bytes());
+            window.fail(&BrokerError::not_owner(
+                format!(
                     "broker '{}' was restarted elsewhere (a newer incarnation owns its partitions); nothing was stored, retry",
                     self.view.broker_id()
                 ),
-                owner: None,
-            });
+                None,
+            ));
             return None;
         };
-        let refused = self.refused_waiters(&window, &snapshot);
+        let refused = self.refused_producers(&window, &snapshot);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = segment_path(self.view.broker_id(), self.view.incarnation(), seq);
-        let object_id = object_id_of(&path);
+        let name = SegmentName {
+            broker: self.view.broker_id().to_string(),
+            incarnation: self.view.incarnation(),
+            seq,
+        };
+        let (path, object_id) = (name.path(), name.id());
         let created_at_ms = self.clock.now_ms();
         let mut writer = SegmentWriter::new(
             created_at_ms,
-            window.bytes + 64 * (window.partitions.len() + 1),
+            window.bytes() + 64 * (window.partitions().count() + 1),
         );
-        let mut waiters = window.waiters;
-        let mut written = 0usize;
-        for ((topic_id, partition), batches) in &window.partitions {
+        let mut acks = Vec::new();
+        for ((topic_id, partition), batches) in window.partitions() {
             let Some(owned_at) = snapshot.owned.get(&(*topic_id, *partition)).copied() else {
                 continue;
             };
             let batches: Vec<_> = batches
                 .iter()
-                .filter(|b| !refused.contains(&b.waiter))
+                .filter(|b| !refused.contains(&b.producer()))
                 .collect();
             if batches.is_empty() {
                 continue;
@@ -228,7 +236,7 @@ impl Flusher {
             let next = &mut slot.1;
             writer.begin_entry(*topic_id, *partition);
             for pending in batches {
-                let b = &pending.batch;
+                let b = pending.batch();
                 let base = *next;
                 writer.push_batch(
                     &b.bytes,
@@ -238,66 +246,50 @@ impl Flusher {
                     b.first_timestamp,
                 );
                 *next += i64::from(b.record_count);
-                written += 1;
-                waiters[pending.waiter].acks[pending.slot] = BatchAck {
-                    partition: *partition,
-                    base_offset: base,
-                    last_offset: base + i64::from(b.record_count) - 1,
-                };
-            }
-        }
-        if !refused.is_empty() {
-            let mut kept = Vec::with_capacity(waiters.len());
-            for (i, w) in waiters.into_iter().enumerate() {
-                if refused.contains(&i) {
-                    w.fail(BrokerError::NotOwner {
-                        message: format!(
-                            "broker '{}' no longer owns a partition of this request; nothing was stored, retry against the owner",
-                            self.view.broker_id()
-                        ),
-                        owner: None,
-                    });
-                } else {
-                    kept.push(w);
-                }
-            }
-            waiters = kept;
-        }
-        if written == 0 {
-            // Every producer was refused above; nothing is left to store or to acknowledge.
-            self.wal.release(window.bytes);
-            for w in waiters {
-                w.fail(BrokerError::unavailable(
-                    "nothing of this request could be laid out; nothing was stored, retry",
+                acks.push((
+                    pending.producer(),
+                    pending.slot(),
+                    BatchAck {
+                        partition: *partition,
+                        base_offset: base,
+                        last_offset: base + i64::from(b.record_count) - 1,
+                    },
                 ));
             }
+        }
+        let held = window.bytes();
+        let opened_at = window.opened_at();
+        let mut producers = window.into_producers();
+        producers.refuse(
+            &refused,
+            &BrokerError::not_owner(
+                format!(
+                    "broker '{}' no longer owns a partition of this request; nothing was stored, retry against the owner",
+                    self.view.broker_id()
+                ),
+                None,
+            ),
+        );
+        if acks.is_empty() {
+            // Every producer was refused above; nothing is left to store or to acknowledge.
+            self.wal.release(held);
+            producers.fail(&BrokerError::unavailable(
+                "nothing of this request could be laid out; nothing was stored, retry",
+            ));
             return None;
         }
-        // From here the segment may reach the store: a waiter dropped unanswered after this
-        // point (the flusher stopped) says its records may be stored.
-        for w in &mut waiters {
-            w.mark_written();
+        for (producer, slot, ack) in acks {
+            producers.set_ack(producer, slot, ack);
         }
+        // From here the segment may reach the store: a producer left unanswered after this
+        // point (the flusher stopped) hears that its records may be stored.
+        producers.mark_written();
         let (bytes, entries) = writer.finish();
         let commit = SegmentCommit {
             object: path.to_string(),
             object_len: bytes.len() as u64,
             created_at_ms,
-            entries: entries
-                .iter()
-                .map(|e| CommitEntry {
-                    topic_id: e.topic_id,
-                    partition: e.partition,
-                    batch_count: e.batch_count,
-                    first_offset: e.first_offset,
-                    last_offset: e.last_offset,
-                    min_timestamp: e.min_timestamp,
-                    max_timestamp: e.max_timestamp,
-                    position: e.position,
-                    length: e.length,
-                    crc32c: e.crc32c,
-                })
-                .collect(),
+            entries,
         };
         let now = tokio::time::Instant::now();
         Some(Built {
@@ -305,23 +297,22 @@ impl Flusher {
             path,
             bytes,
             commit,
-            waiters,
-            held: window.bytes,
+            producers,
+            held,
             epoch: self.epoch,
             fence,
-            opened_at: window.opened_at.unwrap_or(now),
+            opened_at: opened_at.unwrap_or(now),
             upload_started: now,
         })
     }
 
-    /// The waiters with a batch for a partition this broker does not own: none of their
+    /// The producers with a batch for a partition this broker does not own: none of their
     /// batches is written, so a request is stored whole or not at all.
-    fn refused_waiters(&self, window: &Window, snapshot: &FlushSnapshot) -> HashSet<usize> {
+    fn refused_producers(&self, window: &Window, snapshot: &FlushSnapshot) -> HashSet<usize> {
         window
-            .partitions
-            .iter()
+            .partitions()
             .filter(|(p, _)| !snapshot.owned.contains_key(p))
-            .flat_map(|(_, batches)| batches.iter().map(|b| b.waiter))
+            .flat_map(|(_, batches)| batches.iter().map(|b| b.producer()))
             .collect()
     }
 
@@ -363,9 +354,7 @@ impl Flusher {
                 self.index.apply(&built.object_id, &built.commit);
                 self.stats.segment_flushed(built.bytes.len());
                 debug!(object = %built.path, bytes = built.bytes.len(), partitions = built.commit.entries.len(), "segment committed");
-                for w in built.waiters {
-                    w.ack();
-                }
+                built.producers.ack();
             }
             Err(error) => {
                 // Later windows assumed this one's offsets: fail them too and restart from the
@@ -374,9 +363,7 @@ impl Flusher {
                     self.epoch += 1;
                     self.next_offsets.clear();
                 }
-                for w in built.waiters {
-                    w.fail(error.clone());
-                }
+                built.producers.fail(&error);
                 let store = self.store.clone();
                 let path = built.path.clone();
                 tokio::spawn(async move {
@@ -388,89 +375,89 @@ impl Flusher {
         }
     }
 
-    /// The metadata commit, retried while the store is unavailable.
-    /// Returns the bytes the commit sent to metadata.
+    /// The metadata commit, retried (with jittered exponential backoff, up to
+    /// [`COMMIT_RETRY_FOR`]) while the store is unavailable. Returns the bytes the commit sent
+    /// to metadata.
     async fn commit(&self, built: &Built) -> Result<usize, BrokerError> {
-        let deadline = tokio::time::Instant::now() + COMMIT_RETRY_FOR;
-        let mut backoff = Duration::from_millis(20);
         // Set once an attempt failed in a way that may have applied it.
         let mut maybe_applied = false;
-        loop {
+        let attempt = || async {
             self.stats.metadata_txn();
-            match self
-                .catalog
+            self.catalog
                 .commit_segment(&built.fence, &built.object_id, &built.commit)
                 .await
-            {
-                Ok(committed) => return Ok(committed.request_bytes),
-                Err(CatalogError::Store(e))
-                    if e.is_retriable() && tokio::time::Instant::now() < deadline =>
-                {
-                    warn!(error = %e, "segment commit failed; retrying");
-                    maybe_applied = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                // Refused before anything was applied (a limit): a definite no.
-                Err(CatalogError::Store(e @ MetaError::InvalidRequest(_))) if !maybe_applied => {
-                    return Err(CatalogError::Store(e).into());
-                }
-                Err(CatalogError::Fenced { .. }) if !maybe_applied => {
-                    return Err(BrokerError::NotOwner {
-                        message: format!(
-                            "broker '{}' lost ownership of a partition while flushing; nothing was stored, retry against the owner",
-                            self.view.broker_id()
-                        ),
-                        owner: None,
-                    });
-                }
-                // Any other failure may have happened after etcd applied the commit.
-                Err(e) => {
-                    warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
-                    return self.settle(built).await;
-                }
+        };
+        let result = attempt
+            .retry(
+                backoff(Duration::from_millis(20), Duration::from_secs(1))
+                    .with_total_delay(Some(COMMIT_RETRY_FOR)),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, CatalogError::Store(e) if e.is_retriable()))
+            .notify(|e, _| {
+                warn!(error = %e, "segment commit failed; retrying");
+                maybe_applied = true;
+            })
+            .await;
+        match result {
+            Ok(committed) => Ok(committed.request_bytes),
+            // Refused before anything was applied (a limit): a definite no.
+            Err(CatalogError::Store(e @ MetaError::InvalidRequest(_))) if !maybe_applied => {
+                Err(CatalogError::Store(e).into())
+            }
+            Err(CatalogError::Fenced { .. }) if !maybe_applied => Err(BrokerError::not_owner(
+                format!(
+                    "broker '{}' lost ownership of a partition while flushing; nothing was stored, retry against the owner",
+                    self.view.broker_id()
+                ),
+                None,
+            )),
+            // Any other failure may have happened after etcd applied the commit.
+            Err(e) => {
+                warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
+                self.settle(built).await
             }
         }
     }
-}
 
-impl Flusher {
     /// Settles a commit whose outcome is unknown: first fences every attempt still in flight (by
     /// rewriting this broker's writer key), then reads whether the commit key exists. Until the
     /// metadata store answers, nothing later may commit — later windows assumed these offsets —
-    /// so this waits, and the WAL cache's bound pushes back on producers meanwhile.
+    /// so this retries without end (the shutdown timeout bounds it at shutdown), and the WAL
+    /// cache's bound pushes back on producers meanwhile.
     async fn settle(&self, built: &Built) -> Result<usize, BrokerError> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let outcome = async {
-                self.catalog
-                    .touch_writer(self.view.broker_id(), self.view.incarnation())
-                    .await?;
-                self.catalog.segment_exists(&built.object_id).await
-            }
+        let check = || async {
+            self.catalog
+                .touch_writer(self.view.broker_id(), self.view.incarnation())
+                .await?;
+            self.catalog.segment_exists(&built.object_id).await
+        };
+        let outcome = check
+            .retry(backoff(Duration::from_millis(50), Duration::from_secs(1)))
+            .sleep(tokio::time::sleep)
+            .notify(|e, _| {
+                warn!(object = %built.path, error = %e, "cannot settle a segment commit yet; retrying");
+            })
             .await;
-            match outcome {
-                Ok(true) => return Ok(built.object_id.len() + built.commit.entries.len() * 30),
-                Ok(false) => {
-                    return Err(BrokerError::unavailable(
-                        "the metadata store failed during the commit, which did not happen; nothing was stored, retry",
-                    ));
-                }
-                Err(e) => {
-                    warn!(object = %built.path, error = %e, "cannot settle a segment commit yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
+        match outcome {
+            Ok(true) => Ok(built.object_id.len() + built.commit.entries.len() * 30),
+            Ok(false) => Err(BrokerError::unavailable(
+                "the metadata store failed during the commit, which did not happen; nothing was stored, retry",
+            )),
+            Err(e) => Err(BrokerError::ambiguous(format!(
+                "the commit's outcome could not be settled: {e}"
+            ))),
         }
     }
 }
 
-/// The object id of a segment path: `segments/<broker>/<file>.seg` → `<broker>/<file>`.
-pub fn object_id_of(path: &Path) -> String {
-    let s = path.as_ref();
-    let s = s.strip_prefix("segments/").unwrap_or(s);
-    s.strip_suffix(".seg").unwrap_or(s).to_string()
+/// Exponential backoff with jitter from `min` to `max`, without a limit on retries.
+fn backoff(min: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
 }
 
 #[cfg(test)]

@@ -104,37 +104,19 @@ impl Stats {
     }
 }
 
-/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`.
-/// Returns 0 where procfs is missing.
+/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat` in
+/// the kernel's clock ticks (read with `procfs`, at the machine's real tick rate). Returns 0
+/// where procfs is missing.
 pub fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    cpu_seconds_from_stat(&stat).unwrap_or(0.0)
-}
-
-/// Parses utime + stime (fields 14 and 15, in clock ticks of 1/100 s on Linux) from a
-/// `/proc/<pid>/stat` line; the command name (field 2) may contain spaces, so fields are counted
-/// from the closing parenthesis.
-fn cpu_seconds_from_stat(stat: &str) -> Option<f64> {
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')' the first field is field 3 (state); utime is field 14 → index 11.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SECOND)
+    match procfs::process::Process::myself().and_then(|p| p.stat()) {
+        Ok(stat) => (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64,
+        Err(_) => 0.0,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_stat() {
-        let line = "1234 (silt broker) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0 100 0 0";
-        assert_eq!(cpu_seconds_from_stat(line), Some(3.0));
-    }
 
     #[test]
     fn process_cpu_time_follows_the_work_done() {

@@ -4,7 +4,9 @@
 //! of the entries it needs through the [`SegmentCache`] (chunk-aligned range GETs, pre-filled by
 //! every flush so tail readers never wait on the store), checks each range's CRC32C against the
 //! commit, and returns the stored batches as they are (`raw`) or decoded records. At the high
-//! watermark it long-polls the partition's watermark channel.
+//! watermark it long-polls the partition's watermark channel; [`FetchPath::subscribe`] is the
+//! same long-poll as a stream (gRPC Subscribe now; Kafka's Fetch and Kinesis's SubscribeToShard
+//! next).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +16,18 @@ use silt_storage::batch::{DecodedRecord, decode_batches, split_batches};
 use silt_storage::cache::SegmentCache;
 use tokio::time::Instant;
 
-use crate::error::BrokerError;
-use crate::log_index::{IndexEntry, LogIndex, Offsets, PartitionLog};
-use crate::stats::Stats;
-use crate::topics::{TopicTable, check_partition};
+use crate::core::error::BrokerError;
+use crate::core::log_index::{IndexEntry, LogIndex, Offsets, PartitionLog};
+use crate::core::stats::Stats;
+use crate::core::topics::{TopicTable, check_partition};
 
 /// Default and largest `max_bytes` of one fetch.
 pub const DEFAULT_FETCH_BYTES: usize = 1 << 20;
 pub const MAX_FETCH_BYTES: usize = 64 << 20;
 /// Longest long-poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Each long-poll of a subscription.
+const SUBSCRIBE_POLL: Duration = Duration::from_secs(30);
 
 /// What a fetch returns.
 #[derive(Debug, Clone)]
@@ -182,6 +186,39 @@ impl FetchPath {
         Ok(bytes)
     }
 
+    /// Reads a partition from `start` on, as a stream of fetch results that each wait for new
+    /// records (long-polls of `SUBSCRIBE_POLL`), never empty: it ends after the first error.
+    /// The stream does nothing until polled, so a slow reader slows it down (back-pressure),
+    /// and dropping it stops it.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        start: OffsetSpec,
+        max_bytes: usize,
+        raw: bool,
+    ) -> Result<impl futures::Stream<Item = Result<FetchOutput, BrokerError>> + use<>, BrokerError>
+    {
+        let (offset, _, _) = self.list_offsets(topic, partition, start).await?;
+        let state = Some((self.clone(), topic.to_string(), offset));
+        Ok(futures::stream::unfold(state, move |state| async move {
+            let (fetch, topic, mut offset) = state?;
+            loop {
+                match fetch
+                    .fetch(&topic, partition, offset, max_bytes, SUBSCRIBE_POLL, raw)
+                    .await
+                {
+                    Ok(out) if out.next_offset == offset => continue,
+                    Ok(out) => {
+                        offset = out.next_offset;
+                        return Some((Ok(out), Some((fetch, topic, offset))));
+                    }
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+        }))
+    }
+
     /// Resolves an offset lookup: `(offset, timestamp of the record found or -1, offsets)`.
     pub async fn list_offsets(
         &self,
@@ -225,18 +262,18 @@ impl FetchPath {
 
 fn check_offset(topic: &str, partition: u32, offset: i64, o: Offsets) -> Result<(), BrokerError> {
     if offset < o.log_start || offset > o.high_watermark {
-        return Err(BrokerError::OutOfRange {
-            message: format!(
-                "offset {offset} is outside {topic}/{partition}'s log [{}, {}] (log start offset, high watermark); fetch from an offset in that range",
+        return Err(BrokerError::out_of_range(
+            format!(
+                "offset {offset} is outside {topic}/{partition}'s log [{}, {}] (log start offset, high watermark); read from an offset in that range",
                 o.log_start, o.high_watermark
             ),
-            log_start: o.log_start,
-            high_watermark: o.high_watermark,
-        });
+            o.log_start,
+            o.high_watermark,
+        ));
     }
     Ok(())
 }
 
 fn corrupt(message: String) -> BrokerError {
-    BrokerError::Internal(format!("corrupt data: {message}"))
+    BrokerError::internal(format!("corrupt data: {message}"))
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::BrokerError;
+use crate::core::BrokerError;
 
 /// Keeps this broker registered.
 #[derive(Debug)]
@@ -54,31 +54,30 @@ impl Membership {
 
     /// Renews the lease every third of its TTL until `cancel`, registering again under a new
     /// lease if the old one expired (the broker was paused or cut off); then revokes it.
-    pub async fn run(self: Arc<Self>, mut lease: LeaseId, cancel: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.ttl / 3);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            match self.catalog.store().keep_alive(lease).await {
-                Ok(_) => {}
-                Err(MetaError::LeaseNotFound(_)) => {
-                    warn!(broker_id = %self.record.broker_id, "membership lease expired; registering again");
-                    match self.register().await {
-                        Ok(new) => lease = new,
-                        Err(e) => warn!(error = %e, "could not register again; retrying"),
-                    }
-                }
-                Err(e) => warn!(error = %e, "membership keep-alive failed; retrying"),
-            }
-        }
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        crate::runtime::tasks::periodic("membership", self.ttl / 3, None, cancel, || {
+            self.keep_alive()
+        })
+        .await;
+        let lease = *self.lease_tx.borrow();
         match self.catalog.store().revoke_lease(lease).await {
             Ok(()) => info!(broker_id = %self.record.broker_id, "left the cluster"),
             Err(e) => {
                 warn!(error = %e, "could not revoke the membership lease; it expires by itself")
             }
+        }
+    }
+
+    /// One renewal of the current lease, or a new registration if it expired.
+    async fn keep_alive(&self) -> Result<(), BrokerError> {
+        let lease = *self.lease_tx.borrow();
+        match self.catalog.store().keep_alive(lease).await {
+            Ok(_) => Ok(()),
+            Err(MetaError::LeaseNotFound(_)) => {
+                warn!(broker_id = %self.record.broker_id, "membership lease expired; registering again");
+                self.register().await.map(|_| ())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -14,6 +14,10 @@
 //! loser's writer key in the same transaction, after the owner keys, so a commit that passes the
 //! fence compare writes only partitions the broker still owns — whatever the view's lag.
 
+pub mod assignment;
+pub mod controller;
+pub mod membership;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,9 +30,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::assignment::PartitionId;
-use crate::log_index::LogIndex;
-use crate::topics::TopicTable;
+use crate::core::log_index::LogIndex;
+use crate::core::topics::TopicTable;
+use assignment::PartitionId;
 
 /// Who owns a partition, as this broker knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,12 +368,22 @@ impl ClusterView {
     /// compaction.
     pub async fn run(self: Arc<Self>, mut from: i64, cancel: CancellationToken) {
         let prefix = RangeRequest::prefix(self.catalog.keys().root().as_bytes().to_vec());
-        let mut backoff = Duration::from_millis(50);
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backon::BackoffBuilder::build(backoff);
         loop {
+            let before = from;
             let error = tokio::select! {
                 _ = cancel.cancelled() => return,
                 e = self.follow(prefix.clone(), &mut from) => e,
             };
+            if from > before {
+                // The watch made progress before it ended: the next failure starts over.
+                delays = backon::BackoffBuilder::build(backoff);
+            }
             match error {
                 MetaError::Compacted { .. } => {
                     info!("cluster watch history compacted; reloading the cluster view");
@@ -380,11 +394,11 @@ impl ClusterView {
                 }
                 e => debug!(error = %e, "cluster watch ended; resuming"),
             }
+            let pause = delays.next().unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

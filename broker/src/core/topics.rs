@@ -1,12 +1,14 @@
-//! The broker's cache of topics, topic-name rules, and record routing (Kafka's murmur2
-//! partitioner). The catalog in metadata is the truth; this table mirrors it.
+//! Topics: the broker's table of them (the catalog in metadata is the truth; this table mirrors
+//! it), the name rules (Kafka's, which Kinesis's stream names also satisfy), and what a new
+//! topic gets when its creator leaves a setting out ([`TopicDefaults`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use silt_metadata::catalog::Topic;
+use silt_metadata::codec::TopicRecord;
 
-use crate::error::BrokerError;
+use crate::core::error::BrokerError;
 
 /// Longest topic name, as Kafka's.
 pub const MAX_TOPIC_NAME: usize = 249;
@@ -16,16 +18,16 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 /// Checks a topic name against Kafka's rules: `[a-zA-Z0-9._-]`, 1..=249 chars, not `.`/`..`.
 pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     if name.is_empty() {
-        return Err(BrokerError::InvalidArgument("topic name is empty".into()));
+        return Err(BrokerError::invalid("topic name is empty"));
     }
     if name.len() > MAX_TOPIC_NAME {
-        return Err(BrokerError::InvalidArgument(format!(
+        return Err(BrokerError::invalid(format!(
             "topic name is {} characters; the limit is {MAX_TOPIC_NAME}",
             name.len()
         )));
     }
     if name == "." || name == ".." {
-        return Err(BrokerError::InvalidArgument(format!(
+        return Err(BrokerError::invalid(format!(
             "topic name '{name}' is reserved"
         )));
     }
@@ -33,14 +35,65 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(BrokerError::InvalidArgument(format!(
+        return Err(BrokerError::invalid(format!(
             "topic name '{name}' contains '{bad}'; use only a-z, A-Z, 0-9, '.', '_' and '-'"
         )));
     }
     Ok(())
 }
 
-pub use silt_storage::routing::{murmur2, partition_for_key};
+/// A topic to create, as a caller asks for it: unset settings take the broker's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    /// -1 keeps records forever.
+    pub retention_ms: Option<i64>,
+    pub max_record_bytes: Option<u32>,
+}
+
+/// The broker's defaults and bounds for new topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicDefaults {
+    pub retention_ms: i64,
+    pub max_record_bytes: u32,
+    /// A record can be no larger than a batch.
+    pub max_batch_bytes: u32,
+}
+
+impl TopicDefaults {
+    /// Checks `spec` and fills in what it leaves out.
+    pub fn record(&self, spec: &TopicSpec, now_ms: i64) -> Result<TopicRecord, BrokerError> {
+        validate_topic_name(&spec.name)?;
+        if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
+            return Err(BrokerError::invalid(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                spec.partitions
+            )));
+        }
+        let retention_ms = spec.retention_ms.unwrap_or(self.retention_ms);
+        if retention_ms < -1 || retention_ms == 0 {
+            return Err(BrokerError::invalid(format!(
+                "retention_ms must be -1 (keep forever) or positive, got {retention_ms}"
+            )));
+        }
+        let max_record_bytes = spec.max_record_bytes.unwrap_or(self.max_record_bytes);
+        if max_record_bytes == 0 || max_record_bytes > self.max_batch_bytes {
+            return Err(BrokerError::invalid(format!(
+                "max_record_bytes must be between 1 and the broker's max batch size {}, got {max_record_bytes}",
+                self.max_batch_bytes
+            )));
+        }
+        Ok(TopicRecord {
+            v: 1,
+            name: spec.name.clone(),
+            partitions: spec.partitions,
+            retention_ms,
+            max_record_bytes,
+            created_at_ms: now_ms,
+        })
+    }
+}
 
 /// The topics this broker knows, by name and by id.
 #[derive(Debug, Default)]
@@ -96,7 +149,7 @@ impl TopicTable {
         self.read().by_id.contains_key(&id)
     }
 
-    /// The topic, or NOT_FOUND (INVALID_ARGUMENT for an invalid name).
+    /// The topic, or not-found (invalid for an invalid name).
     pub fn require(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         validate_topic_name(name)?;
         self.get(name)
@@ -118,7 +171,7 @@ impl TopicTable {
 /// Checks a partition number against a topic.
 pub fn check_partition(topic: &Topic, partition: u32) -> Result<(), BrokerError> {
     if partition >= topic.record.partitions {
-        return Err(BrokerError::NotFound(format!(
+        return Err(BrokerError::not_found(format!(
             "topic '{}' has partitions 0..{}; partition {partition} does not exist",
             topic.record.name, topic.record.partitions
         )));

@@ -1,47 +1,69 @@
-//! Start-up and shutdown: builds the components from [`Settings`], serves gRPC, and stops in
-//! order — stop accepting produce → flush and commit the WAL cache → stop gRPC.
+//! The runtime: assembles a broker from its settings and injected components, runs its
+//! background loops, serves its edges, and stops it in order.
+//!
+//! [`Builder`] takes the [`Settings`] and, optionally, the metadata store, the object store and
+//! the clock (tests inject them; otherwise they are opened from the settings, [`stores`]).
+//! [`Builder::start`] loads the cluster view, starts the flusher, housekeeping, membership and
+//! the controller ([`tasks`] is their one loop shape), builds the protocol-neutral
+//! [`core::Broker`](crate::core::Broker) and serves the gRPC edge. Shutdown order:
+//! stop accepting → flush and commit the WAL cache → answer in-flight calls → stop the edges →
+//! stop the controller → release ownership (revoke the lease), bounded by
+//! `--shutdown-timeout-ms`.
+
+pub mod stores;
+pub mod tasks;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use silt_api::v1::admin_server::AdminServer;
-use silt_api::v1::log_server::LogServer;
+use object_store::ObjectStore;
 use silt_metadata::catalog::Catalog;
 use silt_metadata::codec::BrokerRecord;
-use silt_metadata::{Clock, EmbeddedStore, MetaStore, SystemClock};
+use silt_metadata::{Clock, MetaStore, SystemClock};
 use silt_storage::cache::{ReadCacheConfig, SegmentCache};
-use silt_storage::object::{InstrumentedStore, S3Options, open_object_store};
+use silt_storage::object::InstrumentedStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::cluster::ClusterView;
-use crate::controller::Controller;
-use crate::fetch::FetchPath;
-use crate::flusher::Flusher;
-use crate::forward::Router;
+use crate::cluster::controller::Controller;
+use crate::cluster::membership::Membership;
+use crate::core::fetch::FetchPath;
+use crate::core::flusher::Flusher;
+use crate::core::log_index::LogIndex;
+use crate::core::produce::{ProduceLimits, ProducePath};
+use crate::core::stats::Stats;
+use crate::core::topics::TopicTable;
+use crate::core::wal_cache::{WalCache, run_linger_timer};
+use crate::core::{Broker, BrokerParts, Murmur2, TopicDefaults};
+use crate::edge::grpc::{self, GrpcForwarder};
 use crate::housekeeping::Housekeeper;
-use crate::log_index::LogIndex;
-use crate::membership::Membership;
-use crate::produce::{ProduceLimits, ProducePath};
-use crate::service::{AdminService, LogService};
 use crate::settings::Settings;
-use crate::stats::Stats;
-use crate::topics::TopicTable;
-use crate::wal_cache::{WalCache, run_linger_timer};
 
-/// A broker ready to serve.
-pub struct Broker {
+/// Builds a broker: settings plus the components a caller wants to inject.
+pub struct Builder {
     settings: Settings,
     clock: Arc<dyn Clock>,
+    meta: Option<Arc<dyn MetaStore>>,
+    objects: Option<Arc<dyn ObjectStore>>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running broker.
+#[derive(Debug)]
 pub struct BrokerHandle {
     /// The address gRPC is served on.
     pub addr: SocketAddr,
@@ -67,11 +89,13 @@ impl BrokerHandle {
     }
 }
 
-impl Broker {
+impl Builder {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
             clock: SystemClock::new(),
+            meta: None,
+            objects: None,
         }
     }
 
@@ -81,65 +105,40 @@ impl Broker {
         self
     }
 
-    /// Opens the stores, loads metadata, binds the listener and starts serving.
+    /// Uses this metadata store instead of the one the settings name.
+    pub fn with_meta_store(mut self, meta: Arc<dyn MetaStore>) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// Uses this object store instead of the one the settings name.
+    pub fn with_object_store(mut self, objects: Arc<dyn ObjectStore>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// Opens (or takes) the stores, loads metadata, binds the listener and starts serving.
     pub async fn start(self) -> anyhow::Result<BrokerHandle> {
-        let s = self.settings;
-        let clock = self.clock;
+        let Builder {
+            settings: s,
+            clock,
+            meta,
+            objects,
+        } = self;
         silt_storage::object::create_dir_durably(&s.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", s.data_dir.display()))?;
-
-        let meta: Arc<dyn MetaStore> = match s.metadata.as_str() {
-            "memory" => EmbeddedStore::open_in_memory(clock.clone())?,
-            #[cfg(feature = "etcd")]
-            url if url.starts_with("etcd://") => {
-                let mut options = silt_metadata::EtcdOptions::from_url(url)?;
-                options.user = s.etcd_user.clone().zip(s.etcd_password.clone());
-                if let Some(ca) = &s.etcd_ca {
-                    let read = |p: &std::path::Path| {
-                        std::fs::read(p)
-                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
-                    };
-                    let client_pem = match (&s.etcd_cert, &s.etcd_key) {
-                        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-                        _ => None,
-                    };
-                    options.tls = Some(silt_metadata::EtcdTls {
-                        ca_pem: read(ca)?,
-                        client_pem,
-                    });
-                }
-                Arc::new(silt_metadata::EtcdStore::connect(&options).await?)
-            }
-            _ => EmbeddedStore::open(&s.data_dir.join("metadata.redb"), clock.clone())?,
+        let meta = match meta {
+            Some(meta) => meta,
+            None => stores::open_metadata(&s, &clock).await?,
         };
         let catalog = Catalog::new(meta, &s.cluster);
-
-        let url = s.object_store_url().map_err(anyhow::Error::msg)?;
-        let s3 = S3Options {
-            endpoint: s.s3_endpoint.clone(),
-            region: s.s3_region.clone(),
-            allow_http: s.s3_allow_http,
-            virtual_hosted_style: s.s3_virtual_hosted_style,
-            credentials: None,
-            retry_for: None,
+        let (objects, probe, url) = match objects {
+            Some(objects) => (objects.clone(), objects.clone(), format!("{objects}")),
+            None => stores::open_objects(&s).await?,
         };
-        if s.create_bucket && silt_storage::object::create_bucket_if_missing(&url, &s3).await? {
-            info!(object_store = %url, "created the missing bucket");
-        }
-        let instrumented = Arc::new(InstrumentedStore::new(open_object_store(&url, &s3)?));
-        let store: Arc<dyn object_store::ObjectStore> = instrumented.clone();
-        // The start-up check retries briefly: a wrong endpoint or a stopped server is reported
-        // in seconds, with its cause.
-        let probe = open_object_store(
-            &url,
-            &S3Options {
-                retry_for: Some(Duration::from_secs(5)),
-                ..s3.clone()
-            },
-        )?;
-        silt_storage::object::claim_for_cluster(probe.as_ref(), &s.cluster, clock.now_ms())
-            .await
-            .map_err(|e| anyhow::anyhow!("object store {url}: {e}"))?;
+        stores::claim(probe.as_ref(), &s.cluster, &url, clock.now_ms()).await?;
+        let instrumented = Arc::new(InstrumentedStore::new(objects));
+        let store: Arc<dyn ObjectStore> = instrumented.clone();
         let cache_config = ReadCacheConfig {
             memory_bytes: s.cache_memory_bytes as usize,
             disk_bytes: s.cache_disk_bytes as usize,
@@ -185,6 +184,7 @@ impl Broker {
             anyhow::bail!("the metadata watch did not catch up within 30 s; is etcd overloaded?");
         }
 
+        // The data path: WAL cache → flusher (segment objects, commits) → index.
         let stats = Arc::new(Stats::default());
         let (wal, outputs) = WalCache::new(
             s.wal_cache_bytes as usize,
@@ -231,6 +231,7 @@ impl Broker {
             cancel.clone(),
         ));
 
+        // The protocol-neutral core, and the gRPC edge over it.
         let produce = Arc::new(ProducePath::new(
             topics.clone(),
             wal.clone(),
@@ -254,45 +255,33 @@ impl Broker {
         let max_message = (s.max_request_bytes as usize)
             .saturating_mul(2)
             .saturating_add(1 << 20);
-        let router = Arc::new(Router::new(view.clone(), produce.clone(), max_message));
-        let log_service = LogService {
-            produce,
-            fetch,
-            router,
-        };
-        let catalog_for_membership = catalog.clone();
-        let catalog_for_controller = catalog.clone();
-        let admin_service = AdminService {
-            catalog,
+        let broker = Arc::new(Broker::new(BrokerParts {
+            catalog: catalog.clone(),
             view: view.clone(),
             topics: topics.clone(),
             index,
             wal: wal.clone(),
+            produce,
+            fetch,
+            forwarder: Arc::new(GrpcForwarder::new(&s.broker_id, max_message)),
+            partitioner: Arc::new(Murmur2),
             store: instrumented,
             stats,
             clock: clock.clone(),
-            broker_id: s.broker_id.clone(),
-            started_ms: clock.now_ms(),
-            default_retention_ms: s.default_retention_ms,
-            default_max_record_bytes: s.default_max_record_bytes,
-            max_batch_bytes: s.max_batch_bytes.min(u64::from(u32::MAX)) as u32,
-        };
-
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<LogServer<LogService>>().await;
-        health_reporter
-            .set_serving::<AdminServer<AdminService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(silt_api::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            defaults: TopicDefaults {
+                retention_ms: s.default_retention_ms,
+                max_record_bytes: s.default_max_record_bytes,
+                max_batch_bytes: s.max_batch_bytes.min(u64::from(u32::MAX)) as u32,
+            },
+        }));
         let listener = TcpListener::bind(s.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
         let addr = listener.local_addr()?;
+
+        // Membership and the controller.
         let membership = Arc::new(Membership::new(
-            catalog_for_membership,
+            catalog.clone(),
             BrokerRecord {
                 v: 1,
                 broker_id: s.broker_id.clone(),
@@ -302,17 +291,17 @@ impl Broker {
             },
             Duration::from_millis(s.lease_ttl_ms),
         ));
-        let lease = membership.register().await?;
+        membership.register().await?;
         let leave = CancellationToken::new();
         let controller = Controller {
             view: view.clone(),
-            catalog: catalog_for_controller,
+            catalog,
             topics: topics.clone(),
             lease: membership.lease(),
         };
         let controller_stop = CancellationToken::new();
         let controller_task = tokio::spawn(controller.run(controller_stop.clone()));
-        let membership_task = tokio::spawn(membership.run(lease, leave.clone()));
+        let membership_task = tokio::spawn(membership.run(leave.clone()));
         info!(
             broker_id = %s.broker_id,
             incarnation,
@@ -329,7 +318,7 @@ impl Broker {
         );
 
         // A newer process of this broker id supersedes this one: stop (it can commit nothing).
-        let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let superseded = Arc::new(AtomicBool::new(false));
         {
             let (view, cancel, superseded) = (view.clone(), cancel.clone(), superseded.clone());
             tokio::spawn(async move {
@@ -340,17 +329,17 @@ impl Broker {
                             broker_id = %view.broker_id(),
                             "a newer incarnation of this broker id started elsewhere; stopping"
                         );
-                        superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+                        superseded.store(true, Ordering::Relaxed);
                         cancel.cancel();
                         return;
                     }
                 }
             });
         }
-        let shutdown = cancel.clone();
-        let wal_for_shutdown = wal.clone();
+
+        // Serving, then the ordered shutdown, bounded by the shutdown timeout.
         let shutdown_timeout = Duration::from_millis(s.shutdown_timeout_ms);
-        let stage = Arc::new(std::sync::Mutex::new("serving"));
+        let stage = Arc::new(Mutex::new("serving"));
         let set_stage = {
             let stage = stage.clone();
             move |now: &'static str| *stage.lock().unwrap_or_else(|e| e.into_inner()) = now
@@ -363,52 +352,48 @@ impl Broker {
                 tokio::time::sleep(shutdown_timeout).await;
             }
         };
-        let orderly = async move {
-            let server = tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(
-                    LogServer::new(log_service)
-                        .max_decoding_message_size(max_message)
-                        .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(AdminServer::new(admin_service).max_decoding_message_size(max_message))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
-                    let set_stage = set_stage.clone();
-                    async move {
-                        shutdown.cancelled().await;
+        let orderly = {
+            let (shutdown, wal_for_shutdown, set_stage_now) =
+                (cancel.clone(), wal.clone(), set_stage.clone());
+            async move {
+                let served = grpc::serve(
+                    listener,
+                    broker,
+                    max_message,
+                    async move { shutdown.cancelled().await },
+                    move || {
                         info!("shutting down: refusing new produce, flushing the WAL cache");
-                        set_stage("flushing the WAL cache and answering in-flight produce calls");
-                        health_reporter
-                            .set_not_serving::<LogServer<LogService>>()
-                            .await;
+                        set_stage_now(
+                            "flushing the WAL cache and answering in-flight produce calls",
+                        );
                         // Seal and flush what was accepted; in-flight calls finish with their
                         // acks.
                         wal_for_shutdown.close();
-                    }
-                });
-            let served = server.await;
-            // The server is gone; nothing can append any more. Let the flusher drain.
-            set_stage("committing the last segments");
-            linger_task.abort();
-            drop(wal);
-            tracker.close();
-            tracker.wait().await;
-            drop(flusher_task);
-            // Everything accepted is committed: leave the cluster at once, which hands this
-            // broker's partitions (and the controller's job, if it had it) to the others.
-            set_stage("leaving the cluster");
-            controller_stop.cancel();
-            let _ = controller_task.await;
-            leave.cancel();
-            let _ = membership_task.await;
-            view_cancel.cancel();
-            let _ = view_task.await;
-            info!("broker stopped");
-            if superseded.load(std::sync::atomic::Ordering::Relaxed) {
-                anyhow::bail!("stopped: a newer incarnation of this broker id took over");
+                    },
+                )
+                .await;
+                // The server is gone; nothing can append any more. Let the flusher drain.
+                set_stage("committing the last segments");
+                linger_task.abort();
+                drop(wal);
+                tracker.close();
+                tracker.wait().await;
+                drop(flusher_task);
+                // Everything accepted is committed: leave the cluster at once, which hands this
+                // broker's partitions (and the controller's job, if it had it) to the others.
+                set_stage("leaving the cluster");
+                controller_stop.cancel();
+                let _ = controller_task.await;
+                leave.cancel();
+                let _ = membership_task.await;
+                view_cancel.cancel();
+                let _ = view_task.await;
+                info!("broker stopped");
+                if superseded.load(Ordering::Relaxed) {
+                    anyhow::bail!("stopped: a newer incarnation of this broker id took over");
+                }
+                served
             }
-            served.map_err(anyhow::Error::from)
         };
         let task = tokio::spawn(async move {
             tokio::select! {

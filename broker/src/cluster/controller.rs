@@ -18,12 +18,12 @@ use silt_metadata::catalog::{Catalog, FencedWriter, OwnerChange};
 use silt_metadata::codec::OwnerRecord;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::assignment::{PartitionId, assign};
 use crate::cluster::ClusterView;
-use crate::error::BrokerError;
-use crate::topics::TopicTable;
+use crate::cluster::assignment::{PartitionId, assign};
+use crate::core::BrokerError;
+use crate::core::topics::TopicTable;
 
 /// How often the controller re-checks the assignment without a change (retries, elections).
 const TICK: Duration = Duration::from_millis(500);
@@ -69,21 +69,14 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Runs until `cancel`.
+    /// Runs until `cancel`: a step on every change of members, topics or owners, and every
+    /// [`TICK`] (retries, elections).
     pub async fn run(self, cancel: CancellationToken) {
-        let mut changes = self.view.subscribe_topology();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = changes.changed() => {}
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.step().await {
-                warn!(error = %e, "controller step failed; retrying");
-            }
-        }
+        let changes = self.view.subscribe_topology();
+        crate::runtime::tasks::periodic("controller", TICK, Some(changes), cancel, || async {
+            self.step().await.map(drop)
+        })
+        .await;
     }
 
     /// Campaigns if there is no controller; if this broker is it, moves what must move.

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use object_store::path::Path;
-use silt_metadata::codec::{CommitEntry, SegmentCommit};
+use silt_metadata::codec::{SegmentCommit, SegmentEntry};
 use tokio::sync::watch;
 
 /// A committed segment object.
@@ -26,17 +26,20 @@ pub struct ObjectRef {
     pub len: u64,
 }
 
-/// One partition's byte range in one segment object.
+/// One partition's byte range in one segment object: the committed entry, with the object it
+/// lives in. It reads as its entry (`entry.first_offset`, `entry.position`, ...).
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub min_timestamp: i64,
-    pub max_timestamp: i64,
+    pub entry: SegmentEntry,
     pub object: Arc<ObjectRef>,
-    pub position: u64,
-    pub length: u32,
-    pub crc32c: u32,
+}
+
+impl std::ops::Deref for IndexEntry {
+    type Target = SegmentEntry;
+
+    fn deref(&self) -> &SegmentEntry {
+        &self.entry
+    }
 }
 
 /// Offsets of a partition at one instant.
@@ -242,7 +245,7 @@ impl LogIndex {
 
     /// Applies many commits loaded at start, in offset order per partition.
     pub fn load(&self, mut commits: Vec<(String, SegmentCommit)>) {
-        let mut entries: Vec<(CommitEntry, Arc<ObjectRef>)> = Vec::new();
+        let mut entries: Vec<(SegmentEntry, Arc<ObjectRef>)> = Vec::new();
         for (id, commit) in commits.drain(..) {
             let object = Arc::new(ObjectRef {
                 path: Path::from(commit.object.as_str()),
@@ -274,16 +277,10 @@ impl LogIndex {
     }
 }
 
-fn entry(e: &CommitEntry, object: &Arc<ObjectRef>) -> IndexEntry {
+fn entry(e: &SegmentEntry, object: &Arc<ObjectRef>) -> IndexEntry {
     IndexEntry {
-        first_offset: e.first_offset,
-        last_offset: e.last_offset,
-        min_timestamp: e.min_timestamp,
-        max_timestamp: e.max_timestamp,
+        entry: *e,
         object: object.clone(),
-        position: e.position,
-        length: e.length,
-        crc32c: e.crc32c,
     }
 }
 
@@ -298,7 +295,7 @@ mod tests {
             created_at_ms: 0,
             entries: entries
                 .iter()
-                .map(|&(p, first, last, ts)| CommitEntry {
+                .map(|&(p, first, last, ts)| SegmentEntry {
                     topic_id: 1,
                     partition: p,
                     batch_count: 1,

@@ -1,14 +1,14 @@
-//! The produce path, before the WAL cache: request limits, batch validation, record routing.
+//! The produce path on the partitions' owner, before the WAL cache: request limits and batch
+//! validation. Records arrive here routed ([`crate::core::routing`] chose each partition).
 //!
 //! Fast path ([`ProducePath::produce_batches`]): client-built RecordBatch v2 bytes are validated
 //! (`silt_storage::batch::validate_batch`) and appended as they are; one bad batch refuses the
 //! whole request and nothing is stored. Per-record path ([`ProducePath::produce_records`]):
-//! records are checked one by one (a bad record fails alone), routed — explicit partition, else
-//! Kafka's murmur2 of the key, else one sticky partition per request — and encoded into one
-//! batch per partition. Both then wait on the [`DurableTicket`](crate::wal_cache::DurableTicket).
+//! records are checked one by one (a bad record fails alone) and encoded into one batch per
+//! partition. Both then wait on the [`DurableTicket`](crate::core::wal_cache::DurableTicket):
+//! next, the records go to the [flusher](crate::core::flusher).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use silt_metadata::Clock;
@@ -18,10 +18,10 @@ use silt_storage::batch::{
     validate_batch,
 };
 
-use crate::error::BrokerError;
-use crate::stats::Stats;
-use crate::topics::{TopicTable, check_partition, partition_for_key};
-use crate::wal_cache::{AppendBatch, BatchAck, WalCache};
+use crate::core::error::BrokerError;
+use crate::core::stats::Stats;
+use crate::core::topics::{TopicTable, check_partition};
+use crate::core::wal_cache::{AppendBatch, BatchAck, WalCache};
 
 /// A record of a per-record produce request.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +30,15 @@ pub struct RecordInput {
     pub value: Bytes,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp_ms: Option<i64>,
+    /// Set by the caller or by the [router](crate::core::routing); required here.
     pub partition: Option<u32>,
+}
+
+/// Where one record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAck {
+    pub partition: u32,
+    pub offset: i64,
 }
 
 /// Request-level limits.
@@ -50,21 +58,19 @@ fn check_request_shape(
     limits: &ProduceLimits,
 ) -> Result<(), BrokerError> {
     if batches.is_empty() {
-        return Err(BrokerError::InvalidArgument(
-            "the request holds no batches".into(),
-        ));
+        return Err(BrokerError::invalid("the request holds no batches"));
     }
     if batches.len() > limits.max_request_records {
-        return Err(BrokerError::InvalidArgument(format!(
-            "the request holds {} batches; the limit is {} per request (max-request-records)",
+        return Err(BrokerError::invalid(format!(
+            "the request holds {} batches; the limit is {} per request (broker setting max-request-records)",
             batches.len(),
             limits.max_request_records
         )));
     }
     let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
     if total > limits.max_request_bytes {
-        return Err(BrokerError::InvalidArgument(format!(
-            "the request carries {total} bytes of batches; the limit is {} per request (max-request-bytes): send fewer or smaller batches per request",
+        return Err(BrokerError::invalid(format!(
+            "the request carries {total} bytes of batches; the limit is {} per request (broker setting max-request-bytes): send fewer or smaller batches per request",
             limits.max_request_bytes
         )));
     }
@@ -81,15 +87,14 @@ fn check_batches(
     let mut append = Vec::with_capacity(batches.len());
     let (mut records, mut bytes) = (0u64, 0u64);
     for (i, (partition, batch)) in batches.into_iter().enumerate() {
-        check_partition(topic, partition)
-            .map_err(|e| BrokerError::NotFound(format!("batch {i}: {e}")))?;
+        check_partition(topic, partition).map_err(|e| e.context(format_args!("batch {i}")))?;
         let batch_limits = BatchLimits {
             max_batch_bytes: limits.max_batch_bytes,
             max_record_bytes: topic.record.max_record_bytes as usize,
             max_uncompressed_bytes: budget,
         };
         let valid = validate_batch(&batch, &batch_limits).map_err(|e| {
-            BrokerError::InvalidArgument(format!(
+            BrokerError::invalid(format!(
                 "batch {i} (partition {partition}) is invalid, nothing was stored: {e}"
             ))
         })?;
@@ -116,7 +121,6 @@ pub struct ProducePath {
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<Stats>,
     pub limits: ProduceLimits,
-    sticky: AtomicU32,
     /// Compressed requests being checked at once (one per core).
     decompressing: tokio::sync::Semaphore,
 }
@@ -135,7 +139,6 @@ impl ProducePath {
             clock,
             stats,
             limits,
-            sticky: AtomicU32::new(0),
             decompressing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -178,7 +181,7 @@ impl ProducePath {
         let (topic, limits) = (topic.clone(), self.limits);
         tokio::task::spawn_blocking(move || check_batches(&topic, batches, &limits))
             .await
-            .map_err(|e| BrokerError::Internal(format!("batch validation failed: {e}")))?
+            .map_err(|e| BrokerError::internal(format!("batch validation failed: {e}")))?
     }
 
     /// Appends validated batches and waits until they are durable.
@@ -198,16 +201,14 @@ impl ProducePath {
         &self,
         topic: &str,
         records: Vec<RecordInput>,
-    ) -> Result<Vec<Result<(u32, i64), BrokerError>>, BrokerError> {
+    ) -> Result<Vec<Result<RecordAck, BrokerError>>, BrokerError> {
         let topic = self.topics.require(topic)?;
         if records.is_empty() {
-            return Err(BrokerError::InvalidArgument(
-                "the request holds no records".into(),
-            ));
+            return Err(BrokerError::invalid("the request holds no records"));
         }
         if records.len() > self.limits.max_request_records {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the request holds {} records; the limit is {} per request (max-request-records)",
+            return Err(BrokerError::invalid(format!(
+                "the request holds {} records; the limit is {} per request (broker setting max-request-records)",
                 records.len(),
                 self.limits.max_request_records
             )));
@@ -224,18 +225,16 @@ impl ProducePath {
             })
             .sum();
         if total > self.limits.max_request_bytes {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the request carries {total} bytes of records; the limit is {} per request (max-request-bytes): send fewer records per request",
+            return Err(BrokerError::invalid(format!(
+                "the request carries {total} bytes of records; the limit is {} per request (broker setting max-request-bytes): send fewer records per request",
                 self.limits.max_request_bytes
             )));
         }
-        let partitions = topic.record.partitions;
         let max_record = topic.record.max_record_bytes as usize;
-        let sticky = self.sticky.fetch_add(1, Ordering::Relaxed) % partitions;
         let now = self.clock.now_ms();
 
-        // Route and check each record; group the good ones per partition, in order.
-        let mut results: Vec<Result<(u32, i64), BrokerError>> = Vec::with_capacity(records.len());
+        // Check each record; group the good ones per partition, in order.
+        let mut results: Vec<Result<RecordAck, BrokerError>> = Vec::with_capacity(records.len());
         let mut groups: Vec<(u32, Vec<RecordData>, Vec<usize>)> = Vec::new();
         let mut group_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         for (i, r) in records.into_iter().enumerate() {
@@ -245,18 +244,19 @@ impl ProducePath {
                     .iter()
                     .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
                     .sum::<usize>();
-            let partition = match (r.partition, &r.key) {
-                (Some(p), _) => p,
-                (None, Some(key)) => partition_for_key(key, partitions),
-                (None, None) => sticky,
+            let Some(partition) = r.partition else {
+                results.push(Err(BrokerError::internal(format!(
+                    "record {i} reached the produce path without a partition"
+                ))));
+                continue;
             };
             let check = if size > max_record {
-                Err(BrokerError::InvalidArgument(format!(
-                    "record {i} is {size} bytes; topic '{}' accepts at most {max_record} (max-record-bytes)",
+                Err(BrokerError::invalid(format!(
+                    "record {i} is {size} bytes; topic '{}' accepts at most {max_record} (the topic's max_record_bytes)",
                     topic.record.name
                 )))
             } else if let Some(ts) = r.timestamp_ms.filter(|ts| *ts < 0) {
-                Err(BrokerError::InvalidArgument(format!(
+                Err(BrokerError::invalid(format!(
                     "record {i} has negative timestamp {ts}"
                 )))
             } else {
@@ -266,7 +266,10 @@ impl ProducePath {
                 results.push(Err(e));
                 continue;
             }
-            results.push(Ok((partition, -1)));
+            results.push(Ok(RecordAck {
+                partition,
+                offset: -1,
+            }));
             let data = RecordData {
                 key: r.key,
                 value: Some(r.value),
@@ -288,10 +291,10 @@ impl ProducePath {
         let (mut count, mut bytes) = (0u64, 0u64);
         for (partition, recs, _) in &groups {
             let batch = encode_batch(recs, BatchCompression::None, ProducerInfo::default())
-                .map_err(|e| BrokerError::Internal(format!("encoding a batch failed: {e}")))?;
+                .map_err(|e| BrokerError::internal(format!("encoding a batch failed: {e}")))?;
             if batch.len() > self.limits.max_batch_bytes {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "the records for partition {partition} make a {}-byte batch; the limit is {} (max-batch-bytes): send fewer records per request",
+                return Err(BrokerError::invalid(format!(
+                    "the records for partition {partition} make a {}-byte batch; the limit is {} (broker setting max-batch-bytes): send fewer records per request",
                     batch.len(),
                     self.limits.max_batch_bytes
                 )));
@@ -313,7 +316,10 @@ impl ProducePath {
         self.stats.produced(count, bytes);
         for ((partition, _, idx), ack) in groups.iter().zip(acks) {
             for (n, i) in idx.iter().enumerate() {
-                results[*i] = Ok((*partition, ack.base_offset + n as i64));
+                results[*i] = Ok(RecordAck {
+                    partition: *partition,
+                    offset: ack.base_offset + n as i64,
+                });
             }
         }
         Ok(results)

@@ -18,14 +18,14 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use silt_metadata::Clock;
 use silt_metadata::catalog::{Catalog, WriterFence};
 use silt_storage::cache::SegmentCache;
-use silt_storage::object::{broker_segments_prefix, parse_segment_path};
+use silt_storage::object::{SegmentName, broker_segments_prefix};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
-use crate::error::BrokerError;
-use crate::log_index::LogIndex;
-use crate::topics::TopicTable;
+use crate::core::BrokerError;
+use crate::core::log_index::LogIndex;
+use crate::core::topics::TopicTable;
 
 /// Runs retention and GC.
 #[derive(Debug)]
@@ -50,18 +50,10 @@ pub struct Pass {
 impl Housekeeper {
     /// Runs a pass every `every` until cancelled.
     pub async fn run(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = ticker.tick() => {
-                    if let Err(e) = self.pass().await {
-                        warn!(error = %e, "housekeeping pass failed; retrying next tick");
-                    }
-                }
-            }
-        }
+        crate::runtime::tasks::periodic("housekeeping", every, None, cancel, || async {
+            self.pass().await.map(drop)
+        })
+        .await;
     }
 
     /// One retention + GC pass; only the controller runs them, so brokers do not race. Every
@@ -165,13 +157,13 @@ impl Housekeeper {
             .map_err(|e| BrokerError::unavailable(format!("listing segments failed: {e}")))?;
         let mut removed = 0;
         for meta in objects {
-            let Some((_, incarnation, _)) = parse_segment_path(&meta.location) else {
+            let Some(name) = SegmentName::parse(&meta.location) else {
                 continue;
             };
-            if incarnation == self.fence.incarnation {
+            if name.incarnation == self.fence.incarnation {
                 continue;
             }
-            if committed.contains(&crate::flusher::object_id_of(&meta.location)) {
+            if committed.contains(&name.id()) {
                 continue;
             }
             match self.store.delete(&meta.location).await {

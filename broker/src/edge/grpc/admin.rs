@@ -1,0 +1,164 @@
+//! `silt.v1.Admin` over the core: convert, call the [`Broker`] facade, convert back.
+
+use std::sync::Arc;
+
+use silt_api::v1 as api;
+use silt_api::v1::admin_server::Admin;
+use silt_metadata::catalog::Topic;
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use crate::core::{Broker, TopicSpec};
+
+/// `silt.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    pub broker: Arc<Broker>,
+}
+
+fn info(t: &Topic) -> api::TopicInfo {
+    api::TopicInfo {
+        name: t.record.name.clone(),
+        topic_id: t.id,
+        partitions: t.record.partitions,
+        retention_ms: t.record.retention_ms,
+        max_record_bytes: t.record.max_record_bytes,
+        created_at_ms: t.record.created_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<api::CreateTopicRequest>,
+    ) -> Result<Response<api::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let config = req.config.unwrap_or_default();
+        let spec = TopicSpec {
+            name: req.name,
+            partitions: req.partitions,
+            retention_ms: config.retention_ms,
+            max_record_bytes: config.max_record_bytes,
+        };
+        let topic = self.broker.create_topic(&spec).await.map_err(to_status)?;
+        Ok(Response::new(api::CreateTopicResponse {
+            topic: Some(info(&topic)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<api::DeleteTopicRequest>,
+    ) -> Result<Response<api::DeleteTopicResponse>, Status> {
+        self.broker
+            .delete_topic(&request.into_inner().name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(api::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<api::ListTopicsRequest>,
+    ) -> Result<Response<api::ListTopicsResponse>, Status> {
+        let topics = self.broker.list_topics().iter().map(|t| info(t)).collect();
+        Ok(Response::new(api::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<api::DescribeTopicRequest>,
+    ) -> Result<Response<api::DescribeTopicResponse>, Status> {
+        let (topic, offsets) = self
+            .broker
+            .describe_topic(&request.get_ref().name)
+            .map_err(to_status)?;
+        let partitions = offsets
+            .into_iter()
+            .enumerate()
+            .map(|(p, o)| api::PartitionInfo {
+                partition: p as u32,
+                log_start_offset: o.log_start,
+                high_watermark: o.high_watermark,
+            })
+            .collect();
+        Ok(Response::new(api::DescribeTopicResponse {
+            topic: Some(info(&topic)),
+            partitions,
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<api::GetStatsRequest>,
+    ) -> Result<Response<api::GetStatsResponse>, Status> {
+        let s = self.broker.stats();
+        Ok(Response::new(api::GetStatsResponse {
+            broker_id: s.broker_id,
+            cpu_seconds: s.cpu_seconds,
+            uptime_ms: s.uptime_ms,
+            records_produced: s.records_produced,
+            bytes_produced: s.bytes_produced,
+            segments_flushed: s.segments_flushed,
+            segment_bytes_flushed: s.segment_bytes_flushed,
+            object_puts: s.object_store.puts,
+            object_gets: s.object_store.gets,
+            object_get_bytes: s.object_store.get_bytes,
+            records_fetched: s.records_fetched,
+            bytes_fetched: s.bytes_fetched,
+            wal_cache_bytes: s.wal_cache_bytes,
+            metadata_txns: s.metadata_txns,
+            metadata_bytes: s.metadata_bytes,
+            ack_stages: s
+                .ack_stages
+                .into_iter()
+                .map(|st| api::StageLatency {
+                    stage: st.stage.to_string(),
+                    count: st.count,
+                    p50_ms: st.p50_ms,
+                    p99_ms: st.p99_ms,
+                    max_ms: st.max_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<api::ClusterStatusRequest>,
+    ) -> Result<Response<api::ClusterStatusResponse>, Status> {
+        let status = self
+            .broker
+            .cluster_status(&request.into_inner().topics)
+            .map_err(to_status)?;
+        Ok(Response::new(api::ClusterStatusResponse {
+            brokers: status
+                .brokers
+                .into_iter()
+                .map(|b| api::BrokerInfo {
+                    broker_id: b.broker_id,
+                    address: b.address,
+                    incarnation: b.incarnation,
+                    started_at_ms: b.started_at_ms,
+                    partitions_owned: b.partitions_owned,
+                })
+                .collect(),
+            partitions: status
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let (broker_id, address) = p.owner.unwrap_or_default();
+                    api::PartitionOwner {
+                        topic: p.topic,
+                        partition: p.partition,
+                        broker_id,
+                        address,
+                        epoch: p.epoch,
+                    }
+                })
+                .collect(),
+            controller: status.controller.unwrap_or_default(),
+        }))
+    }
+}

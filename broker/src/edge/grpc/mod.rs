@@ -1,0 +1,60 @@
+//! The gRPC edge: `silt.v1.Log` ([`log`]) and `silt.v1.Admin` ([`admin`]) over the core, the
+//! forwarding hop to other brokers ([`forward`]), the one error ⇄ status mapping ([`status`]),
+//! plus `grpc.health.v1` and server reflection so generic gRPC tools work.
+
+pub mod admin;
+pub mod forward;
+pub mod log;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use silt_api::v1::admin_server::AdminServer;
+use silt_api::v1::log_server::LogServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::core::Broker;
+pub use admin::AdminService;
+pub use forward::GrpcForwarder;
+pub use log::LogService;
+
+/// Serves the gRPC edge on `listener` until `shutdown` resolves; health turns NOT_SERVING
+/// first, then `on_shutdown` runs (the broker stops accepting produce), then in-flight calls
+/// finish and the server returns. `max_message` bounds a request's size.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    max_message: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_shutdown: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LogServer<LogService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(silt_api::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let log = LogService {
+        broker: broker.clone(),
+    };
+    let admin = AdminService { broker };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            LogServer::new(log)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(AdminServer::new(admin).max_decoding_message_size(max_message))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            health.set_not_serving::<LogServer<LogService>>().await;
+            on_shutdown();
+        })
+        .await?;
+    Ok(())
+}
