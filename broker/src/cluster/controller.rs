@@ -4,7 +4,7 @@
 //! its membership lease, so the controller dies with its broker (one TTL after a crash, at once
 //! on a clean shutdown) and another broker takes over. The elected broker reacts to every change
 //! of membership, topics or owners: it computes the balanced, sticky assignment of
-//! [`crate::assignment`] and writes the differences with [`Catalog::change_owners`], which also
+//! [`crate::cluster::assignment`] and writes the differences with [`Catalog::change_owners`], which also
 //! rewrites every losing broker's writer key — fencing its pending commits — in the same
 //! transaction. A change that fails its compares (this broker is no longer the controller, or its
 //! view is behind) changes nothing and is recomputed on the next change or tick.
@@ -70,7 +70,7 @@ pub struct Controller {
 
 impl Controller {
     /// Runs until `cancel`: a step on every change of members, topics or owners, and every
-    /// [`TICK`] (retries, elections).
+    /// half second (retries, elections).
     pub async fn run(self, cancel: CancellationToken) {
         let changes = self.view.subscribe_topology();
         crate::runtime::tasks::periodic("controller", TICK, Some(changes), cancel, || async {

@@ -374,3 +374,144 @@ async fn the_controller_moves_64_partitions_from_64_dead_brokers() {
     }
     live.cancel.cancel();
 }
+
+/// The core's routing over a real cluster view, with a recording forwarder in place of the
+/// gRPC hop: parts owned elsewhere go to their owner's address, keyed records where the
+/// partitioner puts them, and a forwarded request is never forwarded again.
+#[tokio::test]
+async fn routing_sends_each_part_to_its_owner_once() {
+    use std::sync::Mutex as StdMutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use crate::core::produce::{ProduceLimits, ProducePath};
+    use crate::core::routing::Router;
+    use crate::core::stats::Stats;
+    use crate::core::wal_cache::{BatchAck, WalCache};
+    use crate::core::{BrokerError, ErrorKind, Forwarder, Hop, Murmur2, RecordAck, RecordInput};
+
+    #[derive(Debug, Default)]
+    struct Recorder(StdMutex<Vec<(String, Vec<u32>)>>);
+
+    #[async_trait]
+    impl Forwarder for Recorder {
+        async fn produce_batches(
+            &self,
+            owner: &str,
+            _topic: &str,
+            batches: Vec<(u32, Bytes)>,
+        ) -> Result<Vec<BatchAck>, BrokerError> {
+            let partitions: Vec<u32> = batches.iter().map(|(p, _)| *p).collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push((owner.into(), partitions.clone()));
+            Ok(partitions
+                .into_iter()
+                .map(|partition| BatchAck {
+                    partition,
+                    base_offset: 7,
+                    last_offset: 7,
+                })
+                .collect())
+        }
+
+        async fn produce_records(
+            &self,
+            owner: &str,
+            _topic: &str,
+            records: Vec<RecordInput>,
+        ) -> Result<Vec<Result<RecordAck, BrokerError>>, BrokerError> {
+            let partitions: Vec<u32> = records.iter().map(|r| r.partition.unwrap()).collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push((owner.into(), partitions.clone()));
+            Ok(partitions
+                .into_iter()
+                .map(|partition| {
+                    Ok(RecordAck {
+                        partition,
+                        offset: 9,
+                    })
+                })
+                .collect())
+        }
+    }
+
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    catalog.create_topic(topic("t", 4)).await.unwrap();
+    // Only "owner" runs a controller loop at first, so it owns every partition; "edge" joins.
+    let owner = node(&catalog, "owner").await;
+    until("owner owns all", || counts(&owner.view) == vec![4]).await;
+    owner.cancel.cancel();
+    let edge = node(&catalog, "edge").await;
+    until("edge sees the owners", || edge.view.owners().len() == 4).await;
+    let (wal, _out) = WalCache::new(1 << 20, 1 << 20, Duration::from_secs(60));
+    let produce = Arc::new(ProducePath::new(
+        edge.view.topics.clone(),
+        Arc::new(wal),
+        ManualClock::new(0),
+        Arc::new(Stats::default()),
+        ProduceLimits {
+            max_request_bytes: 1 << 20,
+            max_request_records: 100,
+            max_batch_bytes: 1 << 20,
+            max_uncompressed_bytes: 1 << 20,
+        },
+    ));
+    let recorder = Arc::new(Recorder::default());
+    let router = Router::new(
+        edge.view.clone(),
+        produce,
+        recorder.clone(),
+        Arc::new(Murmur2),
+    );
+    // "owner" still holds the controller key (its lease lives on) but runs no controller
+    // loop: nothing moves, and "edge" owns nothing.
+    assert_eq!(counts(&edge.view), vec![4]);
+    assert!(edge.view.owners().values().all(|o| o.broker_id == "owner"));
+    let records = vec![
+        RecordInput {
+            key: Some(Bytes::from_static(b"21")),
+            value: Bytes::from_static(b"v"),
+            ..RecordInput::default()
+        },
+        RecordInput {
+            value: Bytes::from_static(b"v"),
+            partition: Some(3),
+            ..RecordInput::default()
+        },
+    ];
+    let results = router
+        .produce_records(Hop::FromClient, "t", records.clone())
+        .await
+        .unwrap();
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(RecordAck { offset: 9, .. })))
+    );
+    let sent = recorder.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one hop for the owner's part: {sent:?}");
+    assert_eq!(sent[0].0, "owner:1");
+    let keyed = crate::core::Partitioner::partition(&Murmur2, b"21", 4);
+    assert_eq!(sent[0].1, vec![keyed, 3]);
+
+    let err = router
+        .produce_records(Hop::Forwarded, "t", records)
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::NotOwner {
+            owner: Some("owner:1".into())
+        }
+    );
+    assert_eq!(recorder.0.lock().unwrap().len(), 1, "never forwarded twice");
+    edge.cancel.cancel();
+}

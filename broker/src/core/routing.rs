@@ -10,7 +10,7 @@
 //! refuses the whole request with nothing stored. Per-record requests are routed record by
 //! record — explicit partition, else the [`Partitioner`] of the key, else one sticky partition
 //! this broker owns — and their results merged back in request order. A split request whose
-//! parts fail differently says what may be stored ([`merge`]).
+//! parts fail differently says what may be stored.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

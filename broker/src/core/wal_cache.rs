@@ -3,7 +3,7 @@
 //! Producers [`append`](WalCache::append) validated batches to the open *window* and get a
 //! [`DurableTicket`]. A window is sealed when it holds `flush_bytes`, when it touches
 //! `MAX_WINDOW_PARTITIONS` partitions (keeping the commit value small), or `linger` after its
-//! first batch; the sealed window goes to the [flusher](crate::flusher), which turns it into one
+//! first batch; the sealed window goes to the [flusher](crate::core::flusher), which turns it into one
 //! segment object and one metadata commit. The ticket resolves only after that commit — the type
 //! is the durability promise: a ticket is answered only through [`Producers`], which only a
 //! sealed window yields, and an unanswered one says on drop whether anything may be stored.
