@@ -194,7 +194,12 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
                 budget: limits.max_uncompressed_bytes,
             });
         }
-        walk_records(records, count, limits.max_record_bytes)?;
+        walk_records(
+            records,
+            count,
+            limits.max_record_bytes,
+            header.base_timestamp,
+        )?;
         records.len() as u64
     } else {
         decompress::check_records(
@@ -203,6 +208,7 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
             count,
             limits.max_record_bytes,
             limits.max_uncompressed_bytes,
+            header.base_timestamp,
         )?
     };
     Ok(ValidBatch {
@@ -214,7 +220,12 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
 
 /// Walks the length prefixes of `count` uncompressed records: they must exactly fill `records`
 /// and each must be within `max_record_bytes`.
-fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(), BatchError> {
+fn walk_records(
+    records: &[u8],
+    count: i32,
+    max_record_bytes: usize,
+    base_timestamp: i64,
+) -> Result<(), BatchError> {
     let mut pos = 0usize;
     for index in 0..count as usize {
         let (len, width) =
@@ -236,6 +247,7 @@ fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(
                 limit: max_record_bytes,
             });
         }
+        let start = pos + width;
         pos = pos
             .checked_add(width + len)
             .filter(|end| *end <= records.len())
@@ -243,12 +255,95 @@ fn walk_records(records: &[u8], count: i32, max_record_bytes: usize) -> Result<(
                 declared: count,
                 reason: format!("record {index} ({len} bytes) runs past the end of the batch"),
             })?;
+        check_record(&records[start..pos], index, base_timestamp)?;
     }
     if pos != records.len() {
         return Err(BatchError::BadRecordCount {
             declared: count,
             reason: format!("{} bytes follow the last record", records.len() - pos),
         });
+    }
+    Ok(())
+}
+
+/// Checks one record's body (what follows its length prefix), as Kafka's broker does for v2
+/// batches: attributes, a timestamp delta that does not overflow the batch's base timestamp,
+/// an offset delta equal to the record's index, then key, value and headers that fill the body
+/// exactly. A record that passes decodes the same in every Kafka client, so nothing stored can
+/// trip a reader.
+fn check_record(body: &[u8], index: usize, base_timestamp: i64) -> Result<(), BatchError> {
+    let bad = |reason: String| BatchError::BadRecord { index, reason };
+    let mut pos = 1; // attributes
+    if body.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    let mut varint = |what: &str| -> Result<i64, BatchError> {
+        let (v, width) = body
+            .get(pos..)
+            .and_then(read_varint)
+            .ok_or_else(|| bad(format!("its {what} is not a valid varint")))?;
+        pos += width;
+        Ok(v)
+    };
+    let timestamp_delta = varint("timestamp delta")?;
+    if base_timestamp.checked_add(timestamp_delta).is_none() {
+        return Err(bad(format!(
+            "its timestamp delta {timestamp_delta} overflows the batch's base timestamp"
+        )));
+    }
+    let offset_delta = varint("offset delta")?;
+    if offset_delta != index as i64 {
+        return Err(bad(format!(
+            "its offset delta is {offset_delta}; record {index} of a batch must have {index}"
+        )));
+    }
+    // Key and value: -1 (null) or a length within the body.
+    let skip = |len: i64, what: &str, pos: &mut usize| -> Result<(), BatchError> {
+        if len < -1 {
+            return Err(bad(format!("its {what} length is {len}")));
+        }
+        if len > 0 {
+            *pos = pos
+                .checked_add(len as usize)
+                .filter(|end| *end <= body.len())
+                .ok_or_else(|| bad(format!("its {what} runs past the end of the record")))?;
+        }
+        Ok(())
+    };
+    for what in ["key", "value"] {
+        let (len, width) = body
+            .get(pos..)
+            .and_then(read_varint)
+            .ok_or_else(|| bad(format!("its {what} length is not a valid varint")))?;
+        pos += width;
+        skip(len, what, &mut pos)?;
+    }
+    let (headers, width) = body
+        .get(pos..)
+        .and_then(read_varint)
+        .ok_or_else(|| bad("its header count is not a valid varint".into()))?;
+    pos += width;
+    if headers < 0 || headers as usize > body.len() {
+        return Err(bad(format!("its header count is {headers}")));
+    }
+    for h in 0..headers {
+        for what in ["header key", "header value"] {
+            let (len, width) = body
+                .get(pos..)
+                .and_then(read_varint)
+                .ok_or_else(|| bad(format!("its {what} {h} length is not a valid varint")))?;
+            pos += width;
+            if what == "header key" && len < 0 {
+                return Err(bad(format!("its header key {h} is null")));
+            }
+            skip(len, what, &mut pos)?;
+        }
+    }
+    if pos != body.len() {
+        return Err(bad(format!(
+            "{} bytes follow its last header",
+            body.len() - pos
+        )));
     }
     Ok(())
 }
@@ -385,8 +480,28 @@ pub fn decode_batches(bytes: Bytes, min_offset: i64) -> Result<Vec<DecodedRecord
     let mut buf = bytes;
     let mut out = Vec::new();
     while !buf.is_empty() {
-        let set = RecordBatchDecoder::decode(&mut buf)
-            .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+        // What a broker stores passed `validate_batch`; bytes from elsewhere (a damaged or
+        // hostile server) must not crash a reader either: offsets that cannot be represented
+        // are refused here, and the decoder's own arithmetic on fields it does not check
+        // (a panic on overflow) becomes an error.
+        let header = BatchHeader::read(&buf)?;
+        if header.base_offset < 0
+            || header.last_offset_delta < 0
+            || header
+                .base_offset
+                .checked_add(i64::from(header.last_offset_delta))
+                .is_none()
+        {
+            return Err(BatchError::Undecodable(format!(
+                "batch offsets {} + {} cannot be represented",
+                header.base_offset, header.last_offset_delta
+            )));
+        }
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            RecordBatchDecoder::decode(&mut buf)
+        }))
+        .map_err(|_| BatchError::Undecodable("a record field overflows".into()))?;
+        let set = decoded.map_err(|e| BatchError::Undecodable(e.to_string()))?;
         out.extend(
             set.records
                 .into_iter()

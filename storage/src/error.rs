@@ -17,6 +17,9 @@ pub enum BatchError {
     BadCompression { attributes: i16, codec: i16 },
     #[error("batch declares {declared} records but {reason}")]
     BadRecordCount { declared: i32, reason: String },
+    /// A record whose body is malformed (its fields, not its length).
+    #[error("record {index} of the batch is malformed: {reason}")]
+    BadRecord { index: usize, reason: String },
     #[error("batch is {len} bytes, over the {limit}-byte batch limit")]
     BatchTooLarge { len: usize, limit: usize },
     #[error(

@@ -33,6 +33,7 @@ pub(super) fn check_records(
     count: i32,
     max_record_bytes: usize,
     budget: u64,
+    base_timestamp: i64,
 ) -> Result<u64, BatchError> {
     let per_record = (max_record_bytes as u64).saturating_add(VARINT_MAX);
     let cap = budget.min((count.max(0) as u64).saturating_mul(per_record));
@@ -62,13 +63,20 @@ pub(super) fn check_records(
         cap,
         budget,
     };
-    walk(&mut capped, count, max_record_bytes)?;
+    walk(&mut capped, count, max_record_bytes, base_timestamp)?;
     Ok(cap - capped.left)
 }
 
 /// Walks `count` length-prefixed records through `r`: each length within the limit and fully
 /// present, nothing after the last.
-fn walk(r: &mut Capped<'_>, count: i32, max_record_bytes: usize) -> Result<(), BatchError> {
+fn walk(
+    r: &mut Capped<'_>,
+    count: i32,
+    max_record_bytes: usize,
+    base_timestamp: i64,
+) -> Result<(), BatchError> {
+    // One record at a time: at most `max_record_bytes` held.
+    let mut body = Vec::new();
     for index in 0..count as usize {
         let len = r.varint()?.ok_or_else(|| BatchError::BadRecordCount {
             declared: count,
@@ -87,14 +95,19 @@ fn walk(r: &mut Capped<'_>, count: i32, max_record_bytes: usize) -> Result<(), B
                 limit: max_record_bytes,
             });
         }
-        let skipped =
-            io::copy(&mut r.by_ref().take(len as u64), &mut io::sink()).map_err(|e| r.error(e))?;
-        if skipped < len as u64 {
+        body.clear();
+        let read = r
+            .by_ref()
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .map_err(|e| r.error(e))?;
+        if read < len as usize {
             return Err(BatchError::BadRecordCount {
                 declared: count,
                 reason: format!("record {index} ({len} bytes) runs past the end of the stream"),
             });
         }
+        super::check_record(&body, index, base_timestamp)?;
     }
     let mut one = [0u8; 1];
     match r.read(&mut one).map_err(|e| r.error(e))? {

@@ -107,13 +107,34 @@ pub fn zigzag(v: i64) -> Vec<u8> {
     }
 }
 
-/// `count` records of `size` zero bytes each, as a record stream.
+/// The body of record `index` (attributes, deltas, a null key, a value of zeros, no headers),
+/// exactly `size` bytes long (at least 8).
+pub fn record_body(index: usize, size: usize) -> Vec<u8> {
+    let head = |value_len: usize| {
+        let mut b = vec![0u8, 0u8];
+        b.extend(zigzag(index as i64));
+        b.extend(zigzag(-1));
+        b.extend(zigzag(value_len as i64));
+        b
+    };
+    // The value's length prefix grows with the value: settle on a length that fits exactly.
+    let mut value_len = size.saturating_sub(head(0).len() + 1);
+    while head(value_len).len() + value_len + 1 > size && value_len > 0 {
+        value_len -= 1;
+    }
+    let mut body = head(value_len);
+    body.resize(body.len() + value_len, 0);
+    body.push(0); // no headers
+    body
+}
+
+/// `count` valid records whose bodies are `size` bytes (mostly zeros), as a record stream.
 pub fn zero_records(count: usize, size: usize) -> impl FnOnce(&mut dyn std::io::Write) {
     move |w| {
-        let zeros = vec![0u8; size];
-        for _ in 0..count {
-            w.write_all(&zigzag(size as i64)).unwrap();
-            w.write_all(&zeros).unwrap();
+        for i in 0..count {
+            let body = record_body(i, size);
+            w.write_all(&zigzag(body.len() as i64)).unwrap();
+            w.write_all(&body).unwrap();
         }
     }
 }

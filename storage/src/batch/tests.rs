@@ -355,3 +355,48 @@ fn the_uncompressed_budget_applies_to_plain_batches_too() {
         Err(BatchError::DecompressedTooLarge { .. })
     ));
 }
+
+#[test]
+fn record_bodies_are_checked_field_by_field() {
+    use super::testing::record_body;
+    let batch_of = |codec: Compression, body: Vec<u8>| {
+        let stream = compress(codec, |w| {
+            w.write_all(&zigzag(body.len() as i64)).unwrap();
+            w.write_all(&body).unwrap();
+        });
+        raw_batch(codec, 1, &stream)
+    };
+    for codec in [Compression::None, Compression::Zstd] {
+        validate_batch(&batch_of(codec, record_body(0, 40)), &LIMITS).unwrap();
+        let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+        // A timestamp delta that overflows the base timestamp (a reader's decoder would wrap
+        // or panic on it).
+        let mut body = vec![0u8];
+        body.extend(zigzag(i64::MAX));
+        body.extend([0, 1, 0, 0]);
+        bad.push(("timestamp overflow", body));
+        // An offset delta that is not the record's index.
+        bad.push(("offset delta", {
+            let mut b = record_body(0, 40);
+            b[2] = 2; // zigzag(1)
+            b
+        }));
+        // A negative key length other than -1 (null).
+        bad.push(("key length", vec![0, 0, 0, 3, 0, 0]));
+        // A null header key.
+        bad.push(("null header key", vec![0, 0, 0, 1, 0, 2, 1, 0]));
+        // Bytes after the last header.
+        bad.push(("trailing", {
+            let mut b = record_body(0, 40);
+            b.push(0);
+            b
+        }));
+        for (what, body) in bad {
+            let err = validate_batch(&batch_of(codec, body), &LIMITS).unwrap_err();
+            assert!(
+                matches!(err, BatchError::BadRecord { index: 0, .. }),
+                "{codec:?} {what}: {err}"
+            );
+        }
+    }
+}
