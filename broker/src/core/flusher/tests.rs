@@ -319,32 +319,25 @@ async fn seeded_store_faults_never_produce_a_false_ack() {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        for _ in 0..100 {
-            let stored: std::collections::HashSet<String> = inner
+        let stored_ids = || async {
+            inner
                 .list(None)
                 .map_ok(|m| {
                     SegmentName::parse(&m.location)
                         .map(|n| n.id())
                         .unwrap_or_default()
                 })
-                .try_collect()
+                .try_collect::<std::collections::HashSet<String>>()
                 .await
-                .unwrap();
-            if stored == committed {
+                .unwrap()
+        };
+        for _ in 0..100 {
+            if stored_ids().await == committed {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let stored: std::collections::HashSet<String> = inner
-            .list(None)
-            .map_ok(|m| {
-                SegmentName::parse(&m.location)
-                    .map(|n| n.id())
-                    .unwrap_or_default()
-            })
-            .try_collect()
-            .await
-            .unwrap();
+        let stored = stored_ids().await;
         assert_eq!(
             stored, committed,
             "seed {seed}: uncommitted objects were cleaned up"

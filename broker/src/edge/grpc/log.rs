@@ -183,16 +183,19 @@ pub(super) fn record_from_wire(r: api::Record) -> RecordInput {
     }
 }
 
+fn headers_to_wire(headers: Vec<(String, Option<bytes::Bytes>)>) -> Vec<api::Header> {
+    headers
+        .into_iter()
+        .map(|(key, value)| api::Header { key, value })
+        .collect()
+}
+
 /// A core record as the wire carries it.
 pub(super) fn record_to_wire(r: RecordInput) -> api::Record {
     api::Record {
         key: r.key,
         value: r.value,
-        headers: r
-            .headers
-            .into_iter()
-            .map(|(key, value)| api::Header { key, value })
-            .collect(),
+        headers: headers_to_wire(r.headers),
         timestamp_ms: r.timestamp_ms,
         partition: r.partition,
     }
@@ -232,10 +235,6 @@ fn fetched_to_wire(r: DecodedRecord) -> api::FetchedRecord {
         timestamp_ms: r.timestamp_ms,
         key: r.key,
         value: r.value,
-        headers: r
-            .headers
-            .into_iter()
-            .map(|(key, value)| api::Header { key, value })
-            .collect(),
+        headers: headers_to_wire(r.headers),
     }
 }
