@@ -16,7 +16,7 @@ use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record,
-    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::error::BatchError;
@@ -41,6 +41,7 @@ const RECORD_COUNT_POS: usize = 57;
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
+const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 
 /// Limits a batch must respect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,78 +267,85 @@ fn walk_records(
     Ok(())
 }
 
+/// Where the fields of one record sit in its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordLayout {
+    timestamp_delta: i64,
+    /// Byte ranges in the body; `None` for a null key or value.
+    key: Option<std::ops::Range<usize>>,
+    value: Option<std::ops::Range<usize>>,
+    /// `(key, value)` ranges of each header.
+    headers: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)>,
+}
+
 /// Checks one record's body (what follows its length prefix), as Kafka's broker does for v2
 /// batches: attributes, a timestamp delta that does not overflow the batch's base timestamp,
 /// an offset delta equal to the record's index, then key, value and headers that fill the body
 /// exactly. A record that passes decodes the same in every Kafka client, so nothing stored can
 /// trip a reader.
 fn check_record(body: &[u8], index: usize, base_timestamp: i64) -> Result<(), BatchError> {
+    parse_record(body, index, base_timestamp).map(drop)
+}
+
+/// [`check_record`], returning where the fields are: the one record parser of Silt (produce
+/// validation and reading both use it).
+fn parse_record(
+    body: &[u8],
+    index: usize,
+    base_timestamp: i64,
+) -> Result<RecordLayout, BatchError> {
     let bad = |reason: String| BatchError::BadRecord { index, reason };
-    let mut pos = 1; // attributes
     if body.is_empty() {
         return Err(bad("it is empty".into()));
     }
-    let mut varint = |what: &str| -> Result<i64, BatchError> {
+    let mut pos = 1; // attributes
+    let varint = |what: &str, pos: &mut usize| -> Result<i64, BatchError> {
         let (v, width) = body
-            .get(pos..)
+            .get(*pos..)
             .and_then(read_varint)
             .ok_or_else(|| bad(format!("its {what} is not a valid varint")))?;
-        pos += width;
+        *pos += width;
         Ok(v)
     };
-    let timestamp_delta = varint("timestamp delta")?;
+    let timestamp_delta = varint("timestamp delta", &mut pos)?;
     if base_timestamp.checked_add(timestamp_delta).is_none() {
         return Err(bad(format!(
             "its timestamp delta {timestamp_delta} overflows the batch's base timestamp"
         )));
     }
-    let offset_delta = varint("offset delta")?;
+    let offset_delta = varint("offset delta", &mut pos)?;
     if offset_delta != index as i64 {
         return Err(bad(format!(
             "its offset delta is {offset_delta}; record {index} of a batch must have {index}"
         )));
     }
-    // Key and value: -1 (null) or a length within the body.
-    let skip = |len: i64, what: &str, pos: &mut usize| -> Result<(), BatchError> {
-        if len < -1 {
+    // A length-prefixed field: -1 (null) or a length within the body.
+    let field = |what: &str, nullable: bool, pos: &mut usize| {
+        let len = varint(&format!("{what} length"), pos)?;
+        if len == -1 && nullable {
+            return Ok(None);
+        }
+        if len < 0 {
             return Err(bad(format!("its {what} length is {len}")));
         }
-        if len > 0 {
-            *pos = pos
-                .checked_add(len as usize)
-                .filter(|end| *end <= body.len())
-                .ok_or_else(|| bad(format!("its {what} runs past the end of the record")))?;
-        }
-        Ok(())
+        let start = *pos;
+        *pos = pos
+            .checked_add(len as usize)
+            .filter(|end| *end <= body.len())
+            .ok_or_else(|| bad(format!("its {what} runs past the end of the record")))?;
+        Ok(Some(start..*pos))
     };
-    for what in ["key", "value"] {
-        let (len, width) = body
-            .get(pos..)
-            .and_then(read_varint)
-            .ok_or_else(|| bad(format!("its {what} length is not a valid varint")))?;
-        pos += width;
-        skip(len, what, &mut pos)?;
+    let key = field("key", true, &mut pos)?;
+    let value = field("value", true, &mut pos)?;
+    let count = varint("header count", &mut pos)?;
+    if count < 0 || count as usize > body.len() {
+        return Err(bad(format!("its header count is {count}")));
     }
-    let (headers, width) = body
-        .get(pos..)
-        .and_then(read_varint)
-        .ok_or_else(|| bad("its header count is not a valid varint".into()))?;
-    pos += width;
-    if headers < 0 || headers as usize > body.len() {
-        return Err(bad(format!("its header count is {headers}")));
-    }
-    for h in 0..headers {
-        for what in ["header key", "header value"] {
-            let (len, width) = body
-                .get(pos..)
-                .and_then(read_varint)
-                .ok_or_else(|| bad(format!("its {what} {h} length is not a valid varint")))?;
-            pos += width;
-            if what == "header key" && len < 0 {
-                return Err(bad(format!("its header key {h} is null")));
-            }
-            skip(len, what, &mut pos)?;
-        }
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let k = field("header key", false, &mut pos)?.unwrap_or_default();
+        let v = field("header value", true, &mut pos)?;
+        headers.push((k, v));
     }
     if pos != body.len() {
         return Err(bad(format!(
@@ -345,7 +353,12 @@ fn check_record(body: &[u8], index: usize, base_timestamp: i64) -> Result<(), Ba
             body.len() - pos
         )));
     }
-    Ok(())
+    Ok(RecordLayout {
+        timestamp_delta,
+        key,
+        value,
+        headers,
+    })
 }
 
 /// Key + value + header bytes of a record: the size limit's measure for decoded records.
@@ -474,52 +487,128 @@ pub struct DecodedRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
-/// Decodes concatenated batches (as a segment range holds them) through `kafka-protocol`,
-/// dropping control records and records below `min_offset`.
+/// Most bytes one batch's records may decompress to when read (what a produce request may
+/// decompress to at most, by default).
+const MAX_DECODED_BATCH: u64 = 256 << 20;
+
+/// Decodes concatenated batches (as a segment range holds them), dropping control batches and
+/// records below `min_offset`. Every batch is parsed with Silt's own record parser (the one
+/// produce validation uses) — never trusting a count, a length or an offset it has not
+/// checked — so bytes from a damaged or hostile server are an error, never a crash or a huge
+/// allocation. Keys, values and headers of uncompressed batches point into `bytes` (no copy).
 pub fn decode_batches(bytes: Bytes, min_offset: i64) -> Result<Vec<DecodedRecord>, BatchError> {
-    let mut buf = bytes;
     let mut out = Vec::new();
-    while !buf.is_empty() {
-        // What a broker stores passed `validate_batch`; bytes from elsewhere (a damaged or
-        // hostile server) must not crash a reader either: offsets that cannot be represented
-        // are refused here, and the decoder's own arithmetic on fields it does not check
-        // (a panic on overflow) becomes an error.
-        let header = BatchHeader::read(&buf)?;
-        if header.base_offset < 0
-            || header.last_offset_delta < 0
-            || header
-                .base_offset
-                .checked_add(i64::from(header.last_offset_delta))
-                .is_none()
-        {
-            return Err(BatchError::Undecodable(format!(
-                "batch offsets {} + {} cannot be represented",
-                header.base_offset, header.last_offset_delta
-            )));
-        }
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            RecordBatchDecoder::decode(&mut buf)
-        }))
-        .map_err(|_| BatchError::Undecodable("a record field overflows".into()))?;
-        let set = decoded.map_err(|e| BatchError::Undecodable(e.to_string()))?;
-        out.extend(
-            set.records
-                .into_iter()
-                .filter(|r| !r.control && r.offset >= min_offset)
-                .map(|r| DecodedRecord {
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
-                }),
-        );
+    for item in split_batches(&bytes) {
+        let (header, batch) = item?;
+        decode_batch(&header, &batch, min_offset, &mut out)?;
     }
     Ok(out)
+}
+
+fn decode_batch(
+    header: &BatchHeader,
+    batch: &Bytes,
+    min_offset: i64,
+    out: &mut Vec<DecodedRecord>,
+) -> Result<(), BatchError> {
+    let magic = batch[MAGIC_POS] as i8;
+    if magic != 2 {
+        return Err(BatchError::BadMagic { magic });
+    }
+    if header.is_control() {
+        return Ok(());
+    }
+    let count = header.record_count;
+    if count < 0
+        || header.base_offset < 0
+        || header.base_offset.checked_add(i64::from(count)).is_none()
+    {
+        return Err(BatchError::Undecodable(format!(
+            "a batch at offset {} with {count} records cannot be represented",
+            header.base_offset
+        )));
+    }
+    let records = match header.compression() {
+        Some(Compression::None) => batch.slice(BATCH_HEADER_LEN..),
+        Some(codec) => Bytes::from(decompress::decompress(
+            codec,
+            &batch[BATCH_HEADER_LEN..],
+            MAX_DECODED_BATCH,
+        )?),
+        None => {
+            return Err(BatchError::BadCompression {
+                attributes: header.attributes,
+                codec: header.attributes & ATTR_COMPRESSION_MASK,
+            });
+        }
+    };
+    // A record takes at least 7 bytes: a count beyond that is a lie, not an allocation.
+    if count as usize > records.len() / 7 + 1 {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("the batch holds only {} bytes of records", records.len()),
+        });
+    }
+    let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
+    out.reserve(count as usize);
+    let mut pos = 0usize;
+    for index in 0..count as usize {
+        let (len, width) = records
+            .get(pos..)
+            .and_then(read_varint)
+            .filter(|(len, _)| *len >= 0)
+            .ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} has no valid length"),
+            })?;
+        let start = pos + width;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|end| *end <= records.len())
+            .ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} runs past the end of the batch"),
+            })?;
+        pos = end;
+        let offset = header.base_offset + index as i64;
+        if offset < min_offset {
+            continue;
+        }
+        let body = records.slice(start..end);
+        let layout = parse_record(&body, index, header.base_timestamp)?;
+        let slice = |r: &std::ops::Range<usize>| body.slice(r.clone());
+        let headers = layout
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let key = std::str::from_utf8(&body[k.clone()])
+                    .map_err(|_| BatchError::BadRecord {
+                        index,
+                        reason: "a header key is not UTF-8".into(),
+                    })?
+                    .to_string();
+                Ok((key, v.as_ref().map(slice)))
+            })
+            .collect::<Result<_, BatchError>>()?;
+        out.push(DecodedRecord {
+            offset,
+            timestamp_ms: if log_append_time {
+                header.max_timestamp
+            } else {
+                header.base_timestamp + layout.timestamp_delta
+            },
+            key: layout.key.as_ref().map(slice),
+            value: layout.value.as_ref().map(slice),
+            headers,
+        });
+    }
+    if pos != records.len() {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("{} bytes follow the last record", records.len() - pos),
+        });
+    }
+    Ok(())
 }
 
 /// Splits concatenated batches into `(header, batch bytes)` without copying. Stops with an error

@@ -118,29 +118,48 @@ pub fn process_cpu_seconds() -> f64 {
 mod tests {
     use super::*;
 
+    /// This thread's CPU seconds, read the same way as the process's.
+    fn thread_cpu_seconds() -> f64 {
+        // /proc/thread-self links to <pid>/task/<tid>.
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: i32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let task = procfs::process::Process::myself()
+            .unwrap()
+            .task_from_tid(tid)
+            .unwrap();
+        let stat = task.stat().unwrap();
+        (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+    }
+
     #[test]
     fn process_cpu_time_follows_the_work_done() {
-        // Work on one thread until the process reports 0.2 CPU seconds more. One busy thread
-        // cannot use CPU faster than wall time passes, so that must take at least ~0.2 s of
-        // wall time (a wrong tick rate would report it too early) and, even on a busy machine,
-        // arrive well within 10 s (a reading that does not follow the work never would).
-        let before = process_cpu_seconds();
+        // Work on this thread until it has used 0.2 CPU seconds. One thread cannot use CPU
+        // faster than wall time passes, so that takes at least ~0.2 s (a wrong tick rate would
+        // report it too early) and, even on a busy machine, well under 10 s (a reading that
+        // does not follow the work never gets there); the process, which holds this thread
+        // and maybe others busy too, reports at least as much.
+        let (process_before, thread_before) = (process_cpu_seconds(), thread_cpu_seconds());
         let start = std::time::Instant::now();
         let mut x = 0u64;
-        while process_cpu_seconds() - before < 0.2 {
+        while thread_cpu_seconds() - thread_before < 0.2 {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
             assert!(
                 start.elapsed() < std::time::Duration::from_secs(10),
                 "10 s of work read as {} CPU seconds",
-                process_cpu_seconds() - before
+                thread_cpu_seconds() - thread_before
             );
         }
         let wall = start.elapsed().as_secs_f64();
         assert!(
             wall >= 0.18,
             "0.2 CPU seconds reported after {wall} s of wall time"
+        );
+        let process = process_cpu_seconds() - process_before;
+        assert!(
+            process >= 0.19,
+            "the process reports {process} s for 0.2 s of its work"
         );
     }
 }

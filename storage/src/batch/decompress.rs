@@ -37,6 +37,30 @@ pub(super) fn check_records(
 ) -> Result<u64, BatchError> {
     let per_record = (max_record_bytes as u64).saturating_add(VARINT_MAX);
     let cap = budget.min((count.max(0) as u64).saturating_mul(per_record));
+    let mut capped = capped(codec, stream, cap, budget)?;
+    walk(&mut capped, count, max_record_bytes, base_timestamp)?;
+    Ok(cap - capped.left)
+}
+
+/// Decompresses `stream` whole, refusing it past `cap` bytes (reading a stored batch).
+pub(super) fn decompress(
+    codec: Compression,
+    stream: &[u8],
+    cap: u64,
+) -> Result<Vec<u8>, BatchError> {
+    let mut capped = capped(codec, stream, cap, cap)?;
+    let mut out = Vec::new();
+    capped.read_to_end(&mut out).map_err(|e| capped.error(e))?;
+    Ok(out)
+}
+
+/// A reader of `stream` decompressed with `codec`, failing past `cap` bytes.
+fn capped(
+    codec: Compression,
+    stream: &[u8],
+    cap: u64,
+    budget: u64,
+) -> Result<Capped<'_>, BatchError> {
     let reader: Box<dyn Read + '_> = match codec {
         Compression::None => Box::new(stream),
         Compression::Gzip => Box::new(GzipMember(flate2::bufread::GzDecoder::new(stream))),
@@ -57,14 +81,12 @@ pub(super) fn check_records(
             Box::new(d)
         }
     };
-    let mut capped = Capped {
+    Ok(Capped {
         inner: io::BufReader::with_capacity(64 << 10, reader),
         left: cap,
         cap,
         budget,
-    };
-    walk(&mut capped, count, max_record_bytes, base_timestamp)?;
-    Ok(cap - capped.left)
+    })
 }
 
 /// Walks `count` length-prefixed records through `r`: each length within the limit and fully
