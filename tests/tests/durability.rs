@@ -260,9 +260,11 @@ fn parse_strace(text: &str) -> Vec<Syscall> {
     let mut pending: std::collections::HashMap<String, String> = Default::default();
     let mut calls = Vec::new();
     for line in text.lines() {
+        // `<pid> <call>`; strace pads short pids with spaces.
         let Some((pid, rest)) = line.split_once(' ') else {
             continue;
         };
+        let rest = rest.trim_start();
         let whole = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid.to_string(), head.to_string());
             continue;

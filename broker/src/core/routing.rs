@@ -205,6 +205,11 @@ impl Router {
         if groups.is_empty() {
             return Ok(results.into_iter().flatten().collect());
         }
+        // A request stored here whole fails whole (a limit, a full WAL cache); a split one
+        // reports each part's failure on its records.
+        let whole_here = groups.len() == 1
+            && groups.contains_key(&Target::Local)
+            && results.iter().all(Option::is_none);
         let parts = groups.into_iter().map(|(target, records)| async move {
             let (idx, records): (Vec<usize>, Vec<RecordInput>) = records.into_iter().unzip();
             let result = match target {
@@ -218,6 +223,9 @@ impl Router {
             (idx, result)
         });
         for (idx, result) in join_all(parts).await {
+            if whole_here {
+                return result;
+            }
             match result {
                 Ok(part) => {
                     for (i, r) in idx.into_iter().zip(part) {
