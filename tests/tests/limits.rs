@@ -384,6 +384,11 @@ async fn compression_bombs_are_refused_with_bounded_memory() {
         );
     }
     let after = peak_rss(broker.pid());
+    eprintln!(
+        "broker peak RSS: {} MiB before the bombs, {} MiB after",
+        before >> 20,
+        after >> 20
+    );
     assert!(
         after < before + (48 << 20),
         "peak memory grew from {} MiB to {} MiB",
