@@ -10,7 +10,6 @@
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use foyer::{
@@ -21,6 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::StorageError;
+use crate::metrics::CacheMetrics;
 
 /// Sizes of the read cache.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct ReadCacheConfig {
     pub disk_dir: Option<std::path::PathBuf>,
     /// Chunk size: the unit of caching and of range GETs.
     pub chunk_bytes: u64,
+    /// Where lookups are counted (memory hit, disk hit, miss).
+    pub metrics: CacheMetrics,
 }
 
 impl Default for ReadCacheConfig {
@@ -42,6 +44,7 @@ impl Default for ReadCacheConfig {
             disk_bytes: 0,
             disk_dir: None,
             chunk_bytes: 4 << 20,
+            metrics: CacheMetrics::default(),
         }
     }
 }
@@ -70,30 +73,12 @@ impl Code for ChunkKey {
     }
 }
 
-/// Counters of the read cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    /// Chunk reads served without a GET.
-    pub hits: u64,
-    /// Chunk reads that needed a GET.
-    pub misses: u64,
-    /// Bytes fetched from the object store.
-    pub fetched_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    lookups: AtomicU64,
-    misses: AtomicU64,
-    fetched_bytes: AtomicU64,
-}
-
 /// Segment bytes, cached in chunks in front of an object store.
 pub struct SegmentCache {
     store: Arc<dyn ObjectStore>,
     cache: HybridCache<ChunkKey, Bytes>,
     chunk_bytes: u64,
-    counters: Arc<Counters>,
+    metrics: CacheMetrics,
 }
 
 impl std::fmt::Debug for SegmentCache {
@@ -155,7 +140,7 @@ impl SegmentCache {
             store,
             cache,
             chunk_bytes: config.chunk_bytes,
-            counters: Arc::default(),
+            metrics: config.metrics,
         })
     }
 
@@ -200,22 +185,25 @@ impl SegmentCache {
 
     /// One chunk, from the cache or with one range GET.
     async fn chunk(&self, path: &Path, chunk: u64, object_len: u64) -> Result<Bytes, StorageError> {
-        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let key = ChunkKey {
             object: path.to_string(),
             chunk,
         };
+        if let Some(entry) = self.cache.memory().get(&key) {
+            self.metrics.memory_hit.increment(1);
+            return Ok(entry.value().clone());
+        }
         let start = chunk * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(object_len);
         let store = self.store.clone();
         let path = path.clone();
-        let counters = self.counters.clone();
+        let fetched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetching = fetched.clone();
         let entry = self
             .cache
             .get_or_fetch(&key, move || async move {
-                counters.misses.fetch_add(1, Ordering::Relaxed);
+                fetching.store(true, std::sync::atomic::Ordering::Relaxed);
                 let bytes = store.get_range(&path, start..end).await?;
-                counters.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if bytes.len() as u64 != end - start {
                     return Err(FetchError::Short(format!(
                         "object {path} returned {} bytes for range {start}..{end}: it is shorter than its commit says",
@@ -226,6 +214,13 @@ impl SegmentCache {
             })
             .await
             .map_err(|e| StorageError::Cache(format!("reading {}: {e}", key.object)))?;
+        if fetched.load(std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.miss.increment(1);
+        } else {
+            // Not in memory and not fetched: the disk tier had it (or a concurrent reader's
+            // fetch, which that reader counts as its miss).
+            self.metrics.disk_hit.increment(1);
+        }
         Ok(entry.value().clone())
     }
 
@@ -258,17 +253,6 @@ impl SegmentCache {
             });
         }
     }
-
-    /// The counters so far.
-    pub fn stats(&self) -> CacheStats {
-        let lookups = self.counters.lookups.load(Ordering::Relaxed);
-        let misses = self.counters.misses.load(Ordering::Relaxed);
-        CacheStats {
-            hits: lookups.saturating_sub(misses),
-            misses,
-            fetched_bytes: self.counters.fetched_bytes.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// Why a chunk fetch failed (the cache needs a `std::error::Error`).
@@ -291,13 +275,35 @@ mod tests {
         Bytes::from((0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())
     }
 
-    async fn setup(config: ReadCacheConfig) -> (Arc<InstrumentedStore>, SegmentCache, Bytes, Path) {
-        let store = Arc::new(InstrumentedStore::new(Arc::new(InMemory::new())));
+    use crate::metrics::testing::Counts;
+    use crate::metrics::{OBJECT_STORE_REQUESTS, ObjectStoreMetrics, READ_CACHE_LOOKUPS};
+
+    struct Counted(Counts);
+
+    impl Counted {
+        fn gets(&self) -> u64 {
+            self.0
+                .get(OBJECT_STORE_REQUESTS, &[("op", "get"), ("outcome", "ok")])
+        }
+
+        fn lookups(&self, result: &str) -> u64 {
+            self.0.get(READ_CACHE_LOOKUPS, &[("result", result)])
+        }
+    }
+
+    async fn setup(mut config: ReadCacheConfig) -> (Counted, SegmentCache, Bytes, Path) {
+        let (recorder, counts) = Counts::new();
+        let counted = Counted(counts);
+        config.metrics = CacheMetrics::register(&recorder);
+        let store = Arc::new(InstrumentedStore::new(
+            Arc::new(InMemory::new()),
+            ObjectStoreMetrics::register(&recorder),
+        ));
         let bytes = object(1000);
         let path = Path::from("segments/b/x.seg");
         store.put(&path, bytes.clone().into()).await.unwrap();
-        let cache = SegmentCache::open(store.clone(), config).await.unwrap();
-        (store, cache, bytes, path)
+        let cache = SegmentCache::open(store, config).await.unwrap();
+        (counted, cache, bytes, path)
     }
 
     #[tokio::test]
@@ -315,14 +321,16 @@ mod tests {
                 "{range:?}"
             );
         }
-        let gets = store.stats().gets;
+        let (gets, misses) = (store.gets(), store.lookups("miss"));
+        assert_eq!(gets, misses, "each miss is one GET");
+        let hits = store.lookups("memory_hit");
         let _ = cache.read_range(&path, 0..1000, 1000).await.unwrap();
+        assert_eq!(store.gets(), gets, "a second read is served from the cache");
         assert_eq!(
-            store.stats().gets,
-            gets,
-            "a second read is served from the cache"
+            store.lookups("memory_hit"),
+            hits + 63,
+            "1000 bytes in 16-byte chunks"
         );
-        assert!(cache.stats().hits > 0);
         assert!(cache.read_range(&path, 990..1001, 1000).await.is_err());
     }
 
@@ -337,7 +345,7 @@ mod tests {
         cache.insert_object(&fresh, &bytes);
         let got = cache.read_range(&fresh, 100..900, 1000).await.unwrap();
         assert_eq!(got, bytes.slice(100..900));
-        assert_eq!(store.stats().gets, 0);
+        assert_eq!(store.gets(), 0);
         cache.remove_object(&fresh, 1000);
         assert!(
             cache.read_range(&fresh, 0..10, 1000).await.is_err(),
@@ -363,11 +371,22 @@ mod tests {
             disk_bytes: 8 << 20,
             disk_dir: Some(dir.path().to_path_buf()),
             chunk_bytes: 128,
+            ..ReadCacheConfig::default()
         };
-        let (_, cache, bytes, path) = setup(config).await;
+        let (counted, cache, bytes, path) = setup(config).await;
         for _ in 0..3 {
             let got = cache.read_range(&path, 10..900, 1000).await.unwrap();
             assert_eq!(got, bytes.slice(10..900));
         }
+        let lookups: u64 = ["memory_hit", "disk_hit", "miss"]
+            .iter()
+            .map(|r| counted.lookups(r))
+            .sum();
+        assert_eq!(
+            lookups,
+            3 * 8,
+            "every chunk lookup (8 per read) is counted once"
+        );
+        assert_eq!(counted.gets(), counted.lookups("miss"));
     }
 }

@@ -20,6 +20,8 @@ pub mod batch;
 pub mod cache;
 mod error;
 #[cfg(feature = "objects")]
+pub mod metrics;
+#[cfg(feature = "objects")]
 pub mod object;
 pub mod routing;
 pub mod segment;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use object_store::{
 };
 
 use crate::error::StorageError;
+use crate::metrics::{ObjectStoreMetrics, Op};
 
 pub mod conformance;
 pub mod faults;
@@ -413,76 +414,66 @@ impl SegmentName {
     }
 }
 
-/// Request counts of an [`InstrumentedStore`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ObjectStoreStats {
-    /// PUT requests (single and multipart uploads started).
-    pub puts: u64,
-    /// Bytes sent in single PUTs.
-    pub put_bytes: u64,
-    /// GET requests (whole objects and ranges).
-    pub gets: u64,
-    /// Bytes received by GETs.
-    pub get_bytes: u64,
-    /// Objects deleted (or asked to be).
-    pub deletes: u64,
-    /// LIST requests.
-    pub lists: u64,
-}
-
-impl fmt::Display for ObjectStoreStats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} PUTs ({} B), {} GETs ({} B), {} DELETEs, {} LISTs",
-            self.puts, self.put_bytes, self.gets, self.get_bytes, self.deletes, self.lists
-        )
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    puts: AtomicU64,
-    put_bytes: AtomicU64,
-    gets: AtomicU64,
-    get_bytes: AtomicU64,
-    deletes: AtomicU64,
-    lists: AtomicU64,
-}
-
-/// An object store that counts requests and bytes, so benchmarks and tests can report what
-/// a broker asked of its store.
+/// An object store that records every request into [`ObjectStoreMetrics`] (count by
+/// operation and outcome, bytes, latency): what a broker asked of its store.
 #[derive(Debug)]
 pub struct InstrumentedStore {
     inner: Arc<dyn ObjectStore>,
-    counters: Arc<Counters>,
+    metrics: ObjectStoreMetrics,
 }
 
 impl InstrumentedStore {
-    /// Wraps `inner`, with all counts at zero.
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self {
-            inner,
-            counters: Arc::default(),
-        }
+    /// Wraps `inner`, recording into `metrics`.
+    pub fn new(inner: Arc<dyn ObjectStore>, metrics: ObjectStoreMetrics) -> Self {
+        Self { inner, metrics }
     }
+}
 
-    /// The counts so far.
-    pub fn stats(&self) -> ObjectStoreStats {
-        let c = &self.counters;
-        ObjectStoreStats {
-            puts: c.puts.load(Ordering::Relaxed),
-            put_bytes: c.put_bytes.load(Ordering::Relaxed),
-            gets: c.gets.load(Ordering::Relaxed),
-            get_bytes: c.get_bytes.load(Ordering::Relaxed),
-            deletes: c.deletes.load(Ordering::Relaxed),
-            lists: c.lists.load(Ordering::Relaxed),
-        }
+impl InstrumentedStore {
+    /// Counts a listing as one request, recorded when its stream is dropped: an error if any
+    /// page failed.
+    fn counted_list(
+        &self,
+        stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let mut guard = ListGuard {
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            failed: false,
+        };
+        stream
+            .map(move |r| {
+                guard.saw(&r);
+                r
+            })
+            .boxed()
     }
+}
 
-    fn count_get(&self, bytes: u64) {
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        self.counters.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+/// Records one listing when dropped.
+struct ListGuard {
+    metrics: ObjectStoreMetrics,
+    started: Instant,
+    failed: bool,
+}
+
+impl ListGuard {
+    fn saw<T>(&mut self, page: &object_store::Result<T>) {
+        self.failed |= page.is_err();
+    }
+}
+
+impl Drop for ListGuard {
+    fn drop(&mut self) {
+        let result: object_store::Result<()> = if self.failed {
+            Err(object_store::Error::Generic {
+                store: "list",
+                source: "a page failed".into(),
+            })
+        } else {
+            Ok(())
+        };
+        self.metrics.observe(Op::List, self.started, &result);
     }
 }
 
@@ -500,11 +491,13 @@ impl ObjectStore for InstrumentedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .put_bytes
-            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
-        self.inner.put_opts(location, payload, opts).await
+        let (started, len) = (Instant::now(), payload.content_length() as u64);
+        let result = self.inner.put_opts(location, payload, opts).await;
+        self.metrics.observe(Op::Put, started, &result);
+        if result.is_ok() {
+            self.metrics.bytes(Op::Put, len);
+        }
+        result
     }
 
     async fn put_multipart_opts(
@@ -512,8 +505,10 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.inner.put_multipart_opts(location, opts).await
+        let started = Instant::now();
+        let result = self.inner.put_multipart_opts(location, opts).await;
+        self.metrics.observe(Op::Put, started, &result);
+        result
     }
 
     async fn get_opts(
@@ -521,9 +516,14 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        let result = self.inner.get_opts(location, options).await?;
-        self.count_get(result.range.end - result.range.start);
-        Ok(result)
+        let started = Instant::now();
+        let op = if options.head { Op::Head } else { Op::Get };
+        let result = self.inner.get_opts(location, options).await;
+        self.metrics.observe(op, started, &result);
+        if let (Ok(r), Op::Get) = (&result, op) {
+            self.metrics.bytes(Op::Get, r.range.end - r.range.start);
+        }
+        result
     }
 
     async fn get_ranges(
@@ -531,27 +531,29 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        let result = self.inner.get_ranges(location, ranges).await?;
-        for r in &result {
-            self.count_get(r.len() as u64);
+        let started = Instant::now();
+        let result = self.inner.get_ranges(location, ranges).await;
+        self.metrics.observe(Op::Get, started, &result);
+        if let Ok(parts) = &result {
+            self.metrics
+                .bytes(Op::Get, parts.iter().map(|p| p.len() as u64).sum());
         }
-        Ok(result)
+        result
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        let counters = self.counters.clone();
-        let counted = locations.inspect(move |_| {
-            counters.deletes.fetch_add(1, Ordering::Relaxed);
-        });
-        self.inner.delete_stream(counted.boxed())
+        let metrics = self.metrics.clone();
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |r| metrics.outcome(Op::Delete, r))
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
-        self.inner.list(prefix)
+        self.counted_list(self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -559,13 +561,14 @@ impl ObjectStore for InstrumentedStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
-        self.inner.list_with_offset(prefix, offset)
+        self.counted_list(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
-        self.inner.list_with_delimiter(prefix).await
+        let started = Instant::now();
+        let result = self.inner.list_with_delimiter(prefix).await;
+        self.metrics.observe(Op::List, started, &result);
+        result
     }
 
     async fn copy_opts(
@@ -693,7 +696,14 @@ mod tests {
 
     #[tokio::test]
     async fn instrumentation_counts_requests_and_bytes() {
-        let store = InstrumentedStore::new(Arc::new(InMemory::new()));
+        use crate::metrics::testing::Counts;
+        use crate::metrics::{OBJECT_STORE_BYTES as BYTES, OBJECT_STORE_REQUESTS as REQUESTS};
+        let (recorder, counts) = Counts::new();
+        let store = InstrumentedStore::new(
+            Arc::new(InMemory::new()),
+            ObjectStoreMetrics::register(&recorder),
+        );
+        let count = |op, outcome| counts.get(REQUESTS, &[("op", op), ("outcome", outcome)]);
         let p = Path::from("a/b");
         store
             .put(&p, Bytes::from_static(b"hello world").into())
@@ -701,11 +711,18 @@ mod tests {
             .unwrap();
         let _ = store.get_range(&p, 0..5).await.unwrap();
         store.delete(&p).await.unwrap();
-        let s = store.stats();
+        assert!(store.get(&p).await.is_err());
         assert_eq!(
-            (s.puts, s.put_bytes, s.gets, s.get_bytes, s.deletes),
-            (1, 11, 1, 5, 1)
+            (
+                count("put", "ok"),
+                count("get", "ok"),
+                count("delete", "ok"),
+                count("get", "not_found")
+            ),
+            (1, 1, 1, 1)
         );
+        assert_eq!(counts.get(BYTES, &[("op", "put")]), 11);
+        assert_eq!(counts.get(BYTES, &[("op", "get")]), 5);
 
         // Listing with an offset and renaming are delegated to the inner store.
         for name in ["d/1", "d/2", "d/3"] {
@@ -726,6 +743,7 @@ mod tests {
             .unwrap();
         assert!(store.head(&Path::from("d/4")).await.is_ok());
         assert!(store.head(&Path::from("d/3")).await.is_err());
-        assert_eq!(store.stats().lists, 1);
+        assert_eq!(count("list", "ok"), 1);
+        assert_eq!((count("head", "ok"), count("head", "not_found")), (1, 1));
     }
 }
