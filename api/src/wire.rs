@@ -29,12 +29,19 @@ pub fn is_transport_failure(status: &Status) -> bool {
 }
 
 /// True when the call never left the caller: its connection could not be opened (refused,
-/// unreachable, connect timeout — tonic's `ConnectError` in the source chain). Nothing of such
-/// a request can have been stored. Any other transport failure may have reached the server.
+/// unreachable, connect timeout — tonic's `ConnectError` in the source chain), or the request
+/// was still queued when its connection closed (hyper's "canceled": a server that is shutting
+/// down sent GOAWAY; hyper hands such a request back unsent). Nothing of such a request can
+/// have been stored. Any other transport failure may have reached the server.
 pub fn never_sent(status: &Status) -> bool {
     let mut cause = std::error::Error::source(status);
     while let Some(e) = cause {
         if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_canceled()
+        {
             return true;
         }
         cause = e.source();

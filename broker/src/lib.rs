@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod core;
 pub mod edge;
 pub mod housekeeping;
+pub mod observe;
 pub mod runtime;
 pub mod settings;
 

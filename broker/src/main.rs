@@ -1,23 +1,42 @@
 //! `silt-broker`: starts one Silt broker with settings from flags, `SILT_*` variables and an
 //! optional TOML file, and stops it in order on SIGINT/SIGTERM.
+//!
+//! Logging starts once the settings are loaded (they choose its format and trace export), so a
+//! settings error is printed to stderr as `main`'s error, before any logger exists; any later
+//! error is logged (as JSON with `--log-format json`) and the process exits with status 1.
 
-use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::Parser;
+use silt_broker::observe::logs;
 use silt_broker::{Builder, Cli, Settings};
-use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SILT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli).map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Declared after the runtime, so dropped before it: the last spans are exported while the
+    // runtime that carries the exporter's connection still runs.
+    let _logs = {
+        let _in_runtime = runtime.enter();
+        logs::init(
+            settings.log_format,
+            settings.otlp_endpoint.as_deref(),
+            &settings.broker_id,
+        )?
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
     let handle = Builder::new(settings).start().await?;
     let cancel = handle.cancel_token();
     tokio::spawn(async move {

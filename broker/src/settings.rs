@@ -95,7 +95,27 @@ pub struct Settings {
     pub max_inflight_flushes: usize,
     /// Longest an ordered shutdown may take before the process exits non-zero.
     pub shutdown_timeout_ms: u64,
+    /// Address of the admin HTTP server: `/metrics`, `/livez`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// Log lines as human-readable text or one JSON object per line.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint traces are exported to; `None` exports none.
+    pub otlp_endpoint: Option<String>,
 }
+
+/// How the broker writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// The default admin HTTP port (Prometheus exporters' conventional 9464).
+pub const DEFAULT_ADMIN_PORT: u16 = 9464;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -132,6 +152,9 @@ impl Default for Settings {
             lease_ttl_ms: 5_000,
             max_inflight_flushes: 4,
             shutdown_timeout_ms: 25_000,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -320,6 +343,24 @@ pub struct Cli {
     #[arg(long, env = "SILT_SHUTDOWN_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout_ms: Option<u64>,
+
+    /// Address of the admin HTTP server: Prometheus `/metrics`, `/livez` (the process runs) and
+    /// `/readyz` (registered, cluster view ready, not shutting down); port 0 picks a free one
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, env = "SILT_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Log format on stderr: `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "SILT_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+
+    /// Export traces over OTLP/gRPC to this endpoint (e.g. http://otel-collector:4317)
+    /// [default: no export].
+    #[arg(long, env = "SILT_OTLP_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Settings {

@@ -98,6 +98,8 @@ pub struct ClusterView {
     applied_tx: watch::Sender<i64>,
     /// Bumped when brokers, owners, the controller, writers or topics change.
     topology_tx: watch::Sender<u64>,
+    /// Counts partitions this broker gains or loses.
+    ownership_changes: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl ClusterView {
@@ -121,6 +123,22 @@ impl ClusterView {
             }),
             applied_tx: watch::channel(0).0,
             topology_tx: watch::channel(0).0,
+            ownership_changes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts every partition this broker gains or loses on `counter` from now on.
+    pub fn count_ownership_changes(&self, counter: metrics::Counter) {
+        let _ = self.ownership_changes.set(counter);
+    }
+
+    fn ownership_changed(&self, before: Option<&str>, after: Option<&str>) {
+        let mine = |b: Option<&str>| b == Some(self.broker_id.as_str());
+        if before != after
+            && (mine(before) || mine(after))
+            && let Some(c) = self.ownership_changes.get()
+        {
+            c.increment(1);
         }
     }
 
@@ -305,12 +323,14 @@ impl ClusterView {
             if put {
                 match codec::decode_owner(&kv.key, &kv.value) {
                     Ok(o) => {
+                        let before = s.owners.get(&partition).map(|(b, _)| b.broker_id.clone());
+                        self.ownership_changed(before.as_deref(), Some(&o.broker_id));
                         s.owners.insert(partition, (o, kv.mod_revision));
                     }
                     Err(e) => warn!(error = %e, "skipping an unreadable owner record"),
                 }
-            } else {
-                s.owners.remove(&partition);
+            } else if let Some((before, _)) = s.owners.remove(&partition) {
+                self.ownership_changed(Some(&before.broker_id), None);
             }
         } else if let Some(broker) = keys.parse_broker(&kv.key) {
             if put {

@@ -387,9 +387,9 @@ async fn routing_sends_each_part_to_its_owner_once() {
 
     use crate::core::produce::{ProduceLimits, ProducePath};
     use crate::core::routing::Router;
-    use crate::core::stats::Stats;
     use crate::core::wal_cache::{BatchAck, WalCache};
     use crate::core::{BrokerError, ErrorKind, Forwarder, Hop, Murmur2, RecordAck, RecordInput};
+    use crate::observe::metrics::Metrics;
 
     #[derive(Debug, Default)]
     struct Recorder(StdMutex<Vec<(String, Vec<u32>)>>);
@@ -454,7 +454,7 @@ async fn routing_sends_each_part_to_its_owner_once() {
         edge.view.topics.clone(),
         Arc::new(wal),
         ManualClock::new(0),
-        Arc::new(Stats::default()),
+        Arc::new(Metrics::new("b", 1 << 30)),
         ProduceLimits {
             max_request_bytes: 1 << 20,
             max_request_records: 100,

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use silt_metadata::catalog::Topic;
-use silt_storage::object::ObjectStoreStats;
 
 use crate::cluster::Owner;
 use crate::core::Broker;
 use crate::core::error::BrokerError;
 use crate::core::log_index::Offsets;
-use crate::core::stats::process_cpu_seconds;
 use crate::core::topics::{TopicSpec, validate_topic_name};
+use crate::observe::metrics::process_cpu_seconds;
 
 /// How long topic creation waits for every partition to have an owner, so a produce right after
 /// it succeeds.
@@ -74,7 +73,9 @@ pub struct BrokerStats {
     pub wal_cache_bytes: u64,
     pub metadata_txns: u64,
     pub metadata_bytes: u64,
-    pub object_store: ObjectStoreStats,
+    pub object_puts: u64,
+    pub object_gets: u64,
+    pub object_get_bytes: u64,
     pub ack_stages: Vec<StageSummary>,
 }
 
@@ -174,27 +175,28 @@ impl Broker {
         })
     }
 
-    /// The broker's counters.
+    /// The broker's counters, read from its metrics registry.
     pub fn stats(&self) -> BrokerStats {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = &self.stats;
+        let t = self.metrics.totals();
         BrokerStats {
             broker_id: self.broker_id().to_string(),
             cpu_seconds: process_cpu_seconds(),
             uptime_ms: (self.clock.now_ms() - self.started_ms).max(0) as u64,
-            records_produced: s.records_produced.load(Relaxed),
-            bytes_produced: s.bytes_produced.load(Relaxed),
-            segments_flushed: s.segments_flushed.load(Relaxed),
-            segment_bytes_flushed: s.segment_bytes_flushed.load(Relaxed),
-            records_fetched: s.records_fetched.load(Relaxed),
-            bytes_fetched: s.bytes_fetched.load(Relaxed),
+            records_produced: t.records_produced,
+            bytes_produced: t.bytes_produced,
+            segments_flushed: t.segments_flushed,
+            segment_bytes_flushed: t.segment_bytes_flushed,
+            records_fetched: t.records_fetched,
+            bytes_fetched: t.bytes_fetched,
             wal_cache_bytes: self.wal.bytes_in_use() as u64,
-            metadata_txns: s.metadata_txns.load(Relaxed),
-            metadata_bytes: s.metadata_bytes.load(Relaxed),
-            object_store: self.store.stats(),
-            ack_stages: s
-                .stages
-                .summary()
+            metadata_txns: t.metadata_txns,
+            metadata_bytes: t.metadata_bytes,
+            object_puts: t.object_puts,
+            object_gets: t.object_gets,
+            object_get_bytes: t.object_get_bytes,
+            ack_stages: self
+                .metrics
+                .stage_summary()
                 .into_iter()
                 .map(|(stage, count, p50_ms, p99_ms, max_ms)| StageSummary {
                     stage,

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use crate::core::error::BrokerError;
 use crate::core::log_index::{IndexEntry, LogIndex, Offsets, PartitionLog};
-use crate::core::stats::Stats;
 use crate::core::topics::{TopicTable, check_partition};
+use crate::observe::metrics::Metrics;
 
 /// Default and largest `max_bytes` of one fetch.
 pub const DEFAULT_FETCH_BYTES: usize = 1 << 20;
@@ -59,7 +59,10 @@ pub struct FetchPath {
     pub topics: Arc<TopicTable>,
     pub index: Arc<LogIndex>,
     pub cache: Arc<SegmentCache>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    /// Fires when the broker starts shutting down: subscriptions end with an unavailable error
+    /// so clients move to another broker instead of holding the shutdown up.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl FetchPath {
@@ -93,7 +96,9 @@ impl FetchPath {
             let (offsets, entries) = log.entries_from(offset, max_bytes);
             check_offset(topic, partition, offset, offsets)?;
             if !entries.is_empty() {
-                return self.read(entries, offset, max_bytes, raw, offsets).await;
+                return self
+                    .read(topic, entries, offset, max_bytes, raw, offsets)
+                    .await;
             }
             let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
@@ -113,6 +118,7 @@ impl FetchPath {
 
     async fn read(
         &self,
+        topic: &str,
         entries: Vec<IndexEntry>,
         offset: i64,
         max_bytes: usize,
@@ -125,6 +131,7 @@ impl FetchPath {
         let mut bytes = 0usize;
         let data = if raw {
             let mut batches = Vec::new();
+            let mut served = 0i64;
             'outer: for range in &ranges {
                 for item in split_batches(range) {
                     let (header, batch) =
@@ -136,11 +143,13 @@ impl FetchPath {
                         break 'outer;
                     }
                     bytes += batch.len();
+                    served += header.last_offset() - header.base_offset.max(offset) + 1;
                     next_offset = header.last_offset() + 1;
                     batches.push(batch);
                 }
             }
-            self.stats.fetched(0, bytes as u64);
+            self.metrics
+                .fetched(topic, served.max(0) as u64, bytes as u64);
             Fetched::Batches(batches)
         } else {
             let mut records = Vec::new();
@@ -156,7 +165,8 @@ impl FetchPath {
                     break;
                 }
             }
-            self.stats.fetched(records.len() as u64, bytes as u64);
+            self.metrics
+                .fetched(topic, records.len() as u64, bytes as u64);
             Fetched::Records(records)
         };
         Ok(FetchOutput {
@@ -204,10 +214,13 @@ impl FetchPath {
         Ok(futures::stream::unfold(state, move |state| async move {
             let (fetch, topic, mut offset) = state?;
             loop {
-                match fetch
-                    .fetch(&topic, partition, offset, max_bytes, SUBSCRIBE_POLL, raw)
-                    .await
-                {
+                let polled = tokio::select! {
+                    polled = fetch.fetch(&topic, partition, offset, max_bytes, SUBSCRIBE_POLL, raw) => polled,
+                    () = fetch.stopping.cancelled() => Err(BrokerError::unavailable(
+                        "this broker is shutting down; subscribe again from the next offset (another broker serves it)",
+                    )),
+                };
+                match polled {
                     Ok(out) if out.next_offset == offset => continue,
                     Ok(out) => {
                         offset = out.next_offset;

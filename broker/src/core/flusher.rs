@@ -34,13 +34,13 @@ use silt_storage::object::SegmentName;
 use silt_storage::segment::SegmentWriter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::cluster::{ClusterView, FlushSnapshot};
-use crate::core::error::BrokerError;
+use crate::core::error::{BrokerError, ErrorKind};
 use crate::core::log_index::LogIndex;
-use crate::core::stats::{FlushTimes, Stats};
 use crate::core::wal_cache::{BatchAck, Producers, WalCache, Window};
+use crate::observe::metrics::{FlushTimes, Metrics};
 
 /// How long a commit keeps retrying a metadata store that is unavailable.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(10);
@@ -58,6 +58,9 @@ struct Built {
     fence: WriterFence,
     opened_at: tokio::time::Instant,
     upload_started: tokio::time::Instant,
+    /// The `flush` span (a root, linked to the produce calls it acks): `upload` and `commit`
+    /// are its children; it ends when the segment is committed or failed.
+    span: tracing::Span,
 }
 
 /// Everything the flusher works with.
@@ -70,7 +73,7 @@ pub struct Flusher {
     pub index: Arc<LogIndex>,
     pub view: Arc<ClusterView>,
     pub clock: Arc<dyn Clock>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub max_inflight: usize,
     next_seq: u64,
     /// The next offset of each partition, with the owner key revision it was computed under.
@@ -88,7 +91,7 @@ impl Flusher {
         index: Arc<LogIndex>,
         view: Arc<ClusterView>,
         clock: Arc<dyn Clock>,
-        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
         max_inflight: usize,
     ) -> Self {
         Self {
@@ -99,7 +102,7 @@ impl Flusher {
             index,
             view,
             clock,
-            stats,
+            metrics,
             max_inflight,
             next_seq: 0,
             next_offsets: HashMap::new(),
@@ -133,7 +136,8 @@ impl Flusher {
                     let upload = result.unwrap_or_else(|e| {
                         Err(object_store::Error::Generic { store: "upload task", source: Box::new(e) })
                     });
-                    self.finish(built, upload).await;
+                    let span = built.span.clone();
+                    self.finish(built, upload).instrument(span).await;
                 }
                 window = sealed.recv(), if open && inflight.len() < self.max_inflight => {
                     match window {
@@ -157,15 +161,20 @@ impl Flusher {
 
     /// Starts the upload of a built segment.
     fn upload(&self, built: &Built) -> JoinHandle<Result<Duration, object_store::Error>> {
+        self.metrics.flush_started();
         let store = self.store.clone();
         let (path, bytes) = (built.path.clone(), built.bytes.clone());
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            store
-                .put(&path, PutPayload::from(bytes))
-                .await
-                .map(|_| started.elapsed())
-        })
+        let span = info_span!(parent: &built.span, "upload", bytes = bytes.len());
+        tokio::spawn(
+            async move {
+                let started = tokio::time::Instant::now();
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map(|_| started.elapsed())
+            }
+            .instrument(span),
+        )
     }
 
     /// Assigns offsets and lays the window out as a segment object; `None` when nothing of it
@@ -285,6 +294,10 @@ impl Flusher {
         // point (the flusher stopped) hears that its records may be stored.
         producers.mark_written();
         let (bytes, entries) = writer.finish();
+        let span = info_span!(parent: None, "flush", segment = object_id.as_str(), bytes = bytes.len(),
+            partitions = entries.len(), producers = tracing::field::Empty,
+            outcome = tracing::field::Empty, error = tracing::field::Empty);
+        crate::observe::logs::link_producers(&span, producers.spans());
         let commit = SegmentCommit {
             object: path.to_string(),
             object_len: bytes.len() as u64,
@@ -303,6 +316,7 @@ impl Flusher {
             fence,
             opened_at: opened_at.unwrap_or(now),
             upload_started: now,
+            span,
         })
     }
 
@@ -333,14 +347,16 @@ impl Flusher {
                 Ok(put) => {
                     let started = tokio::time::Instant::now();
                     self.commit(&built)
+                        .instrument(info_span!("commit", entries = built.commit.entries.len()))
                         .await
-                        .map(|bytes| (put, started.elapsed(), bytes))
+                        .map(|(bytes, revision)| (put, started.elapsed(), bytes, revision))
                 }
             }
         };
         self.wal.release(built.held);
         match outcome {
-            Ok((put, commit, metadata_bytes)) => {
+            Ok((put, commit, metadata_bytes, revision)) => {
+                built.span.record("outcome", "committed");
                 let times = FlushTimes {
                     wait_for_flush: built
                         .upload_started
@@ -349,14 +365,24 @@ impl Flusher {
                     commit,
                     ack: built.opened_at.elapsed(),
                 };
-                self.stats.flush_committed(metadata_bytes, &times);
+                self.metrics
+                    .flush_committed(built.bytes.len(), metadata_bytes, &times);
                 self.cache.insert_object(&built.path, &built.bytes);
                 self.index.apply(&built.object_id, &built.commit);
-                self.stats.segment_flushed(built.bytes.len());
                 debug!(object = %built.path, bytes = built.bytes.len(), partitions = built.commit.entries.len(), "segment committed");
                 built.producers.ack();
+                if let Some(revision) = revision {
+                    self.measure_watch_lag(revision);
+                }
             }
             Err(error) => {
+                let fenced = matches!(error.kind, ErrorKind::NotOwner { .. });
+                built
+                    .span
+                    .record("outcome", if fenced { "fenced" } else { "failed" });
+                built.span.record("error", tracing::field::display(&error));
+                self.metrics
+                    .flush_failed(matches!(error.kind, ErrorKind::NotOwner { .. }));
                 // Later windows assumed this one's offsets: fail them too and restart from the
                 // committed high watermarks.
                 if built.epoch == self.epoch {
@@ -378,11 +404,11 @@ impl Flusher {
     /// The metadata commit, retried (with jittered exponential backoff, up to
     /// [`COMMIT_RETRY_FOR`]) while the store is unavailable. Returns the bytes the commit sent
     /// to metadata.
-    async fn commit(&self, built: &Built) -> Result<usize, BrokerError> {
+    async fn commit(&self, built: &Built) -> Result<(usize, Option<i64>), BrokerError> {
         // Set once an attempt failed in a way that may have applied it.
         let mut maybe_applied = false;
         let attempt = || async {
-            self.stats.metadata_txn();
+            self.metrics.segment_commit_sent();
             self.catalog
                 .commit_segment(&built.fence, &built.object_id, &built.commit)
                 .await
@@ -400,7 +426,7 @@ impl Flusher {
             })
             .await;
         match result {
-            Ok(committed) => Ok(committed.request_bytes),
+            Ok(committed) => Ok((committed.request_bytes, Some(committed.revision))),
             // Refused before anything was applied (a limit): a definite no.
             Err(CatalogError::Store(e @ MetaError::InvalidRequest(_))) if !maybe_applied => {
                 Err(CatalogError::Store(e).into())
@@ -415,9 +441,25 @@ impl Flusher {
             // Any other failure may have happened after etcd applied the commit.
             Err(e) => {
                 warn!(object = %built.path, error = %e, "segment commit outcome unknown; settling it");
-                self.settle(built).await
+                self.settle(built).await.map(|bytes| (bytes, None))
             }
         }
+    }
+
+    /// Measures how long this broker's own metadata watch takes to apply a commit it just made
+    /// (the metadata watch lag).
+    fn measure_watch_lag(&self, revision: i64) {
+        if self.view.applied() >= revision {
+            self.metrics.watch_lag(Duration::ZERO);
+            return;
+        }
+        let (view, metrics) = (self.view.clone(), self.metrics.clone());
+        let committed = std::time::Instant::now();
+        tokio::spawn(async move {
+            // Not applied within a minute: the gauge says at least that.
+            view.wait_for(revision, Duration::from_secs(60)).await;
+            metrics.watch_lag(committed.elapsed());
+        });
     }
 
     /// Settles a commit whose outcome is unknown: first fences every attempt still in flight (by

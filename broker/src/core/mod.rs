@@ -17,7 +17,8 @@
 //!    subscribe, offsets by time).
 //!
 //! Beside it: [`topics`] (the topic table, name rules, defaults), [`admin`] (topics and the
-//! cluster's status as the facade serves them), [`stats`] (the broker's counters).
+//! cluster's status as the facade serves them); the broker's metrics are
+//! [`crate::observe::metrics`].
 
 pub mod admin;
 pub mod error;
@@ -27,7 +28,6 @@ pub mod log_index;
 pub mod partitioner;
 pub mod produce;
 pub mod routing;
-pub mod stats;
 pub mod topics;
 pub mod wal_cache;
 
@@ -38,7 +38,6 @@ use bytes::Bytes;
 use futures::Stream;
 use silt_metadata::Clock;
 use silt_metadata::catalog::Catalog;
-use silt_storage::object::InstrumentedStore;
 
 pub use error::{BrokerError, ErrorKind};
 pub use fetch::{FetchOutput, Fetched, OffsetSpec};
@@ -50,11 +49,11 @@ pub use topics::{TopicDefaults, TopicSpec};
 pub use wal_cache::BatchAck;
 
 use crate::cluster::ClusterView;
+use crate::observe::metrics::Metrics;
 use fetch::FetchPath;
 use log_index::LogIndex;
 use produce::ProducePath;
 use routing::Router;
-use stats::Stats;
 use topics::TopicTable;
 use wal_cache::WalCache;
 
@@ -70,8 +69,7 @@ pub struct BrokerParts {
     pub fetch: Arc<FetchPath>,
     pub forwarder: Arc<dyn Forwarder>,
     pub partitioner: Arc<dyn Partitioner>,
-    pub store: Arc<InstrumentedStore>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub defaults: TopicDefaults,
 }
@@ -86,11 +84,13 @@ pub struct Broker {
     wal: Arc<WalCache>,
     fetch: Arc<FetchPath>,
     router: Router,
-    store: Arc<InstrumentedStore>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     defaults: TopicDefaults,
     started_ms: i64,
+    /// When the last produce call arrived (ms since `epoch`).
+    last_call: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Broker {
@@ -109,12 +109,39 @@ impl Broker {
             index: parts.index,
             wal: parts.wal,
             fetch: parts.fetch,
-            store: parts.store,
-            stats: parts.stats,
+            metrics: parts.metrics,
             clock: parts.clock,
             defaults: parts.defaults,
             started_ms,
+            last_call: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// The broker is draining: produce parts owned elsewhere are answered with their owner
+    /// (clients re-route at once) rather than forwarded.
+    pub fn set_draining(&self) {
+        self.router.set_draining();
+    }
+
+    /// Time since the last produce call arrived.
+    pub fn idle_for(&self) -> Duration {
+        let last = self.last_call.load(std::sync::atomic::Ordering::Relaxed);
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    fn called(&self) {
+        self.last_call.store(
+            self.epoch.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The broker's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The broker's id.
@@ -130,7 +157,11 @@ impl Broker {
         topic: &str,
         batches: Vec<(u32, Bytes)>,
     ) -> Result<Vec<BatchAck>, BrokerError> {
-        self.router.produce_batches(hop, topic, batches).await
+        self.called();
+        let started = std::time::Instant::now();
+        let result = self.router.produce_batches(hop, topic, batches).await;
+        self.count_produce(hop, started, result.as_ref().err(), 0);
+        result
     }
 
     /// Appends records one by one (a bad record fails alone); one result per record, in
@@ -141,7 +172,41 @@ impl Broker {
         topic: &str,
         records: Vec<RecordInput>,
     ) -> Result<Vec<Result<RecordAck, BrokerError>>, BrokerError> {
-        self.router.produce_records(hop, topic, records).await
+        self.called();
+        let started = std::time::Instant::now();
+        let result = self.router.produce_records(hop, topic, records).await;
+        match &result {
+            Ok(results) => {
+                if hop == Hop::FromClient {
+                    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                        self.metrics.produce_failed(&e.kind, 1);
+                    }
+                }
+                let any_acked = results.iter().any(Result::is_ok);
+                self.count_produce(hop, started, None, usize::from(!any_acked));
+            }
+            Err(e) => self.count_produce(hop, started, Some(e), 0),
+        }
+        result
+    }
+
+    /// Counts a produce request at the broker the client called (a forwarded request is
+    /// counted there, not again at the owner): its failure by reason, or its ack latency.
+    fn count_produce(
+        &self,
+        hop: Hop,
+        started: std::time::Instant,
+        error: Option<&BrokerError>,
+        nothing_acked: usize,
+    ) {
+        if hop == Hop::Forwarded {
+            return;
+        }
+        match error {
+            Some(e) => self.metrics.produce_failed(&e.kind, 1),
+            None if nothing_acked == 0 => self.metrics.produce_acked(started.elapsed()),
+            None => {}
+        }
     }
 
     /// Reads from `offset`, waiting up to `max_wait` when nothing is committed there yet.

@@ -19,9 +19,9 @@ use silt_storage::batch::{
 };
 
 use crate::core::error::BrokerError;
-use crate::core::stats::Stats;
 use crate::core::topics::{TopicTable, check_partition};
 use crate::core::wal_cache::{AppendBatch, BatchAck, WalCache};
+use crate::observe::metrics::Metrics;
 
 /// A record of a per-record produce request.
 #[derive(Debug, Clone, Default)]
@@ -119,7 +119,7 @@ pub struct ProducePath {
     pub topics: Arc<TopicTable>,
     pub wal: Arc<WalCache>,
     pub clock: Arc<dyn Clock>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub limits: ProduceLimits,
     /// Compressed requests being checked at once (one per core).
     decompressing: tokio::sync::Semaphore,
@@ -130,14 +130,14 @@ impl ProducePath {
         topics: Arc<TopicTable>,
         wal: Arc<WalCache>,
         clock: Arc<dyn Clock>,
-        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
         limits: ProduceLimits,
     ) -> Self {
         Self {
             topics,
             wal,
             clock,
-            stats,
+            metrics,
             limits,
             decompressing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -153,7 +153,8 @@ impl ProducePath {
     ) -> Result<Vec<BatchAck>, BrokerError> {
         let topic = self.topics.require(topic)?;
         let (append, records, bytes) = self.validate_batches(&topic, batches).await?;
-        self.append(append, records, bytes).await
+        self.append(&topic.record.name, append, records, bytes)
+            .await
     }
 
     /// Checks a whole `ProduceBatches` request — limits, partitions, every batch — without
@@ -187,12 +188,13 @@ impl ProducePath {
     /// Appends validated batches and waits until they are durable.
     async fn append(
         &self,
+        topic: &str,
         append: Vec<AppendBatch>,
         records: u64,
         bytes: u64,
     ) -> Result<Vec<BatchAck>, BrokerError> {
         let acks = self.wal.append(append)?.durable().await?;
-        self.stats.produced(records, bytes);
+        self.metrics.produced(topic, records, bytes);
         Ok(acks)
     }
 
@@ -313,7 +315,7 @@ impl ProducePath {
             });
         }
         let acks = self.wal.append(append)?.durable().await?;
-        self.stats.produced(count, bytes);
+        self.metrics.produced(&topic.record.name, count, bytes);
         for ((partition, _, idx), ack) in groups.iter().zip(acks) {
             for (n, i) in idx.iter().enumerate() {
                 results[*i] = Ok(RecordAck {

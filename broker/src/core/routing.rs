@@ -71,6 +71,9 @@ pub struct Router {
     forwarder: Arc<dyn Forwarder>,
     partitioner: Arc<dyn Partitioner>,
     sticky: AtomicU32,
+    /// Set while the broker drains: parts owned elsewhere are answered with their owner
+    /// instead of forwarded, so clients move to the owners before this broker stops.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -86,7 +89,14 @@ impl Router {
             forwarder,
             partitioner,
             sticky: AtomicU32::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on, send clients to the owners instead of forwarding for them.
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where a partition's records go, or the not-owner error when they cannot go anywhere.
@@ -97,6 +107,17 @@ impl Router {
                 Err(BrokerError::not_owner(
                     format!(
                         "broker '{}' does not own partition {partition} (broker '{broker_id}' does) and does not forward a forwarded request; nothing was stored, retry against the owner",
+                        self.view.broker_id()
+                    ),
+                    Some(address),
+                ))
+            }
+            Owner::Other { address, broker_id }
+                if self.draining.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Err(BrokerError::not_owner(
+                    format!(
+                        "broker '{}' is shutting down and no longer owns partition {partition} (broker '{broker_id}' does); nothing was stored, retry against the owner",
                         self.view.broker_id()
                     ),
                     Some(address),

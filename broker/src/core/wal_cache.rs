@@ -10,6 +10,9 @@
 //!
 //! Memory is bounded: bytes accepted but not yet committed count against `limit`; past it
 //! `append` fails with RESOURCE_EXHAUSTED and a retry hint instead of growing.
+//!
+//! Each producer keeps the id of the `tracing` span it appended in (its produce call), so the
+//! flusher's span can link to the calls it acknowledges ([`Producers::spans`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -95,6 +98,9 @@ struct Waiter {
     tx: Option<oneshot::Sender<Result<Vec<BatchAck>, BrokerError>>>,
     acks: Vec<BatchAck>,
     written: bool,
+    /// The span of the call that appended (none when tracing is off). Held, not just its id,
+    /// so the span stays open (and its id unambiguous) until the flush links to it.
+    span: Option<tracing::Span>,
 }
 
 impl Waiter {
@@ -154,6 +160,14 @@ impl Producers {
         for w in self.0.iter_mut().flatten() {
             w.written = true;
         }
+    }
+
+    /// The spans of the producers left to answer (their produce calls), in append order.
+    pub fn spans(&self) -> impl Iterator<Item = tracing::Id> + '_ {
+        self.0
+            .iter()
+            .flatten()
+            .filter_map(|w| w.span.as_ref().and_then(tracing::Span::id))
     }
 
     /// True when no producer is left to answer.
@@ -269,7 +283,8 @@ impl WalCache {
         self.linger
     }
 
-    /// Adds batches (all of one request) to the open window; they flush together.
+    /// Adds batches (all of one request) to the open window; they flush together. The current
+    /// `tracing` span is taken as the request's.
     pub fn append(&self, batches: Vec<AppendBatch>) -> Result<DurableTicket, BrokerError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::unavailable(
@@ -288,6 +303,7 @@ impl WalCache {
                 self.linger.as_millis().max(10) as u64,
             ));
         }
+        let span = Some(tracing::Span::current()).filter(|s| !s.is_disabled());
         let (tx, rx) = oneshot::channel();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::Acquire) {
@@ -306,6 +322,7 @@ impl WalCache {
             tx: Some(tx),
             acks: vec![BatchAck::default(); batches.len()],
             written: false,
+            span,
         });
         open.bytes += bytes;
         for (slot, batch) in batches.into_iter().enumerate() {

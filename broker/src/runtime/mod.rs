@@ -5,10 +5,12 @@
 //! the clock (tests inject them; otherwise they are opened from the settings, [`stores`]).
 //! [`Builder::start`] loads the cluster view, starts the flusher, housekeeping, membership and
 //! the controller ([`tasks`] is their one loop shape), builds the protocol-neutral
-//! [`core::Broker`](crate::core::Broker) and serves the gRPC edge. Shutdown order:
-//! stop accepting → flush and commit the WAL cache → answer in-flight calls → stop the edges →
-//! stop the controller → release ownership (revoke the lease), bounded by
-//! `--shutdown-timeout-ms`.
+//! [`core::Broker`](crate::core::Broker) and serves the gRPC edge and the admin server.
+//! Shutdown order, bounded by `--shutdown-timeout-ms`: readiness turns false → stop accepting
+//! produce → flush and commit the WAL cache (in-flight calls get their acks) → stop the
+//! controller and release ownership (revoke the lease: the others take over at once) → answer
+//! produce with the new owners until clients stop calling → stop the listeners → stop the
+//! admin server.
 
 pub mod stores;
 pub mod tasks;
@@ -38,13 +40,21 @@ use crate::core::fetch::FetchPath;
 use crate::core::flusher::Flusher;
 use crate::core::log_index::LogIndex;
 use crate::core::produce::{ProduceLimits, ProducePath};
-use crate::core::stats::Stats;
 use crate::core::topics::TopicTable;
 use crate::core::wal_cache::{WalCache, run_linger_timer};
 use crate::core::{Broker, BrokerParts, Murmur2, TopicDefaults};
 use crate::edge::grpc::{self, GrpcForwarder};
 use crate::housekeeping::Housekeeper;
+use crate::observe::admin::{self, AdminSource, Readiness};
+use crate::observe::metastore::InstrumentedMeta;
+use crate::observe::metrics::{Metrics, StateSample};
 use crate::settings::Settings;
+
+/// After leaving the cluster, the broker keeps answering (with the new owners) until no produce
+/// call has arrived for this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// ...or this long has passed.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
 /// Builds a broker: settings plus the components a caller wants to inject.
 pub struct Builder {
@@ -67,6 +77,8 @@ impl std::fmt::Debug for Builder {
 pub struct BrokerHandle {
     /// The address gRPC is served on.
     pub addr: SocketAddr,
+    /// The address of the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
+    pub admin_addr: SocketAddr,
     cancel: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -127,22 +139,56 @@ impl Builder {
         } = self;
         silt_storage::object::create_dir_durably(&s.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", s.data_dir.display()))?;
+        // The admin server comes up first: /livez answers while the broker loads, /readyz
+        // says what it is waiting for.
+        let metrics = Arc::new(Metrics::new(&s.broker_id, s.wal_cache_bytes));
+        let admin_state = Arc::new(RuntimeAdmin {
+            metrics: metrics.clone(),
+            readiness: Readiness::default(),
+            view: std::sync::OnceLock::new(),
+            wal: std::sync::OnceLock::new(),
+        });
+        let admin_listener = admin::bind(s.admin_listen).await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state.clone(),
+            admin::HEADER_TIMEOUT,
+            admin_stop.clone(),
+        ));
+        info!("serving admin HTTP (/metrics, /livez, /readyz) on {admin_addr}");
+        let upkeep = {
+            let metrics = metrics.clone();
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => metrics.upkeep(),
+                    }
+                }
+            })
+        };
         let meta = match meta {
             Some(meta) => meta,
             None => stores::open_metadata(&s, &clock).await?,
         };
+        let meta = InstrumentedMeta::wrap(meta, metrics.recorder());
         let catalog = Catalog::new(meta, &s.cluster);
         let (objects, probe, url) = match objects {
             Some(objects) => (objects.clone(), objects.clone(), format!("{objects}")),
             None => stores::open_objects(&s).await?,
         };
         stores::claim(probe.as_ref(), &s.cluster, &url, clock.now_ms()).await?;
-        let instrumented = Arc::new(InstrumentedStore::new(objects));
-        let store: Arc<dyn ObjectStore> = instrumented.clone();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(InstrumentedStore::new(objects, metrics.object_store()));
         let cache_config = ReadCacheConfig {
             memory_bytes: s.cache_memory_bytes as usize,
             disk_bytes: s.cache_disk_bytes as usize,
             disk_dir: (s.cache_disk_bytes > 0).then(|| s.data_dir.join("cache")),
+            metrics: metrics.read_cache(),
             ..ReadCacheConfig::default()
         };
         let cache = Arc::new(SegmentCache::open(store.clone(), cache_config).await?);
@@ -168,6 +214,8 @@ impl Builder {
             topics.clone(),
             index.clone(),
         ));
+        view.count_ownership_changes(metrics.ownership_changes());
+        let _ = admin_state.view.set(view.clone());
         let watch_from = view.load().await?;
         let fence = catalog.register_writer(&s.broker_id, incarnation).await?;
         view.set_ready_at(fence.revision);
@@ -185,13 +233,13 @@ impl Builder {
         }
 
         // The data path: WAL cache → flusher (segment objects, commits) → index.
-        let stats = Arc::new(Stats::default());
         let (wal, outputs) = WalCache::new(
             s.wal_cache_bytes as usize,
             s.flush_bytes as usize,
             Duration::from_millis(s.linger_ms),
         );
         let wal = Arc::new(wal);
+        let _ = admin_state.wal.set(wal.clone());
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let flusher = Flusher::new(
@@ -202,7 +250,7 @@ impl Builder {
             index.clone(),
             view.clone(),
             clock.clone(),
-            stats.clone(),
+            metrics.clone(),
             s.max_inflight_flushes,
         );
         let flusher_task = tracker.spawn(flusher.run(outputs.sealed));
@@ -236,7 +284,7 @@ impl Builder {
             topics.clone(),
             wal.clone(),
             clock.clone(),
-            stats.clone(),
+            metrics.clone(),
             ProduceLimits {
                 max_request_bytes: s.max_request_bytes as usize,
                 max_request_records: s.max_request_records as usize,
@@ -248,7 +296,8 @@ impl Builder {
             topics: topics.clone(),
             index: index.clone(),
             cache,
-            stats: stats.clone(),
+            metrics: metrics.clone(),
+            stopping: cancel.clone(),
         });
         // The gRPC frame limit leaves room for framing so the produce path, not the transport,
         // refuses an over-limit request with a message naming `max-request-bytes`.
@@ -265,8 +314,7 @@ impl Builder {
             fetch,
             forwarder: Arc::new(GrpcForwarder::new(&s.broker_id, max_message)),
             partitioner: Arc::new(Murmur2),
-            store: instrumented,
-            stats,
+            metrics: metrics.clone(),
             clock: clock.clone(),
             defaults: TopicDefaults {
                 retention_ms: s.default_retention_ms,
@@ -292,6 +340,7 @@ impl Builder {
             Duration::from_millis(s.lease_ttl_ms),
         ));
         membership.register().await?;
+        admin_state.readiness.set_registered();
         let leave = CancellationToken::new();
         let controller = Controller {
             view: view.clone(),
@@ -352,42 +401,68 @@ impl Builder {
                 tokio::time::sleep(shutdown_timeout).await;
             }
         };
+        // The gRPC edge serves until ownership is handed over: a client that reaches this broker
+        // while it drains is forwarded to the new owner rather than refused.
+        let server_stop = CancellationToken::new();
+        let broker_for_drain = broker.clone();
+        let grpc_task = {
+            let stop = server_stop.clone();
+            tokio::spawn(grpc::serve(
+                listener,
+                broker,
+                max_message,
+                cancel.clone(),
+                async move { stop.cancelled().await },
+            ))
+        };
         let orderly = {
             let (shutdown, wal_for_shutdown, set_stage_now) =
                 (cancel.clone(), wal.clone(), set_stage.clone());
+            let admin_state = admin_state.clone();
             async move {
-                let served = grpc::serve(
-                    listener,
-                    broker,
-                    max_message,
-                    async move { shutdown.cancelled().await },
-                    move || {
-                        info!("shutting down: refusing new produce, flushing the WAL cache");
-                        set_stage_now(
-                            "flushing the WAL cache and answering in-flight produce calls",
-                        );
-                        // Seal and flush what was accepted; in-flight calls finish with their
-                        // acks.
-                        wal_for_shutdown.close();
-                    },
-                )
-                .await;
-                // The server is gone; nothing can append any more. Let the flusher drain.
-                set_stage("committing the last segments");
+                // 1. Not ready from the first moment: load balancers and clients move away.
+                shutdown.cancelled().await;
+                admin_state.readiness.set_draining();
+                info!("shutting down: not ready; refusing new produce, flushing the WAL cache");
+                // 2. Stop accepting produce; seal and flush what was accepted. In-flight calls
+                //    finish with their acks.
+                set_stage_now("flushing the WAL cache and answering in-flight produce calls");
+                wal_for_shutdown.close();
                 linger_task.abort();
                 drop(wal);
                 tracker.close();
                 tracker.wait().await;
                 drop(flusher_task);
-                // Everything accepted is committed: leave the cluster at once, which hands this
-                // broker's partitions (and the controller's job, if it had it) to the others.
-                set_stage("leaving the cluster");
+                // 3. Everything accepted is committed: leave the cluster at once, which hands
+                //    this broker's partitions (and the controller's job, if it had it) to the
+                //    others.
+                set_stage_now("leaving the cluster");
                 controller_stop.cancel();
                 let _ = controller_task.await;
                 leave.cancel();
                 let _ = membership_task.await;
+                // 4. Send clients to the new owners until they stop calling (they re-route on
+                //    the first not-owner answer), so no request is on the wire when the
+                //    listener closes; bounded by DRAIN_GRACE.
+                set_stage_now("sending clients to the new owners");
+                broker_for_drain.set_draining();
+                let drain_started = tokio::time::Instant::now();
+                while drain_started.elapsed() < DRAIN_GRACE
+                    && broker_for_drain.idle_for() < DRAIN_QUIET
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // 5. Stop the listeners; calls still running (long polls) finish.
+                set_stage_now("stopping the gRPC listener");
+                server_stop.cancel();
+                let served = grpc_task
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("gRPC server task failed: {e}")));
                 view_cancel.cancel();
                 let _ = view_task.await;
+                admin_stop.cancel();
+                let _ = admin_task.await;
+                let _ = upkeep.await;
                 info!("broker stopped");
                 if superseded.load(Ordering::Relaxed) {
                     anyhow::bail!("stopped: a newer incarnation of this broker id took over");
@@ -416,7 +491,48 @@ impl Builder {
                 }
             }
         });
-        Ok(BrokerHandle { addr, cancel, task })
+        Ok(BrokerHandle {
+            addr,
+            admin_addr,
+            cancel,
+            task,
+        })
+    }
+}
+
+/// What the admin server reads: the registry, readiness and, once loaded, the cluster view and
+/// the WAL cache.
+#[derive(Debug)]
+struct RuntimeAdmin {
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    view: std::sync::OnceLock<Arc<ClusterView>>,
+    wal: std::sync::OnceLock<Arc<WalCache>>,
+}
+
+impl AdminSource for RuntimeAdmin {
+    fn sample(&self) -> StateSample {
+        let mut sample = StateSample {
+            ready: self.ready().is_ok(),
+            wal_cache_bytes: self.wal.get().map_or(0, |w| w.bytes_in_use() as u64),
+            ..StateSample::default()
+        };
+        if let Some(view) = self.view.get() {
+            let me = view.broker_id();
+            sample.owned_partitions = view.owners().values().filter(|o| o.broker_id == me).count();
+            sample.controller = view.controller().is_some_and(|(id, _)| id == me);
+            sample.brokers = view.brokers().len();
+        }
+        sample
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        self.readiness
+            .check(self.view.get().is_some_and(|v| v.is_ready()))
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -439,6 +555,7 @@ mod tests {
         let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             linger_ms: 5,
             ..Settings::default()

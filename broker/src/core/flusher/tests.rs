@@ -92,7 +92,7 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
         index.clone(),
         view,
         clock,
-        Arc::new(Stats::default()),
+        Arc::new(Metrics::new("b", 1 << 30)),
         4,
     );
     let flusher = tokio::spawn(flusher.run(out.sealed));

@@ -29,6 +29,7 @@ fn info(t: &Topic) -> api::TopicInfo {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    #[tracing::instrument(name = "CreateTopic", skip_all, fields(topic = %request.get_ref().name))]
     async fn create_topic(
         &self,
         request: Request<api::CreateTopicRequest>,
@@ -47,6 +48,7 @@ impl Admin for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "DeleteTopic", skip_all, fields(topic = %request.get_ref().name))]
     async fn delete_topic(
         &self,
         request: Request<api::DeleteTopicRequest>,
@@ -66,6 +68,7 @@ impl Admin for AdminService {
         Ok(Response::new(api::ListTopicsResponse { topics }))
     }
 
+    #[tracing::instrument(name = "DescribeTopic", skip_all, fields(topic = %request.get_ref().name))]
     async fn describe_topic(
         &self,
         request: Request<api::DescribeTopicRequest>,
@@ -102,9 +105,9 @@ impl Admin for AdminService {
             bytes_produced: s.bytes_produced,
             segments_flushed: s.segments_flushed,
             segment_bytes_flushed: s.segment_bytes_flushed,
-            object_puts: s.object_store.puts,
-            object_gets: s.object_store.gets,
-            object_get_bytes: s.object_store.get_bytes,
+            object_puts: s.object_puts,
+            object_gets: s.object_gets,
+            object_get_bytes: s.object_get_bytes,
             records_fetched: s.records_fetched,
             bytes_fetched: s.bytes_fetched,
             wal_cache_bytes: s.wal_cache_bytes,

@@ -33,6 +33,7 @@ fn hop<T>(request: &Request<T>) -> Hop {
 
 #[tonic::async_trait]
 impl Log for LogService {
+    #[tracing::instrument(name = "Produce", skip_all, fields(topic = %request.get_ref().topic, records = request.get_ref().records.len(), forwarded = request.metadata().get(FORWARDED).is_some()))]
     async fn produce(
         &self,
         request: Request<api::ProduceRequest>,
@@ -60,6 +61,7 @@ impl Log for LogService {
         Ok(Response::new(api::ProduceResponse { results }))
     }
 
+    #[tracing::instrument(name = "ProduceBatches", skip_all, fields(topic = %request.get_ref().topic, batches = request.get_ref().batches.len(), forwarded = request.metadata().get(FORWARDED).is_some()))]
     async fn produce_batches(
         &self,
         request: Request<api::ProduceBatchesRequest>,
@@ -88,6 +90,7 @@ impl Log for LogService {
         }))
     }
 
+    #[tracing::instrument(name = "Fetch", skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition, offset = request.get_ref().offset))]
     async fn fetch(
         &self,
         request: Request<api::FetchRequest>,
@@ -118,6 +121,7 @@ impl Log for LogService {
     type SubscribeStream =
         Pin<Box<dyn Stream<Item = Result<api::SubscribeResponse, Status>> + Send>>;
 
+    #[tracing::instrument(name = "Subscribe", skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition))]
     async fn subscribe(
         &self,
         request: Request<api::SubscribeRequest>,
@@ -152,6 +156,7 @@ impl Log for LogService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    #[tracing::instrument(name = "ListOffsets", skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition))]
     async fn list_offsets(
         &self,
         request: Request<api::ListOffsetsRequest>,

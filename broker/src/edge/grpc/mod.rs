@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod forward;
 pub mod log;
+pub mod metrics;
 pub mod status;
 
 use std::future::Future;
@@ -14,25 +15,35 @@ use silt_api::v1::admin_server::AdminServer;
 use silt_api::v1::log_server::LogServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::core::Broker;
 pub use admin::AdminService;
 pub use forward::GrpcForwarder;
 pub use log::LogService;
 
-/// Serves the gRPC edge on `listener` until `shutdown` resolves; health turns NOT_SERVING
-/// first, then `on_shutdown` runs (the broker stops accepting produce), then in-flight calls
-/// finish and the server returns. `max_message` bounds a request's size.
+/// Serves the gRPC edge on `listener`: health turns NOT_SERVING once `draining` fires (the
+/// broker keeps answering while it flushes and hands its partitions over); once `stop`
+/// resolves the listener closes, in-flight calls finish and the server returns. `max_message`
+/// bounds a request's size.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     max_message: usize,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_shutdown: impl FnOnce() + Send + 'static,
+    draining: CancellationToken,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LogServer<LogService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            health.set_not_serving::<LogServer<LogService>>().await;
+            health.set_not_serving::<AdminServer<AdminService>>().await;
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(silt_api::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -40,8 +51,10 @@ pub async fn serve(
     let log = LogService {
         broker: broker.clone(),
     };
+    let request_metrics = metrics::RequestMetricsLayer::new(broker.metrics().clone());
     let admin = AdminService { broker };
     tonic::transport::Server::builder()
+        .layer(request_metrics)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -50,11 +63,7 @@ pub async fn serve(
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(AdminServer::new(admin).max_decoding_message_size(max_message))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            health.set_not_serving::<LogServer<LogService>>().await;
-            on_shutdown();
-        })
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
     Ok(())
 }
