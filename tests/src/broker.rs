@@ -1,10 +1,11 @@
 //! A real `silt-broker` process on loopback.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use silt_client::Client;
@@ -49,7 +50,44 @@ impl BrokerOptions {
 pub struct BrokerProcess {
     child: Child,
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     options: BrokerOptions,
+    /// The last [`KEPT_LOG_LINES`] lines it wrote on stderr.
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// How many of a broker's last log lines a test can read.
+const KEPT_LOG_LINES: usize = 10_000;
+
+/// The address logged after `marker` on a log line (text or JSON logs).
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse().ok()
+}
+
+/// A plain HTTP/1.1 `GET` (the admin server's protocol): `(status, body)`, or `None` when
+/// nothing answers within 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// How long a broker may take to start serving.
@@ -66,9 +104,11 @@ fn command(options: &BrokerOptions) -> Command {
         }
         None => Command::new(broker),
     };
+    command.arg("--listen").arg("127.0.0.1:0");
+    if !options.args.iter().any(|a| a == "--admin-listen") {
+        command.arg("--admin-listen").arg("127.0.0.1:0");
+    }
     command
-        .arg("--listen")
-        .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(&options.data_dir)
         .arg("--linger-ms")
@@ -96,17 +136,31 @@ impl BrokerProcess {
             .expect("spawn silt-broker");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let (admin_tx, admin_rx) = mpsc::channel();
         let pid = child.id();
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
+            let (mut tx, mut admin_tx) = (Some(tx), Some(admin_tx));
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[broker {pid}] {line}");
-                if let Some(addr) = line.split("serving gRPC on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
-                    if let (Some(sender), Ok(addr)) = (tx.take(), addr.parse::<SocketAddr>()) {
-                        let _ = sender.send(addr);
+                {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.len() == KEPT_LOG_LINES {
+                        kept.pop_front();
                     }
+                    kept.push_back(line.clone());
+                }
+                if let Some(addr) = address_after(&line, "serving gRPC on ")
+                    && let Some(sender) = tx.take()
+                {
+                    let _ = sender.send(addr);
+                }
+                if let Some(addr) = address_after(&line, "/readyz) on ")
+                    && let Some(sender) = admin_tx.take()
+                {
+                    let _ = sender.send(addr);
                 }
             }
         });
@@ -132,7 +186,9 @@ impl BrokerProcess {
         let broker = BrokerProcess {
             child,
             addr,
+            admin_addr: admin_rx.try_recv().ok(),
             options,
+            log,
         };
         broker.wait_ready().await;
         broker
@@ -163,9 +219,33 @@ impl BrokerProcess {
         .await;
     }
 
+    /// The lines the broker has written on stderr so far (the last [`KEPT_LOG_LINES`]).
+    pub fn log_lines(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
+    }
+
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin HTTP address (`/metrics`, `/livez`, `/readyz`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+            .expect("the broker logged its admin address before its gRPC one")
+    }
+
+    /// `GET path` on the admin server: `(status, body)`, or `None` when it does not answer.
+    pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_addr(), path).await
+    }
+
+    /// The broker's Prometheus exposition (`/metrics`).
+    pub async fn scrape(&self) -> String {
+        let (status, body) = self.admin_get("/metrics").await.expect("/metrics answers");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// `http://<addr>`.

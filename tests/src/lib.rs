@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use backend::{Backend, BackendGuard};
-pub use broker::{BrokerOptions, BrokerProcess};
+pub use broker::{BrokerOptions, BrokerProcess, http_get};
 pub use checker::{CheckReport, Checker, read_partition};
 pub use cli::{CliOutput, run_cli, run_cli_with_input};
 pub use cluster::Cluster;

@@ -87,7 +87,7 @@ pub(crate) fn settle(
         }
         (_, _, Err(e)) => {
             if std::env::var_os("SILT_TEST_SHOW_FAILURES").is_some() {
-                eprintln!("produce failed on partition {partition}: {e}");
+                eprintln!("produce failed on partition {partition}: {e} ({e:?})");
             }
             checker.failed()
         }

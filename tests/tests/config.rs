@@ -8,7 +8,13 @@ use silt_tests::{BrokerOptions, BrokerProcess, bin_path};
 /// Starts a broker, returns its "serving gRPC" log line, and kills it.
 fn serving_line(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let mut child = Command::new(bin_path("silt-broker"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .args(args)
         .envs(env.iter().copied())
