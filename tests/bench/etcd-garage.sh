@@ -35,7 +35,7 @@ for run in $(seq 1 "$RUNS"); do
         dir=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench.XXXX")
         cluster="bench-$run-$linger-$$"
         # shellcheck disable=SC2086
-        "$BIN/silt-broker" --listen 127.0.0.1:0 --data-dir "$dir" --linger-ms "$linger" \
+        "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$dir" --linger-ms "$linger" \
             --metadata etcd://127.0.0.1:2379 --cluster "$cluster" \
             --object-store "s3://silt/$cluster" "${S3[@]}" ${BROKER_ARGS:-} 2> "$dir/broker.log" &
         pid=$!

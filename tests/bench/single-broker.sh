@@ -26,7 +26,7 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 
 start_broker() { # linger_ms → sets $pid, $addr, $dir
     dir=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench.XXXX")
-    "$BIN/silt-broker" --listen 127.0.0.1:0 --data-dir "$dir" --linger-ms "$1" 2> "$dir/broker.log" &
+    "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$dir" --linger-ms "$1" 2> "$dir/broker.log" &
     pid=$!
     for _ in $(seq 1 400); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
     addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
