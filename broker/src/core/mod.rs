@@ -24,6 +24,7 @@ pub mod admin;
 pub mod error;
 pub mod fetch;
 pub mod flusher;
+pub mod groups;
 pub mod log_index;
 pub mod partitioner;
 pub mod produce;

@@ -1,0 +1,12 @@
+//! Consumer groups, protocol-neutral: each group's state machine ([`state`]) and the
+//! server-side assignor ([`assignor`]).
+//!
+//! A group is served by one coordinating broker at a time; what makes it one, how its state
+//! and committed offsets are stored and fenced, and how the gRPC and Kafka edges drive it is
+//! in ARCHITECTURE.md, *Consumer groups*.
+
+pub mod assignor;
+pub mod state;
+
+pub use assignor::GroupPartition;
+pub use state::{Changed, Group, GroupError, Heartbeat, HeartbeatAnswer};
