@@ -356,12 +356,18 @@ impl Catalog {
         Ok(Some(codec::decode_owner(&kv.key, &kv.value)?))
     }
 
-    /// Every key of the cluster, page by page, and the revision of the first page: a watch from
-    /// one past it sees every change the pages may have missed.
+    /// Every key of the cluster view (all but the group keys, see [`Keys::view_end`]), page by
+    /// page, and the revision of the first page: a watch from one past it sees every change the
+    /// pages may have missed.
     pub async fn load_all(&self) -> Result<(i64, Vec<crate::KeyValue>), CatalogError> {
         Ok(self
-            .range_all_at(self.keys.root().as_bytes().to_vec())
+            .range_between_at(self.keys.root().as_bytes().to_vec(), self.keys.view_end())
             .await?)
+    }
+
+    /// What the cluster view watches: every key but the group keys.
+    pub fn view_range(&self) -> RangeRequest {
+        RangeRequest::between(self.keys.root().as_bytes().to_vec(), self.keys.view_end())
     }
 
     /// Every committed segment, with its object id.
@@ -454,7 +460,15 @@ impl Catalog {
         prefix: Vec<u8>,
     ) -> Result<(i64, Vec<crate::KeyValue>), MetaError> {
         let end = crate::store::prefix_end(&prefix);
-        let mut start = prefix;
+        self.range_between_at(prefix, end).await
+    }
+
+    /// Every key in `[start, end)`, page by page, with the revision of the first page.
+    async fn range_between_at(
+        &self,
+        mut start: Vec<u8>,
+        end: Vec<u8>,
+    ) -> Result<(i64, Vec<crate::KeyValue>), MetaError> {
         let mut out = Vec::new();
         let mut first_revision = None;
         loop {
@@ -475,6 +489,9 @@ impl Catalog {
         }
     }
 }
+
+mod groups;
+pub use groups::{GroupRecordKv, OffsetCommit};
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,28 @@ pub struct SegmentCommit {
     pub entries: Vec<SegmentEntry>,
 }
 
+/// A committed offset as stored in `~groups/<slot>/<group>/offsets/<topic-id>/<partition>`:
+/// the next offset the group reads, with the client's metadata string kept as given (as
+/// Kafka keeps it) and when it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRecord {
+    pub offset: i64,
+    /// The leader epoch the client saw (Kafka's `committed_leader_epoch`), -1 when unknown.
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub committed_at_ms: i64,
+}
+
+/// Encodes a committed offset (binary v1).
+pub fn encode_offset(record: &OffsetRecord) -> Vec<u8> {
+    encode_binary(record)
+}
+
+/// Decodes a committed offset.
+pub fn decode_offset(key: &[u8], value: &[u8]) -> Result<OffsetRecord, MetaError> {
+    decode_binary(key, value)
+}
+
 /// Encodes a topic record.
 pub fn encode_topic(topic: &TopicRecord) -> Vec<u8> {
     serde_json::to_vec(topic).unwrap_or_default()

@@ -11,9 +11,72 @@
 //! | `owners/<topic-id:016x>/<partition>` | [`crate::codec::OwnerRecord`] (JSON, `"v":1`) | the controller: which broker writes the partition, with its epoch |
 //! | `controller` | [`crate::codec::ControllerRecord`] (JSON, `"v":1`), under the controller's membership lease | the broker elected to assign partitions |
 //! | `segments/<broker-id>/<incarnation:016x>-<seq:012>` | [`crate::codec::SegmentCommit`] (binary v1) | the flusher: one key per segment object, whatever its partition count |
+//! | `~groups/<slot:03>/<group>/record` | the group's members and assignment (JSON, `"v":1`) | the group's coordinator (the owner of coordinator slot `<slot>`), fenced |
+//! | `~groups/<slot:03>/<group>/offsets/<topic-id:016x>/<partition>` | [`crate::codec::OffsetRecord`] (binary v1) | the group's coordinator: committed offsets, fenced |
+//!
+//! Group keys sort after every other key (`~` follows the letters), so the cluster view loads
+//! and watches `[root, root + "~")` and never reads them: they grow with groups × partitions,
+//! and only a group's coordinator needs them. `<group>` is the group id with every byte outside
+//! `[A-Za-z0-9._-]` written `%XX`, so it holds no `/` and one group's prefix never contains
+//! another's. Coordinator slots are owned like partitions, under the reserved topic id
+//! [`GROUP_SLOTS_TOPIC_ID`]: `owners/0000000000000000/<slot>`.
 //!
 //! Segment keys mirror the object path of their segment (`segments/...seg` in the object store),
 //! so an object with no key is known to be uncommitted.
+
+/// How many coordinator slots a cluster has. A group is coordinated by the owner of slot
+/// `murmur2(group id) % GROUP_SLOTS` (Kafka's key hash); fixed forever, since changing it would
+/// move every group.
+pub const GROUP_SLOTS: u32 = 32;
+
+/// The reserved topic id under which coordinator slots are owned (`owners/0…0/<slot>`). Topic
+/// ids are creation revisions, which start at 1, so no topic has it.
+pub const GROUP_SLOTS_TOPIC_ID: u64 = 0;
+
+/// What a key under `~groups/` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupKey {
+    /// `~groups/<slot>/<group>/record`.
+    Record { slot: u32, group: String },
+    /// `~groups/<slot>/<group>/offsets/<topic-id>/<partition>`.
+    Offset {
+        slot: u32,
+        group: String,
+        topic_id: u64,
+        partition: u32,
+    },
+}
+
+/// A group id as it appears in keys: bytes outside `[A-Za-z0-9._-]` as `%XX`.
+pub fn escape_group(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The group id of an escaped key part; `None` if it is not one [`escape_group`] writes.
+pub fn unescape_group(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
 
 /// Builds the keys of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +95,58 @@ impl Keys {
     /// The root prefix, `/silt/<cluster>/`.
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// Where the cluster view's keys end: `[root, view_end)` is everything but the group keys.
+    pub fn view_end(&self) -> Vec<u8> {
+        format!("{}~", self.root).into_bytes()
+    }
+
+    /// Every group key of one coordinator slot.
+    pub fn group_slot_prefix(&self, slot: u32) -> Vec<u8> {
+        format!("{}~groups/{slot:03}/", self.root).into_bytes()
+    }
+
+    /// Every key of one group (its record and its offsets).
+    pub fn group_prefix(&self, slot: u32, group: &str) -> Vec<u8> {
+        format!("{}~groups/{slot:03}/{}/", self.root, escape_group(group)).into_bytes()
+    }
+
+    pub fn group_record(&self, slot: u32, group: &str) -> Vec<u8> {
+        let mut key = self.group_prefix(slot, group);
+        key.extend_from_slice(b"record");
+        key
+    }
+
+    pub fn group_offsets_prefix(&self, slot: u32, group: &str) -> Vec<u8> {
+        let mut key = self.group_prefix(slot, group);
+        key.extend_from_slice(b"offsets/");
+        key
+    }
+
+    pub fn group_offset(&self, slot: u32, group: &str, topic_id: u64, partition: u32) -> Vec<u8> {
+        let mut key = self.group_offsets_prefix(slot, group);
+        key.extend_from_slice(format!("{topic_id:016x}/{partition}").as_bytes());
+        key
+    }
+
+    /// Parses a key under `~groups/`.
+    pub fn parse_group_key(&self, key: &[u8]) -> Option<GroupKey> {
+        let prefix = format!("{}~groups/", self.root);
+        let rest = std::str::from_utf8(key.strip_prefix(prefix.as_bytes())?).ok()?;
+        let mut parts = rest.split('/');
+        let slot: u32 = parts.next()?.parse().ok()?;
+        let group = unescape_group(parts.next()?)?;
+        match (parts.next()?, parts.next(), parts.next(), parts.next()) {
+            ("record", None, None, None) => Some(GroupKey::Record { slot, group }),
+            ("offsets", Some(topic), Some(partition), None) => Some(GroupKey::Offset {
+                slot,
+                group,
+                topic_id: u64::from_str_radix(topic, 16).ok()?,
+                partition: partition.parse().ok()?,
+            }),
+            _ => None,
+        }
     }
 
     pub fn topics_prefix(&self) -> Vec<u8> {
@@ -140,6 +255,14 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         let k = Keys::new("c1");
+        assert_eq!(
+            k.group_offset(3, "orders/eu", 1, 2),
+            b"/silt/c1/~groups/003/orders%2Feu/offsets/0000000000000001/2".to_vec()
+        );
+        assert_eq!(
+            k.group_record(3, "g"),
+            b"/silt/c1/~groups/003/g/record".to_vec()
+        );
         assert_eq!(k.topic("orders"), b"/silt/c1/topics/orders".to_vec());
         assert_eq!(
             k.log_start(255),
@@ -168,5 +291,44 @@ mod tests {
         assert_eq!(k.parse_writer(&k.writer("b-2")), Some("b-2"));
         assert_eq!(k.parse_broker(&k.broker("b-3")), Some("b-3"));
         assert_eq!(k.parse_topic(&k.topic("t")), Some("t"));
+        for group in ["g", "orders/eu", "a%b", "ünïcode group", "../x", ""] {
+            assert_eq!(
+                k.parse_group_key(&k.group_record(7, group)),
+                Some(GroupKey::Record {
+                    slot: 7,
+                    group: group.into()
+                })
+            );
+            assert_eq!(
+                k.parse_group_key(&k.group_offset(31, group, 0xab, 9)),
+                Some(GroupKey::Offset {
+                    slot: 31,
+                    group: group.into(),
+                    topic_id: 0xab,
+                    partition: 9
+                })
+            );
+        }
+        assert_eq!(k.parse_group_key(b"/silt/c1/~groups/007/g/other"), None);
+        assert_eq!(k.parse_group_key(b"/silt/c1/~groups/007/%zz/record"), None);
+    }
+
+    #[test]
+    fn group_keys_sort_after_the_view_and_never_nest() {
+        let k = Keys::new("c1");
+        let view_end = k.view_end();
+        for key in [
+            k.topic("zzz"),
+            k.writer("zzz"),
+            k.segment("zzz/x"),
+            k.controller(),
+        ] {
+            assert!(key < view_end, "{}", String::from_utf8_lossy(&key));
+        }
+        assert!(k.group_record(0, "a") >= view_end);
+        // "a" and "a/b" (escaped "a%2Fb") have prefixes neither of which contains the other.
+        let (a, ab) = (k.group_prefix(1, "a"), k.group_prefix(1, "a/b"));
+        assert!(!ab.starts_with(&a) && !a.starts_with(&ab));
+        assert_eq!(escape_group("a/b c"), "a%2Fb%20c");
     }
 }

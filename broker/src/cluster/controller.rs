@@ -16,6 +16,7 @@ use std::time::Duration;
 use silt_metadata::LeaseId;
 use silt_metadata::catalog::{Catalog, FencedWriter, OwnerChange};
 use silt_metadata::codec::OwnerRecord;
+use silt_metadata::keys::{GROUP_SLOTS, GROUP_SLOTS_TOPIC_ID};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -165,8 +166,25 @@ impl Controller {
             .map(|(p, (o, _))| (*p, o.broker_id.clone()))
             .collect();
         let target = assign(&partitions, &current, &brokers);
+        // Consumer-group coordinator slots are owned like partitions (and fenced the same
+        // way), balanced on their own so every broker coordinates its share of groups.
+        let slots = self.view.slots_with_revisions();
+        let slot_ids: Vec<PartitionId> = (0..GROUP_SLOTS)
+            .map(|s| (GROUP_SLOTS_TOPIC_ID, s))
+            .collect();
+        let slot_current: HashMap<PartitionId, String> = slots
+            .iter()
+            .map(|(s, (o, _))| ((GROUP_SLOTS_TOPIC_ID, *s), o.broker_id.clone()))
+            .collect();
+        let slot_target = assign(&slot_ids, &slot_current, &brokers);
+        let mut owners = owners;
+        owners.extend(
+            slots
+                .into_iter()
+                .map(|(s, owner)| ((GROUP_SLOTS_TOPIC_ID, s), owner)),
+        );
         let mut plan = Vec::new();
-        let mut sorted: Vec<_> = target.into_iter().collect();
+        let mut sorted: Vec<_> = target.into_iter().chain(slot_target).collect();
         sorted.sort();
         for ((topic_id, partition), owner) in sorted {
             let previous = owners.get(&(topic_id, partition));
@@ -191,7 +209,9 @@ impl Controller {
         let applied = self.view.applied();
         let mut gone: Vec<_> = owners
             .iter()
-            .filter(|((t, _), _)| !live.contains_key(t) && (*t as i64) <= applied)
+            .filter(|((t, _), _)| {
+                *t != GROUP_SLOTS_TOPIC_ID && !live.contains_key(t) && (*t as i64) <= applied
+            })
             .map(|(p, (_, r))| (*p, *r))
             .collect();
         gone.sort();

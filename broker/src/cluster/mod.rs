@@ -25,6 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use silt_metadata::catalog::{Catalog, Topic, WriterFence};
 use silt_metadata::codec::{self, BrokerRecord, OwnerRecord};
+use silt_metadata::keys::GROUP_SLOTS_TOPIC_ID;
 use silt_metadata::{KeyValue, MetaError, RangeRequest, WatchEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,9 @@ struct State {
     brokers: BTreeMap<String, BrokerRecord>,
     /// Each owner record with its key's `mod_revision` (unique per change).
     owners: HashMap<PartitionId, (OwnerRecord, i64)>,
+    /// The owner of each consumer-group coordinator slot (owner keys under the reserved topic
+    /// id `GROUP_SLOTS_TOPIC_ID`), with its key's `mod_revision`.
+    slots: HashMap<u32, (OwnerRecord, i64)>,
     /// The controller's broker id and the revision that elected it.
     controller: Option<(String, i64)>,
     writers: HashMap<String, WriterKey>,
@@ -319,6 +323,17 @@ impl ClusterView {
                 s.log_starts.remove(&topic_id);
             }
             return false;
+        } else if let Some((GROUP_SLOTS_TOPIC_ID, slot)) = keys.parse_owner(&kv.key) {
+            if put {
+                match codec::decode_owner(&kv.key, &kv.value) {
+                    Ok(o) => {
+                        s.slots.insert(slot, (o, kv.mod_revision));
+                    }
+                    Err(e) => warn!(error = %e, "skipping an unreadable coordinator slot owner"),
+                }
+            } else {
+                s.slots.remove(&slot);
+            }
         } else if let Some(partition) = keys.parse_owner(&kv.key) {
             if put {
                 match codec::decode_owner(&kv.key, &kv.value) {
@@ -387,7 +402,7 @@ impl ClusterView {
     /// Follows the watch until `cancel`, reconnecting after errors and reloading after a
     /// compaction.
     pub async fn run(self: Arc<Self>, mut from: i64, cancel: CancellationToken) {
-        let prefix = RangeRequest::prefix(self.catalog.keys().root().as_bytes().to_vec());
+        let prefix = self.catalog.view_range();
         let backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(1))
@@ -523,6 +538,49 @@ impl ClusterView {
             fence,
             owned,
         }
+    }
+
+    /// The fence under which this broker may write the groups of coordinator `slot`: `Some`
+    /// only while it owns the slot, read together with its writer key (as a flush snapshot
+    /// is), so a write under it fails once the slot was taken away.
+    pub fn coordinator_fence(&self, slot: u32) -> Option<WriterFence> {
+        let s = self.lock();
+        let owned = s
+            .slots
+            .get(&slot)
+            .is_some_and(|(o, _)| o.broker_id == self.broker_id);
+        if !owned || !self.is_ready() {
+            return None;
+        }
+        s.writers
+            .get(&self.broker_id)
+            .filter(|w| Catalog::parse_incarnation(&w.value) == Some(self.incarnation))
+            .map(|w| WriterFence {
+                broker_id: self.broker_id.clone(),
+                incarnation: self.incarnation,
+                revision: w.mod_revision,
+            })
+    }
+
+    /// Who coordinates the groups of `slot`.
+    pub fn slot_owner(&self, slot: u32) -> Owner {
+        let s = self.lock();
+        match s.slots.get(&slot).map(|(o, _)| o) {
+            Some(o) if o.broker_id == self.broker_id => Owner::Me(o.epoch),
+            Some(o) => match s.brokers.get(&o.broker_id) {
+                Some(b) => Owner::Other {
+                    broker_id: o.broker_id.clone(),
+                    address: b.address.clone(),
+                },
+                None => Owner::Unowned,
+            },
+            None => Owner::Unowned,
+        }
+    }
+
+    /// Every coordinator slot's owner with its key's `mod_revision`.
+    pub fn slots_with_revisions(&self) -> HashMap<u32, (OwnerRecord, i64)> {
+        self.lock().slots.clone()
     }
 
     /// True while this process is the current incarnation of its broker id.

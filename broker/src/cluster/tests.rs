@@ -515,3 +515,58 @@ async fn routing_sends_each_part_to_its_owner_once() {
     assert_eq!(recorder.0.lock().unwrap().len(), 1, "never forwarded twice");
     edge.cancel.cancel();
 }
+
+/// Coordinator slots are spread like partitions; a coordinator's fence holds only while it
+/// owns the slot, and a slot taken away fails the old coordinator's group writes.
+#[tokio::test]
+async fn coordinator_slots_are_shared_and_fenced() {
+    use silt_metadata::keys::GROUP_SLOTS;
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    let a = node(&catalog, "a").await;
+    until("a coordinates every slot", || {
+        (0..GROUP_SLOTS).all(|s| matches!(a.view.slot_owner(s), Owner::Me(_)))
+    })
+    .await;
+    assert!(a.view.owners().is_empty(), "slots are not topic partitions");
+    let slot = 5;
+    let stale = a.view.coordinator_fence(slot).expect("a owns the slot");
+    let revision = catalog
+        .save_group(&stale, slot, "g", b"one".to_vec(), 0)
+        .await
+        .unwrap()
+        .expect("written under a's fence");
+
+    let b = node(&catalog, "b").await;
+    until("two brokers share the slots", || {
+        let mine = (0..GROUP_SLOTS)
+            .filter(|s| matches!(a.view.slot_owner(*s), Owner::Me(_)))
+            .count();
+        mine == GROUP_SLOTS as usize / 2
+            && (0..GROUP_SLOTS).all(|s| !matches!(b.view.slot_owner(s), Owner::Unowned))
+    })
+    .await;
+    // Whoever holds slot 5 now, a's old fence writes nothing: moving any slot (or partition)
+    // away from a rewrote a's writer key.
+    assert!(
+        catalog
+            .save_group(&stale, slot, "g", b"zombie".to_vec(), revision)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (owner, other) = match a.view.slot_owner(slot) {
+        Owner::Me(_) => (&a, &b),
+        _ => (&b, &a),
+    };
+    assert!(other.view.coordinator_fence(slot).is_none());
+    let fresh = owner
+        .view
+        .coordinator_fence(slot)
+        .expect("the owner's fence");
+    catalog
+        .save_group(&fresh, slot, "g", b"two".to_vec(), revision)
+        .await
+        .unwrap()
+        .expect("the current coordinator writes");
+}

@@ -415,3 +415,130 @@ async fn taking_a_partition_away_fences_the_losers_pending_commit() {
         .unwrap();
     assert_eq!(catalog.load_segments().await.unwrap().len(), 2);
 }
+
+fn offset(o: i64) -> crate::codec::OffsetRecord {
+    crate::codec::OffsetRecord {
+        offset: o,
+        leader_epoch: -1,
+        metadata: format!("m{o}"),
+        committed_at_ms: 9,
+    }
+}
+
+fn offset_commit(group: &str, partition: u32, o: i64) -> OffsetCommit {
+    OffsetCommit {
+        slot: 3,
+        group: group.into(),
+        topic_id: 7,
+        partition,
+        record: offset(o),
+    }
+}
+
+#[tokio::test]
+async fn a_group_record_is_a_compare_and_set_behind_the_coordinators_fence() {
+    let catalog = Catalog::new(store(), "c");
+    let fence = catalog.register_writer("b1", 1).await.unwrap();
+    let r1 = catalog
+        .save_group(&fence, 3, "orders/eu", b"one".to_vec(), 0)
+        .await
+        .unwrap()
+        .expect("created");
+    // A writer that believes the record is still absent, or at an older revision, writes nothing.
+    for stale in [0, r1 - 1] {
+        assert!(
+            catalog
+                .save_group(&fence, 3, "orders/eu", b"lost".to_vec(), stale)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let r2 = catalog
+        .save_group(&fence, 3, "orders/eu", b"two".to_vec(), r1)
+        .await
+        .unwrap()
+        .expect("updated");
+    // A new incarnation (or a controller taking a slot away) rewrites the writer key: the
+    // old fence writes nothing, records or offsets.
+    let newer = catalog.register_writer("b1", 2).await.unwrap();
+    assert!(
+        catalog
+            .save_group(&fence, 3, "orders/eu", b"zombie".to_vec(), r2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        catalog
+            .commit_offsets(&fence, &[offset_commit("orders/eu", 0, 5)])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    catalog
+        .commit_offsets(
+            &newer,
+            &[
+                offset_commit("orders/eu", 0, 5),
+                offset_commit("orders/eu", 1, 8),
+                offset_commit("other", 0, 1),
+            ],
+        )
+        .await
+        .unwrap()
+        .expect("committed");
+    let groups = catalog.load_group_slot(3).await.unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0].group, "orders/eu");
+    assert_eq!(groups[0].record.as_deref(), Some(&b"two"[..]));
+    assert_eq!(groups[0].mod_revision, r2);
+    assert_eq!(
+        groups[0].offsets,
+        vec![((7, 0), offset(5)), ((7, 1), offset(8))]
+    );
+    assert_eq!(groups[1].group, "other");
+    assert_eq!(groups[1].record, None, "offsets without a record");
+    assert!(catalog.load_group_slot(4).await.unwrap().is_empty());
+
+    // Deleting takes the record and every offset, and only from the revision it was shown.
+    assert!(
+        catalog
+            .delete_group(&newer, 3, "orders/eu", r1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    catalog
+        .delete_group(&newer, 3, "orders/eu", r2)
+        .await
+        .unwrap()
+        .expect("deleted");
+    let groups = catalog.load_group_slot(3).await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].group, "other");
+}
+
+#[tokio::test]
+async fn group_keys_stay_out_of_the_cluster_view() {
+    let catalog = Catalog::new(store(), "c");
+    catalog.create_topic(topic("t", 1)).await.unwrap();
+    let fence = catalog.register_writer("b1", 1).await.unwrap();
+    catalog
+        .save_group(&fence, 0, "g", b"r".to_vec(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    catalog
+        .commit_offsets(&fence, &[offset_commit("g", 0, 1)])
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, kvs) = catalog.load_all().await.unwrap();
+    assert!(!kvs.is_empty());
+    assert!(
+        kvs.iter()
+            .all(|kv| catalog.keys().parse_group_key(&kv.key).is_none()),
+        "the view loads no group key"
+    );
+}
