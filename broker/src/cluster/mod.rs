@@ -562,6 +562,16 @@ impl ClusterView {
             })
     }
 
+    /// The topic table the view keeps.
+    pub fn topics(&self) -> Arc<TopicTable> {
+        self.topics.clone()
+    }
+
+    /// The log index the view keeps.
+    pub fn index(&self) -> Arc<LogIndex> {
+        self.index.clone()
+    }
+
     /// Who coordinates the groups of `slot`.
     pub fn slot_owner(&self, slot: u32) -> Owner {
         let s = self.lock();
@@ -644,4 +654,4 @@ impl ClusterView {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,13 +8,14 @@ use silt_metadata::{EmbeddedStore, LeaseId, ManualClock, MetaStore};
 use super::*;
 use crate::cluster::controller::Controller;
 
-struct Node {
-    view: Arc<ClusterView>,
-    lease: LeaseId,
-    cancel: CancellationToken,
+pub(crate) struct Node {
+    pub(crate) view: Arc<ClusterView>,
+    pub(crate) lease: LeaseId,
+    pub(crate) cancel: CancellationToken,
 }
 
-async fn node(catalog: &Catalog, id: &str) -> Node {
+/// A broker's view and controller on `catalog`, registered as `id`, once its view is ready.
+pub(crate) async fn node(catalog: &Catalog, id: &str) -> Node {
     let incarnation = 1;
     let lease = catalog
         .store()
@@ -74,7 +75,7 @@ fn topic(name: &str, partitions: u32) -> TopicRecord {
 }
 
 /// Waits (bounded) until `f` holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
         assert!(

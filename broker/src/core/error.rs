@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Ambiguous,
     /// The system is not in a state to run the call (a superseded process, an expired lease).
     Precondition,
+    /// The caller's group membership is no longer valid (it left, its session expired, or it
+    /// sent an epoch it no longer has): rejoin. Nothing was changed.
+    Fenced,
     /// A bug or corrupt data: not the caller's fault, not fixed by retrying.
     Internal,
 }
@@ -92,6 +95,10 @@ impl BrokerError {
 
     pub fn ambiguous(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Ambiguous, message)
+    }
+
+    pub fn fenced(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fenced, message)
     }
 
     pub fn precondition(message: impl Into<String>) -> Self {

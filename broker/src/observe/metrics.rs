@@ -265,6 +265,7 @@ fn reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::Unavailable { .. } => "unavailable",
         ErrorKind::Ambiguous => "ambiguous",
         ErrorKind::Precondition => "precondition",
+        ErrorKind::Fenced => "fenced",
         ErrorKind::Internal => "internal",
     }
 }

@@ -6,7 +6,11 @@
 //! in ARCHITECTURE.md, *Consumer groups*.
 
 pub mod assignor;
+pub mod coordinator;
 pub mod state;
 
 pub use assignor::GroupPartition;
+pub use coordinator::{
+    Coordinator, GroupDescription, PartitionLag, PartitionOffset, ResetTo, slot_of,
+};
 pub use state::{Changed, Group, GroupError, Heartbeat, HeartbeatAnswer};

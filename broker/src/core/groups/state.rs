@@ -78,6 +78,10 @@ pub enum GroupError {
         topic: String,
         partition: u32,
     },
+    /// A call that needs a group without active members (a standalone commit, an offset
+    /// reset, a delete).
+    #[error("group '{group}' has active members ({members}); stop them first")]
+    Active { group: String, members: String },
     /// The group is full.
     #[error("group '{group}' has {MAX_MEMBERS} members, the most one group may have")]
     Full { group: String },
@@ -590,11 +594,10 @@ impl Group {
             if self.members.is_empty() {
                 return Ok(());
             }
-            return Err(GroupError::Invalid(format!(
-                "group '{}' has active members ({}); only its members may commit offsets",
-                self.id,
-                self.member_list()
-            )));
+            return Err(GroupError::Active {
+                group: self.id.clone(),
+                members: self.member_list(),
+            });
         }
         let m = self.member(member_id)?;
         // An answer with a newer epoch may still be on its way to the member: an older epoch

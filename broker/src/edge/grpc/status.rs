@@ -46,6 +46,8 @@ pub fn to_status(e: BrokerError) -> Status {
             s
         }
         ErrorKind::Precondition => Status::failed_precondition(message),
+        // ABORTED: the epoch check failed; the caller restarts at a higher level (rejoins).
+        ErrorKind::Fenced => Status::aborted(message),
         ErrorKind::NotOwner { owner } => {
             let mut s = Status::unavailable(message);
             insert(&mut s, OWNER, owner.unwrap_or_default());
@@ -98,6 +100,7 @@ pub fn from_status(status: &Status, address: &str) -> BrokerError {
         ),
         Code::ResourceExhausted => BrokerError::busy(message, retry_after_ms),
         Code::FailedPrecondition => BrokerError::precondition(message),
+        Code::Aborted => BrokerError::fenced(message),
         Code::Unavailable => {
             if let Some(owner) = status.metadata().get(OWNER) {
                 let owner = owner.to_str().unwrap_or_default();
@@ -164,6 +167,7 @@ mod tests {
             BrokerError::unavailable_after("store down", 700),
             BrokerError::ambiguous("commit unknown"),
             BrokerError::precondition("superseded"),
+            BrokerError::fenced("rejoin"),
         ] {
             let back = from_status(&produce_status(e.clone()), "a:1");
             assert_eq!(back, e);
