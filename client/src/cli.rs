@@ -4,6 +4,7 @@
 pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod consume;
+pub(crate) mod group;
 pub(crate) mod produce;
 mod size;
 pub(crate) mod topic;

@@ -39,6 +39,8 @@ pub struct Client {
 struct Inner {
     brokers: Brokers,
     routes: RoutingTable,
+    /// The URL of each group's coordinator, as last found.
+    coordinators: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The `Log` client of a channel, with the client's message limits.
@@ -100,6 +102,7 @@ impl Client {
             inner: Arc::new(Inner {
                 brokers,
                 routes: RoutingTable::default(),
+                coordinators: Default::default(),
             }),
         }
     }
@@ -152,6 +155,39 @@ impl Client {
             Some(e) if e.is_transport() => self.inner.brokers.demote(url),
             Some(_) => {}
         }
+    }
+
+    /// The coordinator of `group` as last found.
+    pub(crate) fn inner_coordinator(&self, group: &str) -> Option<String> {
+        let map = self
+            .inner
+            .coordinators
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(group).cloned()
+    }
+
+    pub(crate) fn remember_coordinator(&self, group: &str, url: &str) {
+        let mut map = self
+            .inner
+            .coordinators
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.insert(group.to_string(), url.to_string());
+    }
+
+    pub(crate) fn forget_coordinator(&self, group: &str) {
+        let mut map = self
+            .inner
+            .coordinators
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.remove(group);
+    }
+
+    /// Learns broker addresses named by an answer.
+    pub(crate) fn learn_brokers<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) {
+        self.inner.brokers.learn(addresses);
     }
 
     /// Known brokers to try for a call any broker serves, the preferred first.

@@ -14,6 +14,7 @@ mod brokers;
 mod client;
 pub mod clock;
 mod error;
+pub mod groups;
 pub mod partitioner;
 mod producer;
 mod reader;
@@ -21,6 +22,7 @@ mod routing;
 
 pub use client::{Client, MAX_MESSAGE_BYTES};
 pub use error::{ClientError, LOG_START_OFFSET, NOT_STORED, OWNER, RETRY_AFTER_MS, code_name};
+pub use groups::{GroupConsumer, GroupConsumerConfig, GroupRecord, Rebalance, ResetSpec};
 pub use producer::{AckResult, Producer, ProducerConfig, ProducerRecord, SendFuture};
 pub use reader::{ConsumedRecord, DEFAULT_FETCH_BYTES, PartitionReader, StartSpec, list_offsets};
 pub use silt_storage::batch::BatchCompression;

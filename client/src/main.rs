@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::{bench, cluster, consume, produce, topic};
+use crate::cli::{bench, cluster, consume, group, produce, topic};
 
 /// The Silt command-line tool: manage topics, produce and consume records, run benchmarks.
 #[derive(Debug, Parser)]
@@ -45,6 +45,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Inspect the cluster (live brokers, partition owners).
     Cluster(cluster::ClusterArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group(group::GroupArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,5 +97,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consume(args) => consume::run(&cli.broker, args).await,
         Command::Bench(args) => bench::run(&cli.broker, args).await,
         Command::Cluster(args) => cluster::run(&cli.broker, args).await,
+        Command::Group(args) => group::run(&cli.broker, args).await,
     }
 }

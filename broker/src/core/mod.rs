@@ -17,7 +17,8 @@
 //!    subscribe, offsets by time).
 //!
 //! Beside it: [`topics`] (the topic table, name rules, defaults), [`admin`] (topics and the
-//! cluster's status as the facade serves them); the broker's metrics are
+//! cluster's status as the facade serves them), [`groups`] (consumer groups: the coordinator,
+//! its state machine and assignor, and their part of the facade); the broker's metrics are
 //! [`crate::observe::metrics`].
 
 pub mod admin;
@@ -73,6 +74,7 @@ pub struct BrokerParts {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub defaults: TopicDefaults,
+    pub groups: Arc<groups::Coordinator>,
 }
 
 /// One broker's operations, for every edge.
@@ -88,6 +90,7 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     defaults: TopicDefaults,
+    groups: Arc<groups::Coordinator>,
     started_ms: i64,
     /// When the last produce call arrived (ms since `epoch`).
     last_call: std::sync::atomic::AtomicU64,
@@ -113,6 +116,7 @@ impl Broker {
             metrics: parts.metrics,
             clock: parts.clock,
             defaults: parts.defaults,
+            groups: parts.groups,
             started_ms,
             last_call: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),

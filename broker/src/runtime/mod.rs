@@ -38,6 +38,7 @@ use crate::cluster::controller::Controller;
 use crate::cluster::membership::Membership;
 use crate::core::fetch::FetchPath;
 use crate::core::flusher::Flusher;
+use crate::core::groups::Coordinator;
 use crate::core::log_index::LogIndex;
 use crate::core::produce::{ProduceLimits, ProducePath};
 use crate::core::topics::TopicTable;
@@ -299,6 +300,16 @@ impl Builder {
             metrics: metrics.clone(),
             stopping: cancel.clone(),
         });
+        // Consumer groups: the coordinator of the slots this broker owns.
+        let groups = Coordinator::new(
+            view.clone(),
+            catalog.clone(),
+            topics.clone(),
+            index.clone(),
+            clock.clone(),
+        );
+        let groups_stop = CancellationToken::new();
+        let groups_task = tokio::spawn(groups.clone().run(groups_stop.clone()));
         // The gRPC frame limit leaves room for framing so the produce path, not the transport,
         // refuses an over-limit request with a message naming `max-request-bytes`.
         let max_message = (s.max_request_bytes as usize)
@@ -316,6 +327,7 @@ impl Builder {
             partitioner: Arc::new(Murmur2),
             metrics: metrics.clone(),
             clock: clock.clone(),
+            groups: groups.clone(),
             defaults: TopicDefaults {
                 retention_ms: s.default_retention_ms,
                 max_record_bytes: s.default_max_record_bytes,
@@ -433,6 +445,9 @@ impl Builder {
                 tracker.close();
                 tracker.wait().await;
                 drop(flusher_task);
+                //    Offset commits already accepted are written and answered too.
+                groups_stop.cancel();
+                let _ = groups_task.await;
                 // 3. Everything accepted is committed: leave the cluster at once, which hands
                 //    this broker's partitions (and the controller's job, if it had it) to the
                 //    others.

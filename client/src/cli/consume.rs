@@ -3,6 +3,13 @@
 //! records to one writer, so lines of one partition keep their order while partitions
 //! interleave. Without `--follow` each partition stops at the high watermark it had at start.
 //! A closed stdout (`silt consume t | head`) ends the command quietly with success.
+//!
+//! With `--group G` the command is a member of consumer group G ([`GroupConsumer`]): it reads
+//! the partitions the group's coordinator gives it, from the group's committed offsets (or
+//! `--from` where none is committed), commits what it printed every second, when a partition
+//! is taken away and at the end, and prints each rebalance on stderr. Without `--follow` it
+//! stops once every partition it holds reached the high watermark seen when it was assigned;
+//! SIGINT and SIGTERM stop it the same way: commit, leave the group, exit 0.
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -10,7 +17,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use silt_client::{ConsumedRecord, PartitionReader, StartSpec};
+use silt_client::{
+    ConsumedRecord, GroupConsumer, GroupConsumerConfig, PartitionReader, Rebalance, StartSpec,
+};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -43,6 +52,18 @@ pub(crate) struct ConsumeArgs {
     /// Print the offset (tab-separated, first).
     #[arg(long)]
     print_offset: bool,
+    /// Print the partition (tab-separated, before the offset).
+    #[arg(long)]
+    print_partition: bool,
+    /// Read as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, reading starts at the group's committed offsets (`--from` applies where none
+    /// is committed), and offsets of printed records are committed.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: the session timeout (6s..60s); the coordinator fences a member silent for
+    /// this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
 }
 
 /// Parses `--from`.
@@ -85,6 +106,9 @@ pub(crate) async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitC
 
 async fn consume(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = connect(broker).await?;
+    if let Some(group) = args.group.clone() {
+        return consume_group(client, group, args).await;
+    }
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
         None => {
@@ -92,7 +116,7 @@ async fn consume(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             (0..described.topic.unwrap_or_default().partitions).collect()
         }
     };
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Vec<ConsumedRecord>>>(64);
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<(u32, Vec<ConsumedRecord>)>>(64);
     for partition in partitions {
         let reader = PartitionReader::new(&client, &args.topic, partition, args.from).await?;
         tokio::spawn(read_partition(reader, args.follow, tx.clone()));
@@ -108,8 +132,11 @@ async fn consume(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let limit = args.max.unwrap_or(u64::MAX);
     'records: while printed < limit {
         let Some(chunk) = rx.recv().await else { break };
-        let records = chunk?;
+        let (partition, records) = chunk?;
         for record in &records {
+            if args.print_partition {
+                write!(out, "{partition}\t").context("writing to stdout")?;
+            }
             format
                 .write(&mut out, record)
                 .context("writing to stdout")?;
@@ -127,11 +154,123 @@ async fn consume(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long a member without partitions waits before it concludes there is nothing for it.
+const IDLE_MEMBER: Duration = Duration::from_secs(5);
+
+/// `silt consume --group`: one group member until the end (or a signal).
+async fn consume_group(
+    client: silt_client::Client,
+    group: String,
+    args: ConsumeArgs,
+) -> anyhow::Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let mut config = GroupConsumerConfig::new(&group, &[args.topic.as_str()]);
+    config.start = args.from;
+    config.session_timeout = args.session_timeout;
+    config.client_id = format!("silt-cli-{}", std::process::id());
+    config.auto_commit = Some(Duration::from_secs(1));
+    let mut consumer = GroupConsumer::join(&client, config).await?;
+    let format = Format {
+        offset: args.print_offset,
+        key: args.print_key,
+    };
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut printed = 0u64;
+    let limit = args.max.unwrap_or(u64::MAX);
+    // The end of each held partition: the high watermark seen when it was assigned.
+    let mut ends: std::collections::BTreeMap<(String, u32), i64> = Default::default();
+    let mut idle_since = tokio::time::Instant::now();
+    let outcome: anyhow::Result<()> = async {
+        while printed < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let records = consumer.poll().await?;
+            for event in consumer.take_rebalances() {
+                let now = humantime::format_rfc3339_millis(
+                    UNIX_EPOCH + Duration::from_millis(silt_client::clock::unix_now_ms() as u64),
+                );
+                match &event {
+                    Rebalance::Assigned(starts) => {
+                        let marks = consumer.high_watermarks();
+                        for tp in starts.keys() {
+                            ends.insert(tp.clone(), marks.get(tp).map_or(0, |m| m.1));
+                        }
+                        eprintln!("{now} group {group}: assigned {}", list(starts.keys()));
+                    }
+                    Rebalance::Revoked(set) => {
+                        for tp in set {
+                            ends.remove(tp);
+                        }
+                        eprintln!("{now} group {group}: revoked {}", list(set.iter()));
+                    }
+                    Rebalance::Lost(set) => {
+                        ends.clear();
+                        eprintln!("{now} group {group}: lost {}", list(set.iter()));
+                    }
+                }
+                idle_since = tokio::time::Instant::now();
+            }
+            for r in &records {
+                if args.print_partition {
+                    write!(out, "{}\t", r.partition).context("writing to stdout")?;
+                }
+                format
+                    .write(&mut out, &r.record)
+                    .context("writing to stdout")?;
+                printed += 1;
+                if printed >= limit {
+                    break;
+                }
+            }
+            out.flush().context("writing to stdout")?;
+            if !args.follow {
+                let marks = consumer.high_watermarks();
+                let held_done = !marks.is_empty()
+                    && marks
+                        .iter()
+                        .all(|(tp, (next, _))| *next >= ends.get(tp).copied().unwrap_or(0));
+                let nothing_held = marks.is_empty() && idle_since.elapsed() >= IDLE_MEMBER;
+                if held_done || nothing_held {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    out.flush().context("writing to stdout")?;
+    // Commit what was printed and leave, whatever ended the loop.
+    let closed = consumer.close().await;
+    outcome?;
+    closed.context("committing offsets and leaving the group")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list<'a>(partitions: impl Iterator<Item = &'a (String, u32)>) -> String {
+    let names: Vec<String> = partitions.map(|(t, p)| format!("{t}/{p}")).collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(" ")
+    }
+}
+
 /// Reads one partition into `tx` until its end (without `follow`) or until the writer is gone.
 async fn read_partition(
     mut reader: PartitionReader,
     follow: bool,
-    tx: mpsc::Sender<anyhow::Result<Vec<ConsumedRecord>>>,
+    tx: mpsc::Sender<anyhow::Result<(u32, Vec<ConsumedRecord>)>>,
 ) {
     let end = reader.high_watermark();
     loop {
@@ -171,7 +310,7 @@ async fn read_partition(
         if !follow {
             records.retain(|r| r.offset < end);
         }
-        if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
+        if !records.is_empty() && tx.send(Ok((reader.partition(), records))).await.is_err() {
             return;
         }
     }

@@ -74,6 +74,21 @@ impl Catalog {
         Ok(groups)
     }
 
+    /// The ids of every group of the cluster (with a record or committed offsets), sorted.
+    pub async fn list_groups(&self) -> Result<Vec<String>, CatalogError> {
+        let mut names = std::collections::BTreeSet::new();
+        for slot in 0..crate::keys::GROUP_SLOTS {
+            for kv in self.range_all(self.keys.group_slot_prefix(slot)).await? {
+                if let Some(GroupKey::Record { group, .. } | GroupKey::Offset { group, .. }) =
+                    self.keys.parse_group_key(&kv.key)
+                {
+                    names.insert(group);
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
     /// Writes a group's record if the fence holds and the record is still at `seen_mod_revision`
     /// (0: it does not exist). Returns the new `mod_revision`, or `None` (nothing written) when
     /// a compare failed.

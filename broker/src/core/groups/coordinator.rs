@@ -418,7 +418,14 @@ impl Coordinator {
             .max(1);
         loop {
             let first = tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    // Stopping: nothing new is accepted; what was accepted is written.
+                    rx.close();
+                    match rx.recv().await {
+                        Some(j) => j,
+                        None => return,
+                    }
+                }
                 job = rx.recv() => match job { Some(j) => j, None => return },
             };
             let mut jobs = vec![first];

@@ -7,10 +7,12 @@
 
 pub mod assignor;
 pub mod coordinator;
+pub mod facade;
 pub mod state;
 
 pub use assignor::GroupPartition;
 pub use coordinator::{
     Coordinator, GroupDescription, PartitionLag, PartitionOffset, ResetTo, slot_of,
 };
+pub use facade::{CoordinatorInfo, OffsetChange};
 pub use state::{Changed, Group, GroupError, Heartbeat, HeartbeatAnswer};

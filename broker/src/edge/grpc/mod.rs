@@ -1,9 +1,11 @@
-//! The gRPC edge: `silt.v1.Log` ([`log`]) and `silt.v1.Admin` ([`admin`]) over the core, the
+//! The gRPC edge: `silt.v1.Log` ([`log`]), `silt.v1.Admin` ([`admin`]) and `silt.v1.Groups`
+//! ([`groups`]) over the core, the
 //! forwarding hop to other brokers ([`forward`]), the one error ⇄ status mapping ([`status`]),
 //! plus `grpc.health.v1` and server reflection so generic gRPC tools work.
 
 pub mod admin;
 pub mod forward;
+pub mod groups;
 pub mod log;
 pub mod metrics;
 pub mod status;
@@ -12,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use silt_api::v1::admin_server::AdminServer;
+use silt_api::v1::groups_server::GroupsServer;
 use silt_api::v1::log_server::LogServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Broker;
 pub use admin::AdminService;
 pub use forward::GrpcForwarder;
+pub use groups::GroupsService;
 pub use log::LogService;
 
 /// Serves the gRPC edge on `listener`: health turns NOT_SERVING once `draining` fires (the
@@ -36,12 +40,16 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LogServer<LogService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    health.set_serving::<GroupsServer<GroupsService>>().await;
     {
         let health = health.clone();
         tokio::spawn(async move {
             draining.cancelled().await;
             health.set_not_serving::<LogServer<LogService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
+            health
+                .set_not_serving::<GroupsServer<GroupsService>>()
+                .await;
         });
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -52,6 +60,9 @@ pub async fn serve(
         broker: broker.clone(),
     };
     let request_metrics = metrics::RequestMetricsLayer::new(broker.metrics().clone());
+    let groups = GroupsService {
+        broker: broker.clone(),
+    };
     let admin = AdminService { broker };
     tonic::transport::Server::builder()
         .layer(request_metrics)
@@ -63,6 +74,7 @@ pub async fn serve(
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(AdminServer::new(admin).max_decoding_message_size(max_message))
+        .add_service(GroupsServer::new(groups).max_decoding_message_size(max_message))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await?;
     Ok(())
