@@ -128,6 +128,12 @@ impl Client {
         admin_client(self.preferred_channel())
     }
 
+    /// The raw `Groups` service client of the preferred broker (a cheap clone). Group calls
+    /// must reach the group's coordinator; the helpers of [`crate::groups`] find it.
+    pub fn groups(&self) -> silt_api::v1::groups_client::GroupsClient<Channel> {
+        silt_api::v1::groups_client::GroupsClient::new(self.preferred_channel())
+    }
+
     fn preferred_channel(&self) -> Channel {
         let url = self.inner.brokers.preferred();
         // The preferred URL parsed when it was learnt, so the channel can always be made.

@@ -15,6 +15,7 @@ mod cluster;
 mod etcd;
 mod garage;
 pub mod load;
+mod member;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub use cli::{CliOutput, run_cli, run_cli_with_input};
 pub use cluster::Cluster;
 pub use etcd::EtcdProcess;
 pub use garage::GarageProcess;
+pub use member::{MemberEvent, MemberProcess, MemberRecord};
 
 /// The path of one of Silt's binaries (`silt-broker`, `silt`).
 pub fn bin_path(name: &str) -> PathBuf {
