@@ -147,6 +147,33 @@ fn assert_exclusive(members: &[(&MemberProcess, i64)]) {
     }
 }
 
+/// `silt_group_lag_records` series of `group` over the running brokers: (partition, lag), one
+/// per partition if no broker keeps a stale series.
+async fn lag_series(cluster: &Cluster, group: &str) -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    for slot in 0..cluster.len() {
+        if !cluster.is_running(slot) {
+            continue;
+        }
+        let text = cluster.broker(slot).scrape().await;
+        for line in text.lines().filter(|l| l.starts_with("silt_group_lag_records{")) {
+            if !line.contains(&format!("group=\"{group}\"")) {
+                continue;
+            }
+            let partition = line
+                .split("partition=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|p| p.parse().ok())
+                .expect("partition label");
+            let lag = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+            out.push((partition, lag));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn now_ms() -> i64 {
     silt_client::clock::unix_now_ms()
 }
@@ -252,6 +279,8 @@ async fn three_members_share_a_topic_and_a_killed_members_partitions_move() {
         assert_eq!(p.committed, p.high_watermark, "{p:?}");
         assert_eq!(p.lag, 0);
     }
+    let series = lag_series(&cluster, "g").await;
+    assert_eq!(series, (0..6).map(|p| (p, 0)).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -297,6 +326,20 @@ async fn the_coordinators_death_loses_no_group_state() {
     .await;
     let after = client.describe_group("g").await.unwrap();
     assert_ne!(after.coordinator, coordinator, "another broker coordinates");
+    // The new coordinator exports the group's lag; nobody else has a series of it.
+    let series = wait_for("lag series of all four partitions", Duration::from_secs(30), || {
+        let f = lag_series(&cluster, "g");
+        async move {
+            let s = f.await;
+            (s.len() == 4).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        series.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3],
+        "one series per partition: {series:?}"
+    );
     assert_eq!(
         after
             .members

@@ -71,6 +71,12 @@ pub trait AdminSource: Send + Sync + 'static {
     fn sample(&self) -> StateSample;
     /// Whether the broker is ready, and if not, why.
     fn ready(&self) -> Result<(), &'static str>;
+    /// Series computed at each scrape rather than kept in the registry (consumer-group lag:
+    /// only the groups this broker coordinates now, so a group that moved leaves no stale
+    /// series behind), in the text format.
+    fn extra_series(&self) -> String {
+        String::new()
+    }
     fn metrics(&self) -> &Metrics;
 }
 
@@ -142,7 +148,9 @@ fn answer(source: &dyn AdminSource, req: &Request<Incoming>) -> Response<Full<By
     match req.uri().path() {
         "/metrics" => {
             source.metrics().sample(&source.sample());
-            let mut r = text(StatusCode::OK, source.metrics().render());
+            let mut body = source.metrics().render();
+            body.push_str(&source.extra_series());
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -289,8 +289,16 @@ pub struct StateSample {
     pub ready: bool,
 }
 
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// One broker's registry and the handles it records into.
 pub struct Metrics {
+    broker_id: String,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Exact stage quantiles for `Admin.GetStats` (the bench reads p50/p99 from here; the
@@ -374,6 +382,7 @@ impl Metrics {
         let wal_cache_limit_gauge = gauge(WAL_CACHE_LIMIT);
         wal_cache_limit_gauge.set(wal_cache_limit as f64);
         let metrics = Self {
+            broker_id: broker_id.to_string(),
             stages: StageHistograms::default(),
             produce_ack: histogram(r, PRODUCE_ACK, &[]),
             flush_stages: STAGES.map(|stage| histogram(r, FLUSH_STAGE, &[("stage", stage)])),
@@ -579,6 +588,30 @@ impl Metrics {
         if let Some(rss) = process_rss_bytes() {
             self.process_rss.set(rss as f64);
         }
+    }
+
+    /// `silt_group_lag_records` for `rows` of (group, topic, partition, lag), in the text
+    /// format, with this broker's label; empty when there are none.
+    pub fn render_group_lag(&self, rows: &[(String, String, u32, i64)]) -> String {
+        use std::fmt::Write;
+        if rows.is_empty() {
+            return String::new();
+        }
+        let help = CATALOG
+            .iter()
+            .find(|(n, _, _)| *n == GROUP_LAG)
+            .map_or("", |(_, _, h)| *h);
+        let mut out = format!("# HELP {GROUP_LAG} {help}\n# TYPE {GROUP_LAG} gauge\n");
+        for (group, topic, partition, lag) in rows {
+            let _ = writeln!(
+                out,
+                "{GROUP_LAG}{{broker=\"{}\",group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}",
+                escape_label(&self.broker_id),
+                escape_label(group),
+                escape_label(topic),
+            );
+        }
+        out
     }
 
     /// The Prometheus text exposition of every metric.
@@ -840,5 +873,21 @@ mod tests {
                 "{name} has no help"
             );
         }
+    }
+
+    #[test]
+    fn group_lag_is_rendered_with_escaped_labels() {
+        let m = Metrics::new("b\"0", 1);
+        assert_eq!(m.render_group_lag(&[]), "");
+        let text = m.render_group_lag(&[
+            ("orders/eu".into(), "t".into(), 3, 42),
+            ("we\"ird\\g\nx".into(), "t".into(), 0, 0),
+        ]);
+        assert!(text.starts_with("# HELP silt_group_lag_records "), "{text}");
+        assert!(text.contains("# TYPE silt_group_lag_records gauge\n"));
+        assert!(text.contains(
+            "silt_group_lag_records{broker=\"b\\\"0\",group=\"orders/eu\",topic=\"t\",partition=\"3\"} 42\n"
+        ), "{text}");
+        assert!(text.contains("group=\"we\\\"ird\\\\g\\nx\""), "{text}");
     }
 }

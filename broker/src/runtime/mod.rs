@@ -148,6 +148,7 @@ impl Builder {
             readiness: Readiness::default(),
             view: std::sync::OnceLock::new(),
             wal: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
         });
         let admin_listener = admin::bind(s.admin_listen).await?;
         let admin_addr = admin_listener.local_addr()?;
@@ -308,6 +309,7 @@ impl Builder {
             index.clone(),
             clock.clone(),
         );
+        let _ = admin_state.groups.set(groups.clone());
         let groups_stop = CancellationToken::new();
         let groups_task = tokio::spawn(groups.clone().run(groups_stop.clone()));
         // The gRPC frame limit leaves room for framing so the produce path, not the transport,
@@ -523,6 +525,7 @@ struct RuntimeAdmin {
     readiness: Readiness,
     view: std::sync::OnceLock<Arc<ClusterView>>,
     wal: std::sync::OnceLock<Arc<WalCache>>,
+    groups: std::sync::OnceLock<Arc<Coordinator>>,
 }
 
 impl AdminSource for RuntimeAdmin {
@@ -539,6 +542,13 @@ impl AdminSource for RuntimeAdmin {
             sample.brokers = view.brokers().len();
         }
         sample
+    }
+
+    fn extra_series(&self) -> String {
+        self.groups
+            .get()
+            .map(|g| self.metrics.render_group_lag(&g.lag_snapshot()))
+            .unwrap_or_default()
     }
 
     fn ready(&self) -> Result<(), &'static str> {
