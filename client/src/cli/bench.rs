@@ -3,6 +3,7 @@
 //! `Admin.GetStats` before and after the run, so they report cost as well as speed: MiB of record
 //! values per broker CPU-second. Results print as aligned text or, with `--json`, one JSON object.
 
+mod commits;
 mod consume;
 mod object_store;
 mod payload;
@@ -33,6 +34,8 @@ enum BenchCommand {
     Consume(consume::ConsumeBenchArgs),
     /// Write, then delete, plain objects in an object store and measure throughput and latency.
     ObjectStore(object_store::ObjectStoreBenchArgs),
+    /// Commit group offsets from many groups at a fixed rate; latency and metadata cost.
+    Commits(commits::CommitsBenchArgs),
 }
 
 pub(crate) async fn run(broker: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -40,6 +43,7 @@ pub(crate) async fn run(broker: &str, args: BenchArgs) -> anyhow::Result<ExitCod
         BenchCommand::Produce(args) => produce::run(broker, args).await,
         BenchCommand::Consume(args) => consume::run(broker, args).await,
         BenchCommand::ObjectStore(args) => object_store::run(args).await,
+        BenchCommand::Commits(args) => commits::run(broker, args).await,
     }
 }
 
