@@ -406,7 +406,12 @@ impl GroupConsumer {
     pub async fn poll(&mut self) -> Result<Vec<GroupRecord>, ClientError> {
         self.apply_assignment().await?;
         if Instant::now() >= self.next_commit {
-            self.commit().await?;
+            match self.commit().await {
+                // Fenced: the partitions are someone else's now; drop them (the next
+                // assignment is applied on the next poll) instead of failing the caller.
+                Err(e) if e.code() == Code::Aborted => {}
+                other => other?,
+            }
         }
         if self.readers.is_empty() {
             tokio::time::sleep(self.config.max_wait.min(Duration::from_millis(100))).await;
@@ -488,11 +493,33 @@ impl GroupConsumer {
                 metadata: String::new(),
             })
             .collect();
-        self.client
+        match self
+            .client
             .commit_group_offsets(&self.config.group, &member, epoch, offsets)
-            .await?;
-        self.committed.extend(due);
-        Ok(())
+            .await
+        {
+            Ok(()) => {
+                self.committed.extend(due);
+                Ok(())
+            }
+            Err(e) => {
+                if e.code() == Code::Aborted {
+                    // This member was fenced (its session ended while it was away): what it
+                    // read since its last commit will be read again by the partitions' new
+                    // owners. It stops reading everything and joins again.
+                    tracing::warn!(group = %self.config.group, error = %e, "commit refused: fenced; rejoining");
+                    let mut m = self.lock();
+                    // Unless the heartbeat task already joined again as a new member.
+                    if m.member_id == member {
+                        m.member_id.clear();
+                        m.epoch = 0;
+                        m.assigned = None;
+                        m.lost = true;
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Applies the latest assignment: revoke (commit, stop reading), then assign.

@@ -156,7 +156,10 @@ async fn lag_series(cluster: &Cluster, group: &str) -> Vec<(u32, i64)> {
             continue;
         }
         let text = cluster.broker(slot).scrape().await;
-        for line in text.lines().filter(|l| l.starts_with("silt_group_lag_records{")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("silt_group_lag_records{"))
+        {
             if !line.contains(&format!("group=\"{group}\"")) {
                 continue;
             }
@@ -166,7 +169,11 @@ async fn lag_series(cluster: &Cluster, group: &str) -> Vec<(u32, i64)> {
                 .and_then(|r| r.split('"').next())
                 .and_then(|p| p.parse().ok())
                 .expect("partition label");
-            let lag = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+            let lag = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("value");
             out.push((partition, lag));
         }
     }
@@ -327,13 +334,17 @@ async fn the_coordinators_death_loses_no_group_state() {
     let after = client.describe_group("g").await.unwrap();
     assert_ne!(after.coordinator, coordinator, "another broker coordinates");
     // The new coordinator exports the group's lag; nobody else has a series of it.
-    let series = wait_for("lag series of all four partitions", Duration::from_secs(30), || {
-        let f = lag_series(&cluster, "g");
-        async move {
-            let s = f.await;
-            (s.len() == 4).then_some(s)
-        }
-    })
+    let series = wait_for(
+        "lag series of all four partitions",
+        Duration::from_secs(30),
+        || {
+            let f = lag_series(&cluster, "g");
+            async move {
+                let s = f.await;
+                (s.len() == 4).then_some(s)
+            }
+        },
+    )
     .await;
     assert_eq!(
         series.iter().map(|(p, _)| *p).collect::<Vec<_>>(),

@@ -156,6 +156,12 @@ impl Router {
                 .or_default()
                 .push((i, (partition, batch)));
         }
+        if groups.len() > 1 && groups.contains_key(&Target::Local) && self.produce.wal.is_closed() {
+            // Shutting down: the local part would be refused after the others were forwarded
+            // and maybe stored, an ambiguous answer. Refuse it all first: nothing is stored and
+            // the client retries at the new owners.
+            return Err(shutting_down());
+        }
         if groups.len() > 1 {
             // Refuse the whole request if any batch is bad, before any part is stored.
             let all: Vec<(u32, Bytes)> =
@@ -226,6 +232,9 @@ impl Router {
         if groups.is_empty() {
             return Ok(results.into_iter().flatten().collect());
         }
+        if groups.len() > 1 && groups.contains_key(&Target::Local) && self.produce.wal.is_closed() {
+            return Err(shutting_down());
+        }
         // A request stored here whole fails whole (a limit, a full WAL cache); a split one
         // reports each part's failure on its records.
         let whole_here = groups.len() == 1
@@ -265,6 +274,12 @@ impl Router {
             .map(|r| r.unwrap_or_else(|| Err(BrokerError::internal("no result for a record"))))
             .collect())
     }
+}
+
+fn shutting_down() -> BrokerError {
+    BrokerError::unavailable(
+        "the broker is shutting down; nothing of this request was stored, retry on another broker",
+    )
 }
 
 /// Merges the parts of a split request: all succeeded, or one error. The error says nothing

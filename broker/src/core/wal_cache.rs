@@ -372,6 +372,11 @@ impl WalCache {
     }
 
     /// Fires once [`close`](Self::close) sealed the last window: no window follows.
+    /// True once [`Self::close`] ran: appends are refused.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     pub fn closed(&self) -> tokio_util::sync::CancellationToken {
         self.closed_token.clone()
     }
