@@ -24,6 +24,7 @@ struct Slot {
 pub struct Cluster {
     pub etcd: EtcdProcess,
     pub garage: Option<GarageProcess>,
+    pub minio: Option<crate::MinioProcess>,
     dir: tempfile::TempDir,
     name: String,
     ttl_ms: u64,
@@ -40,6 +41,23 @@ impl Cluster {
         Some(Cluster {
             etcd,
             garage,
+            minio: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            ttl_ms,
+            linger_ms,
+            slots: Vec::new(),
+        })
+    }
+
+    /// Like [`Self::start`], with a MinIO bucket as the shared object store.
+    pub async fn start_on_minio(name: &str, ttl_ms: u64, linger_ms: u64) -> Option<Cluster> {
+        let etcd = EtcdProcess::start().await?;
+        let minio = crate::MinioProcess::start().await?;
+        Some(Cluster {
+            etcd,
+            garage: None,
+            minio: Some(minio),
             dir: tempfile::tempdir().expect("tempdir"),
             name: name.to_string(),
             ttl_ms,
@@ -57,6 +75,8 @@ impl Cluster {
     pub fn store_kind(&self) -> &'static str {
         if self.garage.is_some() {
             "garage"
+        } else if self.minio.is_some() {
+            "minio"
         } else {
             "shared local directory"
         }
@@ -69,9 +89,13 @@ impl Cluster {
             .arg("--broker-id", format!("b{slot}"))
             .arg("--lease-ttl-ms", self.ttl_ms);
         options.linger_ms = self.linger_ms;
-        match &self.garage {
-            Some(garage) => {
-                let (args, env) = garage.broker_args(&self.name);
+        let s3 = match (&self.garage, &self.minio) {
+            (Some(garage), _) => Some(garage.broker_args(&self.name)),
+            (_, Some(minio)) => Some(minio.broker_args(&self.name)),
+            _ => None,
+        };
+        match s3 {
+            Some((args, env)) => {
                 options.args.extend(args);
                 options.env = env;
             }
@@ -243,9 +267,10 @@ impl Cluster {
 
     /// The object store the brokers share.
     pub fn object_store(&self) -> std::sync::Arc<dyn object_store::ObjectStore> {
-        match &self.garage {
-            Some(garage) => garage.store(&self.name),
-            None => std::sync::Arc::new(
+        match (&self.garage, &self.minio) {
+            (Some(garage), _) => garage.store(&self.name),
+            (_, Some(minio)) => minio.store(&self.name),
+            _ => std::sync::Arc::new(
                 object_store::local::LocalFileSystem::new_with_prefix(
                     self.dir.path().join("objects"),
                 )

@@ -16,6 +16,7 @@ mod etcd;
 mod garage;
 pub mod load;
 mod member;
+mod minio;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use cluster::Cluster;
 pub use etcd::EtcdProcess;
 pub use garage::GarageProcess;
 pub use member::{MemberEvent, MemberProcess, MemberRecord};
+pub use minio::MinioProcess;
 
 /// The path of one of Silt's binaries (`silt-broker`, `silt`).
 pub fn bin_path(name: &str) -> PathBuf {

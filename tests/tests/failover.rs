@@ -104,9 +104,26 @@ fn owned_by(owners: &[(u32, String)], broker: &str) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_an_owner_moves_its_partitions_to_the_survivors() {
-    let Some(mut cluster) = three_brokers("failover").await else {
+    let Some(cluster) = three_brokers("failover").await else {
         return;
     };
+    owner_failover(cluster).await;
+}
+
+/// The same failover with MinIO as the shared object store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_an_owner_moves_its_partitions_on_minio() {
+    let Some(mut cluster) = Cluster::start_on_minio("failover-minio", TTL_MS, 20).await else {
+        return;
+    };
+    for _ in 0..3 {
+        cluster.add_broker().await;
+    }
+    assert_eq!(cluster.store_kind(), "minio");
+    owner_failover(cluster).await;
+}
+
+async fn owner_failover(mut cluster: Cluster) {
     let (checker, stop, load) = start_load(&cluster, "orders", 6).await;
     acked_more(&checker, 500).await;
 

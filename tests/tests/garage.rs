@@ -1,5 +1,6 @@
-//! A real S3-compatible store (Garage) under Silt: the object-store conformance suite, and a
-//! broker on etcd + Garage that loses no acknowledged record when killed under load.
+//! Real S3-compatible stores (Garage and MinIO) under Silt: the object-store conformance suite
+//! on both, and a broker on etcd + each store that loses no acknowledged record when killed
+//! under load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,8 @@ use std::time::Duration;
 use silt_storage::object::conformance;
 use silt_tests::load::{fast_path_load, per_record_load};
 use silt_tests::{
-    Backend, BackendGuard, BrokerOptions, BrokerProcess, Checker, GarageProcess, wait_for,
+    Backend, BackendGuard, BrokerOptions, BrokerProcess, Checker, GarageProcess, MinioProcess,
+    wait_for,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,8 +22,25 @@ async fn garage_passes_the_object_store_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_passes_the_object_store_conformance_suite() {
+    let Some(minio) = MinioProcess::start().await else {
+        return;
+    };
+    conformance::run_all(minio.store("conformance"), "run").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_on_etcd_and_garage_survives_kill_9_under_load() {
-    let Some(backend) = BackendGuard::start(Backend::EtcdGarage).await else {
+    survives_kill_9_under_load(Backend::EtcdGarage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_on_etcd_and_minio_survives_kill_9_under_load() {
+    survives_kill_9_under_load(Backend::EtcdMinio).await;
+}
+
+async fn survives_kill_9_under_load(kind: Backend) {
+    let Some(backend) = BackendGuard::start(kind).await else {
         return;
     };
     let broker = BrokerProcess::start(backend.broker_options()).await;
