@@ -75,10 +75,11 @@ if grep -q "PersistentVolumeClaim\|volumeClaimTemplates" "$work/default.yaml"; t
     --set objectStore.allowHttp=true --set etcd.auth.existingSecret=silt-etcd-auth \
     --set etcd.tls.enabled=true --set etcd.tls.existingSecret=silt-etcd-tls \
     --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true \
-    --set ports.kafka.enabled=true > "$work/full.yaml"
+    --set ports.kafka.enabled=true --set autoscaling.produceBytesPerSecond=50Mi > "$work/full.yaml"
 validate full "$work/full.yaml"
 for want in "kind: HorizontalPodAutoscaler" "name: silt-s3" "name: silt-etcd-auth" \
-    "secretName: silt-etcd-tls" "SILT_ETCD_CA" "kind: PrometheusRule" "kind: ServiceMonitor"; do
+    "secretName: silt-etcd-tls" "SILT_ETCD_CA" "kind: PrometheusRule" "kind: ServiceMonitor" \
+    "name: silt_produce_bytes_per_second" "topology.kubernetes.io/zone"; do
     grep -q "$want" "$work/full.yaml" || fail "non-default values: missing '$want'"
 done
 if grep -q "AWS_SECRET_ACCESS_KEY: " "$work/full.yaml"; then fail "credentials inline"; fi
