@@ -139,9 +139,9 @@ impl Controller {
         }
         if moved > 0 {
             info!(
-                partitions = moved,
+                owners = moved,
                 brokers = self.view.brokers().len(),
-                "partitions reassigned"
+                "partition and group-coordinator owners reassigned"
             );
         }
         Ok(moved)

@@ -40,6 +40,8 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 /// cooperative hand-over, which takes two heartbeats, slow; Silt's heartbeats are cheap).
 pub const MIN_HEARTBEAT_INTERVAL_MS: u32 = 500;
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 3_000;
+/// The interval given to a member that waits for partitions still being released elsewhere.
+pub const RECONCILING_HEARTBEAT_MS: u32 = 200;
 /// Most members in one group, topics in one subscription, and bytes of a group id, client id or
 /// host: a join can never make a group's record outgrow a metadata value.
 pub const MAX_MEMBERS: usize = 1_000;
@@ -445,6 +447,12 @@ impl Group {
 
     /// The member's answer; delivers a changed assignment with the next epoch (and says so).
     fn answer(&mut self, id: &str) -> (HeartbeatAnswer, bool) {
+        // A member waiting for partitions another member is still releasing comes back soon:
+        // it gets them one short interval after the release, not one full interval.
+        let waiting = self
+            .target
+            .get(id)
+            .is_some_and(|t| !t.is_subset(&self.members[id].assigned));
         let m = self.members.get_mut(id).expect("member");
         let delivered = m.pending;
         if delivered {
@@ -454,7 +462,11 @@ impl Group {
         let answer = HeartbeatAnswer {
             member_id: id.to_string(),
             member_epoch: m.epoch,
-            heartbeat_interval_ms: m.heartbeat_interval_ms,
+            heartbeat_interval_ms: if waiting {
+                m.heartbeat_interval_ms.min(RECONCILING_HEARTBEAT_MS)
+            } else {
+                m.heartbeat_interval_ms
+            },
             assigned: m.assigned.clone(),
         };
         (answer, delivered)

@@ -121,6 +121,21 @@ fn a_partition_moves_only_after_its_old_member_released_it() {
     }
     beat(&mut g, &mut b, 3).unwrap();
     assert!(b.consuming.is_empty(), "not before a released them");
+    // b waits for partitions still being released: it is asked back sooner than usual.
+    let (waiting, _) = g
+        .heartbeat(
+            &Heartbeat {
+                member_id: "b".into(),
+                member_epoch: b.epoch,
+                owned: Some(b.consuming.clone()),
+                ..Heartbeat::default()
+            },
+            3,
+            &resolve_one,
+            || unreachable!(),
+        )
+        .unwrap();
+    assert_eq!(waiting.heartbeat_interval_ms, RECONCILING_HEARTBEAT_MS);
     // a's next heartbeat reports it consumes only its three: now b may have the others.
     beat(&mut g, &mut a, 4).unwrap();
     beat(&mut g, &mut b, 5).unwrap();
