@@ -16,6 +16,17 @@ use silt_client::{BatchCompression, Client};
 
 pub(crate) use size::{ByteSize, format_bytes};
 
+/// `RFC3339` (e.g. `2025-01-31T12:00:00Z`) as ms since the Unix epoch, for `timestamp:` forms.
+pub(crate) fn parse_time_ms(time: &str) -> Result<i64, String> {
+    let at = humantime::parse_rfc3339(time).map_err(|e| {
+        format!("'{time}' is not an RFC 3339 time ({e}), e.g. 2025-01-31T12:00:00Z")
+    })?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "times before 1970 are not supported")?;
+    Ok(ms.as_millis() as i64)
+}
+
 /// Connects to the cluster through the `--broker` list (the error names the last URL tried).
 pub(crate) async fn connect(broker: &str) -> anyhow::Result<Client> {
     Ok(Client::connect(broker).await?)

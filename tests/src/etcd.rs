@@ -1,6 +1,5 @@
 //! A real etcd server on loopback (Debian's `etcd-server`, run as a plain process).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -95,14 +94,6 @@ fn etcd_bin() -> Option<PathBuf> {
     )
 }
 
-/// A port the kernel says is free right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl EtcdProcess {
     /// Starts etcd, or returns `None` when no etcd binary is installed and `SILT_ALLOW_SKIP=1`
     /// (see [`crate::require_tool`]).
@@ -122,7 +113,7 @@ impl EtcdProcess {
         if tls {
             make_certs(dir.path());
         }
-        let (client_port, peer_port) = (free_port(), free_port());
+        let (client_port, peer_port) = (crate::free_port(), crate::free_port());
         let child = spawn(&bin, dir.path(), client_port, peer_port, tls);
         let etcd = EtcdProcess {
             child,

@@ -33,13 +33,6 @@ fn garage_bin() -> Option<PathBuf> {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Runs `garage -c <config> <args>` and returns its stdout.
 fn garage_cli(bin: &Path, config: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(bin)
@@ -76,7 +69,7 @@ impl GarageProcess {
     pub async fn start() -> Option<GarageProcess> {
         let bin = garage_bin()?;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (rpc_port, s3_port) = (free_port(), free_port());
+        let (rpc_port, s3_port) = (crate::free_port(), crate::free_port());
         let config = dir.path().join("silt-test-garage.toml");
         let secret: String = (0..32)
             .map(|i| format!("{:02x}", (i * 37 + 11) as u8))

@@ -91,6 +91,14 @@ pub fn require_tool(
     );
 }
 
+/// A port free on 127.0.0.1 right now (the kernel's pick; a server started next binds it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Waits until `check` returns `Some`, polling every 20 ms, or panics after `timeout` naming
 /// `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

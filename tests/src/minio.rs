@@ -32,13 +32,6 @@ fn minio_bin() -> Option<PathBuf> {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl MinioProcess {
     /// Starts MinIO and creates bucket `silt`, or returns `None` when no minio binary exists
     /// and `SILT_ALLOW_SKIP=1` (see [`crate::require_tool`]).
@@ -48,7 +41,7 @@ impl MinioProcess {
             .prefix("silt-test-minio-")
             .tempdir()
             .expect("tempdir");
-        let (port, console) = (free_port(), free_port());
+        let (port, console) = (crate::free_port(), crate::free_port());
         let mut child = Command::new(&bin)
             .arg("server")
             .arg(dir.path().join("data"))

@@ -501,7 +501,12 @@ impl ClusterView {
     }
 
     fn owner_locked(s: &State, me: &str, partition: PartitionId) -> Owner {
-        match s.owners.get(&partition).map(|(o, _)| o) {
+        Self::resolve_owner(s, me, s.owners.get(&partition).map(|(o, _)| o))
+    }
+
+    /// An owner record as this broker sees it: itself, another live broker, or nobody.
+    fn resolve_owner(s: &State, me: &str, owner: Option<&OwnerRecord>) -> Owner {
+        match owner {
             Some(o) if o.broker_id == me => Owner::Me(o.epoch),
             Some(o) => match s.brokers.get(&o.broker_id) {
                 Some(b) => Owner::Other {
@@ -575,17 +580,7 @@ impl ClusterView {
     /// Who coordinates the groups of `slot`.
     pub fn slot_owner(&self, slot: u32) -> Owner {
         let s = self.lock();
-        match s.slots.get(&slot).map(|(o, _)| o) {
-            Some(o) if o.broker_id == self.broker_id => Owner::Me(o.epoch),
-            Some(o) => match s.brokers.get(&o.broker_id) {
-                Some(b) => Owner::Other {
-                    broker_id: o.broker_id.clone(),
-                    address: b.address.clone(),
-                },
-                None => Owner::Unowned,
-            },
-            None => Owner::Unowned,
-        }
+        Self::resolve_owner(&s, &self.broker_id, s.slots.get(&slot).map(|(o, _)| o))
     }
 
     /// Every coordinator slot's owner with its key's `mod_revision`.

@@ -63,7 +63,7 @@ pub(crate) async fn node(catalog: &Catalog, id: &str) -> Node {
     }
 }
 
-fn topic(name: &str, partitions: u32) -> TopicRecord {
+pub(crate) fn topic(name: &str, partitions: u32) -> TopicRecord {
     TopicRecord {
         v: 1,
         name: name.into(),

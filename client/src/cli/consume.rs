@@ -81,13 +81,7 @@ fn parse_start(s: &str) -> Result<StartSpec, String> {
                 }
                 Ok(StartSpec::Offset(offset))
             } else if let Some(time) = s.strip_prefix("timestamp:") {
-                let at = humantime::parse_rfc3339(time).map_err(|e| {
-                    format!("'{time}' is not an RFC 3339 time ({e}), e.g. 2025-01-31T12:00:00Z")
-                })?;
-                let ms = at
-                    .duration_since(UNIX_EPOCH)
-                    .map_err(|_| "times before 1970 are not supported")?;
-                Ok(StartSpec::Timestamp(ms.as_millis() as i64))
+                Ok(StartSpec::Timestamp(super::parse_time_ms(time)?))
             } else {
                 Err(format!(
                     "'{s}' is not earliest, latest, offset:N or timestamp:RFC3339"

@@ -1,7 +1,6 @@
 //! `silt group`: list, describe, delete consumer groups and reset their offsets.
 
 use std::process::ExitCode;
-use std::time::UNIX_EPOCH;
 
 use clap::{Args, Subcommand};
 use silt_api::v1::DescribeGroupResponse;
@@ -61,13 +60,7 @@ fn parse_reset(s: &str) -> Result<ResetSpec, String> {
             } else if let Some(n) = s.strip_prefix("shift-by:") {
                 Ok(ResetSpec::ShiftBy(number(n)?))
             } else if let Some(time) = s.strip_prefix("timestamp:") {
-                let at = humantime::parse_rfc3339(time).map_err(|e| {
-                    format!("'{time}' is not an RFC 3339 time ({e}), e.g. 2025-01-31T12:00:00Z")
-                })?;
-                let ms = at
-                    .duration_since(UNIX_EPOCH)
-                    .map_err(|_| "times before 1970 are not supported")?;
-                Ok(ResetSpec::Timestamp(ms.as_millis() as i64))
+                Ok(ResetSpec::Timestamp(super::parse_time_ms(time)?))
             } else {
                 Err(format!(
                     "'{s}' is not earliest, latest, offset:N, timestamp:RFC3339 or shift-by:N"

@@ -605,7 +605,36 @@ impl Coordinator {
                 "group '{group_id}' does not exist"
             )));
         };
+        let out = self.lags(loaded, &self.topic_names());
+        Ok(GroupDescription {
+            group: loaded.group.clone(),
+            partitions: out,
+        })
+    }
+
+    /// (group, topic, partition, lag) of every partition of every group loaded here, for the
+    /// `silt_group_lag_records` gauge. Slots busy at this moment are skipped (the next scrape
+    /// sees them); nothing waits.
+    pub fn lag_snapshot(&self) -> Vec<(String, String, u32, i64)> {
         let names = self.topic_names();
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            let Ok(guard) = slot.try_lock() else { continue };
+            let Some(state) = guard.as_ref() else {
+                continue;
+            };
+            for (id, loaded) in &state.groups {
+                for p in self.lags(loaded, &names) {
+                    out.push((id.clone(), p.topic, p.partition, p.lag));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every partition of a group (subscribed now, or with a committed offset) with its lag.
+    fn lags(&self, loaded: &Loaded, names: &HashMap<u64, String>) -> Vec<PartitionLag> {
         let mut partitions: BTreeSet<GroupPartition> = loaded.offsets.keys().copied().collect();
         for (name, (id, count)) in &loaded.group.resolved {
             if self.topics.get(name).is_some_and(|t| t.id == *id) {
@@ -633,48 +662,6 @@ impl Coordinator {
                 member: loaded.group.holder(&p).map(|m| m.id.clone()),
             });
         }
-        Ok(GroupDescription {
-            group: loaded.group.clone(),
-            partitions: out,
-        })
-    }
-
-    /// (group, topic, partition, lag) of every partition of every group loaded here, for the
-    /// `silt_group_lag_records` gauge. Slots busy at this moment are skipped (the next scrape
-    /// sees them); nothing waits.
-    pub fn lag_snapshot(&self) -> Vec<(String, String, u32, i64)> {
-        let names = self.topic_names();
-        let mut out = Vec::new();
-        for slot in &self.slots {
-            let Ok(guard) = slot.try_lock() else { continue };
-            let Some(state) = guard.as_ref() else {
-                continue;
-            };
-            for (id, loaded) in &state.groups {
-                let mut partitions: BTreeSet<GroupPartition> =
-                    loaded.offsets.keys().copied().collect();
-                for (id_count, count) in loaded.group.resolved.values().map(|(i, c)| (*i, *c)) {
-                    partitions.extend((0..count).map(|p| (id_count, p)));
-                }
-                for p in partitions {
-                    let Some(topic) = names.get(&p.0) else {
-                        continue;
-                    };
-                    let offsets = self.index.partition(p.0, p.1).offsets();
-                    let from = loaded
-                        .offsets
-                        .get(&p)
-                        .map_or(offsets.log_start, |r| r.offset);
-                    out.push((
-                        id.clone(),
-                        topic.clone(),
-                        p.1,
-                        (offsets.high_watermark - from).max(0),
-                    ));
-                }
-            }
-        }
-        out.sort();
         out
     }
 

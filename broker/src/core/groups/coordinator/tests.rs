@@ -2,11 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use silt_metadata::codec::TopicRecord;
 use silt_metadata::{EmbeddedStore, ManualClock, MetaStore};
 
 use super::*;
-use crate::cluster::tests::{Node, node, until};
+use crate::cluster::tests::{Node, node, topic, until};
 use crate::core::error::ErrorKind;
 
 struct Broker {
@@ -26,17 +25,6 @@ async fn broker(catalog: &Catalog, id: &str, clock: &Arc<ManualClock>) -> Broker
     );
     tokio::spawn(coordinator.clone().run(node.cancel.clone()));
     Broker { node, coordinator }
-}
-
-fn topic(name: &str, partitions: u32) -> TopicRecord {
-    TopicRecord {
-        v: 1,
-        name: name.into(),
-        partitions,
-        retention_ms: -1,
-        max_record_bytes: 1 << 20,
-        created_at_ms: 0,
-    }
 }
 
 fn join(client: &str) -> Heartbeat {
