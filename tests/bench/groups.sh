@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The consumer-group figures of BENCHMARKS.md, against ONE broker on etcd metadata (started
 # here on free loopback ports, with its objects in a temporary directory):
-#   1. offset commits: `silt bench commits` — 10 groups, 1000 commits/s, 10 s — commit latency
-#      and the metadata transactions the coordinator spent (RUNS runs);
+#   1. offset commits: `silt bench commits` — 10 groups, 1000 and 5000 commits/s (RATES), 10 s
+#      — commit latency and the metadata transactions the coordinator spent (RUNS runs);
+#      ONLY=commits stops after this part;
 #   2. rebalance times: a second member joining (until both hold their share) and a member
 #      killed with kill -9 (until the survivor holds everything), with a 6 s session;
 #   3. consume throughput: one `silt consume --group` member vs three, reading 8 partitions of
@@ -41,11 +42,14 @@ S=("$BIN/silt" --broker "http://$addr")
 "${S[@]}" topic create bench-commits --partitions 8 >/dev/null
 "${S[@]}" topic create bench-consume --partitions 8 >/dev/null
 
-echo "== offset commits (10 groups, 1000/s, 10 s), ${RUNS} runs"
-for run in $(seq 1 "$RUNS"); do
-    "${S[@]}" bench commits --topic bench-commits --groups 10 --rate 1000 --duration 10s \
-        --admin-url "http://$admin" --json
+for rate in ${RATES:-1000 5000}; do
+    echo "== offset commits (10 groups, ${rate}/s, 10 s), ${RUNS} runs"
+    for run in $(seq 1 "$RUNS"); do
+        "${S[@]}" bench commits --topic bench-commits --groups 10 --rate "$rate" --duration 10s \
+            --admin-url "http://$admin" --json
+    done
 done
+[ "${ONLY:-}" = commits ] && exit 0
 
 echo "== rebalance times (session 6 s)"
 "${S[@]}" bench produce --topic bench-consume --records 8000 --record-size 100B --json >/dev/null
@@ -74,7 +78,7 @@ echo "== consume: 1 member vs 3 members, ${RECORDS} x 1 KiB over 8 partitions (u
 total=$("${S[@]}" topic describe bench-consume | awk '/^ *[0-9]+ /{s+=$3} END{print s}')
 lag_of() {
     "${S[@]}" group describe "$1" --json 2>/dev/null \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["lag"] for p in d["partitions"]) if len(d["partitions"]) == 8 else -1)' \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["lag"] for p in d["partitions"]) if len(d["partitions"]) == 8 else -1)' 2>/dev/null \
         || echo -1
 }
 for run in $(seq 1 "$RUNS"); do
