@@ -293,13 +293,57 @@ impl Client {
         retention_ms: Option<i64>,
         max_record_bytes: Option<u32>,
     ) -> Result<TopicInfo, ClientError> {
+        self.create_topic_with(
+            name,
+            partitions,
+            TopicConfig {
+                retention_ms,
+                max_record_bytes,
+                retention_bytes: None,
+            },
+        )
+        .await
+    }
+
+    /// Changes a live topic's retention (`None` keeps a setting; -1 is unlimited).
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> Result<TopicInfo, ClientError> {
+        let request = silt_api::v1::AlterTopicRequest {
+            name: name.to_string(),
+            retention_ms,
+            retention_bytes,
+        };
+        let response = self
+            .with_failover(|channel| {
+                let request = request.clone();
+                async move {
+                    Ok(admin_client(channel)
+                        .alter_topic(request)
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        response
+            .topic
+            .ok_or_else(|| ClientError::Protocol("AlterTopic returned no topic".into()))
+    }
+
+    /// Creates a topic with every setting of [`TopicConfig`].
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicInfo, ClientError> {
         let request = CreateTopicRequest {
             name: name.to_string(),
             partitions,
-            config: Some(TopicConfig {
-                retention_ms,
-                max_record_bytes,
-            }),
+            config: Some(config),
         };
         let response = self
             .with_failover(|channel| {

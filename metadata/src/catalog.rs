@@ -137,6 +137,48 @@ impl Catalog {
         Ok(topic)
     }
 
+    /// Replaces a live topic's record (its settings), if it is still the topic `topic_id` and
+    /// unchanged since `seen_mod_revision`. `None` (nothing written) when either compare fails:
+    /// the caller reads again and retries, or reports the topic gone.
+    pub async fn replace_topic(
+        &self,
+        topic_id: u64,
+        seen_mod_revision: i64,
+        record: &TopicRecord,
+    ) -> Result<Option<i64>, CatalogError> {
+        let key = self.keys.topic(&record.name);
+        let txn = Txn::new()
+            .when([
+                Compare::new(
+                    key.clone(),
+                    crate::CompareOp::Equal,
+                    crate::CompareTarget::CreateRevision(topic_id as i64),
+                ),
+                Compare::mod_revision(key.clone(), seen_mod_revision),
+            ])
+            .and_then([Op::put(key, codec::encode_topic(record))]);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// Reads one topic with its key's `mod_revision` (what [`Self::replace_topic`] compares).
+    pub async fn get_topic_versioned(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Topic, i64)>, CatalogError> {
+        let key = self.keys.topic(name);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some((
+                Topic {
+                    id: kv.create_revision as u64,
+                    record: codec::decode_topic(&kv.key, &kv.value)?,
+                },
+                kv.mod_revision,
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// Reads one topic.
     pub async fn get_topic(&self, name: &str) -> Result<Option<Topic>, CatalogError> {
         let key = self.keys.topic(name);

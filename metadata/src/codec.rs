@@ -20,8 +20,16 @@ pub struct TopicRecord {
     pub partitions: u32,
     /// -1 keeps records forever.
     pub retention_ms: i64,
+    /// Most bytes kept per partition; older batches go first. -1: no size limit. Records
+    /// written before this field existed read as -1.
+    #[serde(default = "unlimited")]
+    pub retention_bytes: i64,
     pub max_record_bytes: u32,
     pub created_at_ms: i64,
+}
+
+fn unlimited() -> i64 {
+    -1
 }
 
 /// One partition's part of a segment object, as committed: the segment format's own index

@@ -251,3 +251,35 @@ async fn bench_commands_report_json() {
     assert_eq!(field(&json, "objects"), 8.0);
     assert!(field(&json, "mib_per_s") > 0.0);
 }
+
+/// `silt topic list | head -0`: a reader that goes away ends the command quietly with success,
+/// for every printing command, not with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_any_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path())).await;
+    let url = broker.url();
+    assert!(run_cli(&url, &["topic", "create", "t", "--partitions", "2"]).success);
+    for args in [
+        vec!["topic", "list"],
+        vec!["topic", "describe", "t"],
+        vec!["cluster", "status", "--partitions"],
+        vec!["group", "list"],
+    ] {
+        let mut child = std::process::Command::new(silt_tests::bin_path("silt"))
+            .arg("--broker")
+            .arg(&url)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn silt");
+        // Close the read end before the command prints anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

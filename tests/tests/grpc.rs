@@ -42,6 +42,7 @@ async fn create(
             config: Some(TopicConfig {
                 retention_ms: None,
                 max_record_bytes,
+                retention_bytes: None,
             }),
         })
         .await

@@ -102,3 +102,128 @@ async fn expired_records_are_trimmed_and_fetch_below_log_start_is_out_of_range()
     };
     assert_eq!(ack.offset, 10);
 }
+
+/// Retention by size, set on a live topic with `silt topic alter`: each partition keeps its
+/// newest batches within the limit, the log start moves to a batch boundary, a fetch below it
+/// is OUT_OF_RANGE with the new start, and what is kept reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_set_on_a_live_topic_keeps_the_newest_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start(BrokerOptions::new(dir.path()).arg("--retention-check-ms", 100)).await;
+    let client = broker.client().await;
+    let url = broker.url();
+    let created = silt_tests::run_cli(&url, &["topic", "create", "sized", "--partitions", "1"]);
+    assert!(created.success, "{}", created.stderr);
+    assert!(
+        !created.stdout.contains("per partition"),
+        "no size limit by default"
+    );
+    let mut log = client.log();
+    // 20 produce calls of 10 records of 1 KiB: at least 20 batches of about 10 KiB.
+    for call in 0..20 {
+        let records = (0..10)
+            .map(|i| Record {
+                value: Bytes::from(format!("{call:02}-{i}-{}", "x".repeat(1000))),
+                partition: Some(0),
+                ..Record::default()
+            })
+            .collect();
+        log.produce(ProduceRequest {
+            topic: "sized".into(),
+            records,
+        })
+        .await
+        .unwrap();
+    }
+    let before = client.describe_topic("sized").await.unwrap().partitions[0];
+    assert_eq!((before.log_start_offset, before.high_watermark), (0, 200));
+
+    // Bad values are refused with what to write, and change nothing.
+    for bad in [
+        ["--retention-bytes", "0"],
+        ["--retention-bytes", "lots"],
+        ["--retention-ms", "0"],
+    ] {
+        let out = silt_tests::run_cli(&url, &["topic", "alter", "sized", bad[0], bad[1]]);
+        assert!(!out.success, "{bad:?} accepted");
+        assert!(out.stderr.contains("retention"), "{bad:?}: {}", out.stderr);
+    }
+    let nothing = silt_tests::run_cli(&url, &["topic", "alter", "sized"]);
+    assert!(!nothing.success && nothing.stderr.contains("nothing to change"));
+    let missing = silt_tests::run_cli(&url, &["topic", "alter", "nope", "--retention-ms", "5"]);
+    assert!(
+        !missing.success && missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+
+    let altered = silt_tests::run_cli(
+        &url,
+        &["topic", "alter", "sized", "--retention-bytes", "50KiB"],
+    );
+    assert!(altered.success, "{}", altered.stderr);
+    assert!(
+        altered.stdout.contains("50 KiB per partition")
+            || altered.stdout.contains("50.0 KiB per partition")
+            || altered.stdout.contains("per partition"),
+        "{}",
+        altered.stdout
+    );
+    let info = client.describe_topic("sized").await.unwrap().topic.unwrap();
+    assert_eq!(info.retention_bytes, 50 * 1024);
+
+    let offsets = wait_for(
+        "the size limit to trim the log",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let p = client.describe_topic("sized").await.ok()?.partitions[0];
+                (p.log_start_offset > 0).then_some(p)
+            }
+        },
+    )
+    .await;
+    assert_eq!(offsets.high_watermark, 200, "nothing new was lost");
+    assert_eq!(
+        offsets.log_start_offset % 10,
+        0,
+        "a batch boundary: {offsets:?}"
+    );
+    let kept = offsets.high_watermark - offsets.log_start_offset;
+    assert!(
+        (30..=60).contains(&kept),
+        "about 50 KiB of 10 KiB batches kept, got {kept} records"
+    );
+    let below = log
+        .fetch(FetchRequest {
+            topic: "sized".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            ..FetchRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange);
+    assert_eq!(
+        silt_client::ClientError::from(below).log_start_offset(),
+        Some(offsets.log_start_offset)
+    );
+    let kept_records = silt_tests::read_partition(&client, "sized", 0).await;
+    assert_eq!(kept_records.len() as i64, kept);
+    assert_eq!(
+        kept_records.keys().next().copied(),
+        Some(offsets.log_start_offset)
+    );
+
+    // Unlimited again: nothing more is trimmed (what was trimmed stays gone).
+    let unlimited = silt_tests::run_cli(
+        &url,
+        &["topic", "alter", "sized", "--retention-bytes", "-1"],
+    );
+    assert!(unlimited.success, "{}", unlimited.stderr);
+    let info = client.describe_topic("sized").await.unwrap().topic.unwrap();
+    assert_eq!(info.retention_bytes, -1);
+}

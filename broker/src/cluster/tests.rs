@@ -69,6 +69,7 @@ pub(crate) fn topic(name: &str, partitions: u32) -> TopicRecord {
         name: name.into(),
         partitions,
         retention_ms: -1,
+        retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 0,
     }

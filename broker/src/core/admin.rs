@@ -12,7 +12,7 @@ use crate::cluster::Owner;
 use crate::core::Broker;
 use crate::core::error::BrokerError;
 use crate::core::log_index::Offsets;
-use crate::core::topics::{TopicSpec, validate_topic_name};
+use crate::core::topics::{TopicChange, TopicSpec, validate_topic_name};
 use crate::observe::metrics::process_cpu_seconds;
 
 /// How long topic creation waits for every partition to have an owner, so a produce right after
@@ -100,6 +100,40 @@ impl Broker {
         })
         .await;
         Ok(Arc::new(topic))
+    }
+
+    /// Changes a live topic's retention. A compare-and-set on the topic's record (and its id:
+    /// a topic deleted and re-created meanwhile is not changed), retried when another change
+    /// got in first.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        change: &TopicChange,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name)?;
+        for _ in 0..5 {
+            let Some((topic, seen)) = self.catalog.get_topic_versioned(name).await? else {
+                return Err(BrokerError::unknown_topic(name));
+            };
+            let record = change.apply(&topic.record)?;
+            if self
+                .catalog
+                .replace_topic(topic.id, seen, &record)
+                .await?
+                .is_some()
+            {
+                let topic = Topic {
+                    id: topic.id,
+                    record,
+                };
+                tracing::info!(topic = %name, retention_ms = topic.record.retention_ms, retention_bytes = topic.record.retention_bytes, "topic altered");
+                self.topics.insert(topic.clone());
+                return Ok(Arc::new(topic));
+            }
+        }
+        Err(BrokerError::unavailable(format!(
+            "topic '{name}' kept changing while it was being altered; retry"
+        )))
     }
 
     /// Deletes a topic; its data is collected later.

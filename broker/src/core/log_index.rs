@@ -139,6 +139,29 @@ impl PartitionLog {
         end.filter(|end| *end > s.log_start)
     }
 
+    /// Where the log must start for the partition to hold at most `max_bytes` of batches:
+    /// the first offset of the oldest entry that fits, counting from the newest. The newest
+    /// entry is always kept, so a topic is never emptied by its size limit alone. `None` when
+    /// nothing needs to go.
+    pub fn oversize_end(&self, max_bytes: i64) -> Option<i64> {
+        let s = self.lock();
+        let live: Vec<&IndexEntry> = s
+            .entries
+            .iter()
+            .filter(|e| e.last_offset >= s.log_start && e.first_offset < s.high_watermark)
+            .collect();
+        let mut kept = 0i64;
+        let mut start = None;
+        for (i, e) in live.iter().enumerate().rev() {
+            kept = kept.saturating_add(i64::from(e.length));
+            if kept > max_bytes && i + 1 < live.len() {
+                start = Some(live[i + 1].first_offset);
+                break;
+            }
+        }
+        start.filter(|start| *start > s.log_start)
+    }
+
     fn append(&self, entry: IndexEntry) {
         let mut s = self.lock();
         if entry.last_offset < s.high_watermark {
@@ -309,6 +332,29 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn size_retention_keeps_the_newest_entries_that_fit() {
+        let index = LogIndex::new();
+        // Four entries of 100 bytes each: offsets 0-4, 5-9, 10-14, 15-19.
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let first = i as i64 * 5;
+            index.apply(name, &commit(name, &[(0, first, first + 4, 100)]));
+        }
+        let log = index.partition(1, 0);
+        assert_eq!(log.oversize_end(400), None, "all fit");
+        assert_eq!(log.oversize_end(399), Some(5), "the oldest goes");
+        assert_eq!(log.oversize_end(250), Some(10));
+        assert_eq!(log.oversize_end(100), Some(15));
+        assert_eq!(
+            log.oversize_end(1),
+            Some(15),
+            "the newest entry always stays"
+        );
+        log.set_log_start(10);
+        assert_eq!(log.oversize_end(250), None, "already trimmed");
+        assert_eq!(log.oversize_end(100), Some(15));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use log_index::Offsets;
 pub use partitioner::{Murmur2, Partitioner};
 pub use produce::{RecordAck, RecordInput};
 pub use routing::{Forwarder, Hop};
-pub use topics::{TopicDefaults, TopicSpec};
+pub use topics::{TopicChange, TopicDefaults, TopicSpec};
 pub use wal_cache::BatchAck;
 
 use crate::cluster::ClusterView;

@@ -49,7 +49,55 @@ pub struct TopicSpec {
     pub partitions: u32,
     /// -1 keeps records forever.
     pub retention_ms: Option<i64>,
+    /// Most bytes kept per partition; -1 (the default): no size limit.
+    pub retention_bytes: Option<i64>,
     pub max_record_bytes: Option<u32>,
+}
+
+/// A change to a live topic's settings; `None` keeps a setting as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+}
+
+impl TopicChange {
+    /// `record` with the change applied, checked as a create would check it.
+    pub fn apply(&self, record: &TopicRecord) -> Result<TopicRecord, BrokerError> {
+        if self.retention_ms.is_none() && self.retention_bytes.is_none() {
+            return Err(BrokerError::invalid(
+                "nothing to change: give a new retention_ms or retention_bytes",
+            ));
+        }
+        let mut new = record.clone();
+        if let Some(ms) = self.retention_ms {
+            check_retention_ms(ms)?;
+            new.retention_ms = ms;
+        }
+        if let Some(bytes) = self.retention_bytes {
+            check_retention_bytes(bytes)?;
+            new.retention_bytes = bytes;
+        }
+        Ok(new)
+    }
+}
+
+fn check_retention_ms(retention_ms: i64) -> Result<(), BrokerError> {
+    if retention_ms < -1 || retention_ms == 0 {
+        return Err(BrokerError::invalid(format!(
+            "retention_ms must be -1 (keep forever) or positive, got {retention_ms}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_retention_bytes(retention_bytes: i64) -> Result<(), BrokerError> {
+    if retention_bytes < -1 || retention_bytes == 0 {
+        return Err(BrokerError::invalid(format!(
+            "retention_bytes must be -1 (no size limit) or positive, got {retention_bytes}"
+        )));
+    }
+    Ok(())
 }
 
 /// The broker's defaults and bounds for new topics.
@@ -72,11 +120,9 @@ impl TopicDefaults {
             )));
         }
         let retention_ms = spec.retention_ms.unwrap_or(self.retention_ms);
-        if retention_ms < -1 || retention_ms == 0 {
-            return Err(BrokerError::invalid(format!(
-                "retention_ms must be -1 (keep forever) or positive, got {retention_ms}"
-            )));
-        }
+        check_retention_ms(retention_ms)?;
+        let retention_bytes = spec.retention_bytes.unwrap_or(-1);
+        check_retention_bytes(retention_bytes)?;
         let max_record_bytes = spec.max_record_bytes.unwrap_or(self.max_record_bytes);
         if max_record_bytes == 0 || max_record_bytes > self.max_batch_bytes {
             return Err(BrokerError::invalid(format!(
@@ -89,6 +135,7 @@ impl TopicDefaults {
             name: spec.name.clone(),
             partitions: spec.partitions,
             retention_ms,
+            retention_bytes,
             max_record_bytes,
             created_at_ms: now_ms,
         })
@@ -193,6 +240,7 @@ mod tests {
                 name: "t".into(),
                 partitions: 1,
                 retention_ms: -1,
+                retention_bytes: -1,
                 max_record_bytes: 1,
                 created_at_ms: 0,
             },

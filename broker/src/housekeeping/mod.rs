@@ -1,7 +1,8 @@
 //! Background housekeeping: retention, segment garbage collection and orphan cleanup.
 //!
 //! - **Retention** moves each partition's log start offset past whole index entries whose newest
-//!   record is older than the topic's `retention_ms`, and records it in metadata.
+//!   record is older than the topic's `retention_ms`, or past its newest `retention_bytes` of
+//!   batches per partition, and records it in metadata.
 //! - **Segment GC** deletes a segment once *every* entry in it is dead (its topic was deleted or
 //!   its records are below their partition's log start): the metadata key first, then the
 //!   object — so a crash in between leaves an orphan object, never a dangling index entry.
@@ -70,17 +71,24 @@ impl Housekeeper {
         };
         let now = self.clock.now_ms();
         for topic in self.topics.all() {
-            if topic.record.retention_ms < 0 {
+            let (by_time, by_size) = (topic.record.retention_ms, topic.record.retention_bytes);
+            if by_time < 0 && by_size < 0 {
                 continue;
             }
-            let cutoff = now.saturating_sub(topic.record.retention_ms);
+            let cutoff = (by_time >= 0).then(|| now.saturating_sub(by_time));
             // Read the key's version before the starts: a start applied after the version
             // read only makes the compare fail, never lets a lower start through.
             let seen = self.view.log_start_revision(topic.id);
             let mut starts = self.index.log_starts(topic.id, topic.record.partitions);
             let mut changed = Vec::new();
             for (p, start) in starts.iter_mut().enumerate() {
-                if let Some(end) = self.index.partition(topic.id, p as u32).expired_end(cutoff) {
+                let log = self.index.partition(topic.id, p as u32);
+                // Whichever limit trims further: records older than the time limit, and the
+                // oldest batches beyond the size limit (both at entry boundaries).
+                let end = cutoff
+                    .and_then(|c| log.expired_end(c))
+                    .max((by_size >= 0).then(|| log.oversize_end(by_size)).flatten());
+                if let Some(end) = end.filter(|end| *end > *start) {
                     *start = end;
                     changed.push(p as u32);
                 }

@@ -28,9 +28,24 @@ enum TopicCommand {
         /// How long records are kept, in ms (-1: forever) [default: the broker's, 7 days].
         #[arg(long, allow_negative_numbers = true)]
         retention_ms: Option<i64>,
+        /// Most bytes kept per partition, oldest batches dropped first (e.g. 10GiB; -1: no
+        /// limit) [default: no limit].
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_retention_bytes)]
+        retention_bytes: Option<i64>,
         /// Largest record accepted, in bytes [default: the broker's, 1 MiB].
         #[arg(long)]
         max_record_bytes: Option<u32>,
+    },
+    /// Change a live topic's retention; the next retention pass applies it.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// How long records are kept, in ms (-1: forever).
+        #[arg(long, allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Most bytes kept per partition (e.g. 10GiB; -1: no limit).
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_retention_bytes)]
+        retention_bytes: Option<i64>,
     },
     /// List all topics.
     List,
@@ -53,17 +68,40 @@ pub(crate) async fn run(broker: &str, args: TopicArgs) -> anyhow::Result<ExitCod
             name,
             partitions,
             retention_ms,
+            retention_bytes,
             max_record_bytes,
         } => {
-            let topic = client
-                .create_topic(&name, partitions, retention_ms, max_record_bytes)
-                .await?;
+            let config = silt_api::v1::TopicConfig {
+                retention_ms,
+                max_record_bytes,
+                retention_bytes,
+            };
+            let topic = client.create_topic_with(&name, partitions, config).await?;
             println!(
-                "created topic '{}' with {} partitions (retention {}, max record bytes {})",
+                "created topic '{}' with {} partitions (retention {}{}, max record bytes {})",
                 topic.name,
                 topic.partitions,
                 format_retention(topic.retention_ms),
+                format_size_limit(topic.retention_bytes),
                 topic.max_record_bytes
+            );
+        }
+        TopicCommand::Alter {
+            name,
+            retention_ms,
+            retention_bytes,
+        } => {
+            if retention_ms.is_none() && retention_bytes.is_none() {
+                anyhow::bail!("nothing to change: give --retention-ms and/or --retention-bytes");
+            }
+            let topic = client
+                .alter_topic(&name, retention_ms, retention_bytes)
+                .await?;
+            println!(
+                "altered topic '{}': retention {}{}",
+                topic.name,
+                format_retention(topic.retention_ms),
+                format_size_limit(topic.retention_bytes)
             );
         }
         TopicCommand::List => {
@@ -117,14 +155,35 @@ fn topics_table(topics: &[TopicInfo]) -> String {
 fn topic_line(t: &TopicInfo) -> String {
     let created = UNIX_EPOCH + Duration::from_millis(u64::try_from(t.created_at_ms).unwrap_or(0));
     format!(
-        "topic {}  id {}  partitions {}  retention {}  max record bytes {}  created {}",
+        "topic {}  id {}  partitions {}  retention {}{}  max record bytes {}  created {}",
         t.name,
         t.topic_id,
         t.partitions,
         format_retention(t.retention_ms),
+        format_size_limit(t.retention_bytes),
         t.max_record_bytes,
         humantime::format_rfc3339_millis(created)
     )
+}
+
+/// ` or 10 GiB per partition` for a size limit, nothing without one.
+fn format_size_limit(bytes: i64) -> String {
+    match u64::try_from(bytes) {
+        Ok(b) => format!(" or {} per partition", super::format_bytes(b)),
+        Err(_) => String::new(),
+    }
+}
+
+/// `--retention-bytes`: a size with units, or -1 for no limit.
+fn parse_retention_bytes(s: &str) -> Result<i64, String> {
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    let size = s.parse::<super::ByteSize>().map_err(|e| e.to_string())?;
+    i64::try_from(size.0)
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("'{s}' must be a positive size such as 10GiB, or -1"))
 }
 
 /// A retention in ms as people read it: `7days`, `1h 30m`, `forever`.

@@ -254,6 +254,15 @@ impl Admin for Mock {
         Ok(Response::new(CreateTopicResponse { topic: Some(topic) }))
     }
 
+    async fn alter_topic(
+        &self,
+        _request: Request<silt_api::v1::AlterTopicRequest>,
+    ) -> Result<Response<silt_api::v1::AlterTopicResponse>, Status> {
+        Err(Status::unimplemented(
+            "the mock broker does not alter topics",
+        ))
+    }
+
     async fn delete_topic(
         &self,
         request: Request<DeleteTopicRequest>,

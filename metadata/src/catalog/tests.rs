@@ -54,6 +54,7 @@ fn topic(name: &str, partitions: u32) -> TopicRecord {
         name: name.into(),
         partitions,
         retention_ms: -1,
+        retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 5,
     }
@@ -541,4 +542,44 @@ async fn group_keys_stay_out_of_the_cluster_view() {
             .all(|kv| catalog.keys().parse_group_key(&kv.key).is_none()),
         "the view loads no group key"
     );
+}
+
+#[tokio::test]
+async fn a_topic_change_is_a_compare_and_set_on_its_record_and_id() {
+    let catalog = Catalog::new(store(), "c");
+    let created = catalog.create_topic(topic("t", 2)).await.unwrap();
+    let (read, seen) = catalog.get_topic_versioned("t").await.unwrap().unwrap();
+    assert_eq!(read, created);
+    let mut changed = read.record.clone();
+    changed.retention_bytes = 1 << 20;
+    let applied = catalog
+        .replace_topic(created.id, seen, &changed)
+        .await
+        .unwrap()
+        .expect("applied");
+    // A writer that read before that change writes nothing.
+    let mut stale = read.record.clone();
+    stale.retention_ms = 5;
+    assert!(
+        catalog
+            .replace_topic(created.id, seen, &stale)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Nor does one whose topic was deleted and re-created meanwhile.
+    catalog.delete_topic("t").await.unwrap();
+    let again = catalog.create_topic(topic("t", 2)).await.unwrap();
+    let (_, seen_again) = catalog.get_topic_versioned("t").await.unwrap().unwrap();
+    assert!(
+        catalog
+            .replace_topic(created.id, seen_again, &stale)
+            .await
+            .unwrap()
+            .is_none(),
+        "the old topic id no longer matches"
+    );
+    let (now, _) = catalog.get_topic_versioned("t").await.unwrap().unwrap();
+    assert_eq!(now, again, "the new topic is untouched");
+    assert!(applied > 0);
 }

@@ -61,6 +61,7 @@ fn main() {
         name: "t".into(),
         partitions: 3,
         retention_ms: -1,
+        retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 0,
     };

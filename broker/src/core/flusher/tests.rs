@@ -69,6 +69,7 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
             name: "t".into(),
             partitions: 2,
             retention_ms: -1,
+            retention_bytes: -1,
             max_record_bytes: 1 << 20,
             created_at_ms: 0,
         })

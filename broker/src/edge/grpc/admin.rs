@@ -8,7 +8,7 @@ use silt_metadata::catalog::Topic;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use crate::core::{Broker, TopicSpec};
+use crate::core::{Broker, TopicChange, TopicSpec};
 
 /// `silt.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ fn info(t: &Topic) -> api::TopicInfo {
         topic_id: t.id,
         partitions: t.record.partitions,
         retention_ms: t.record.retention_ms,
+        retention_bytes: t.record.retention_bytes,
         max_record_bytes: t.record.max_record_bytes,
         created_at_ms: t.record.created_at_ms,
     }
@@ -40,10 +41,31 @@ impl Admin for AdminService {
             name: req.name,
             partitions: req.partitions,
             retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
             max_record_bytes: config.max_record_bytes,
         };
         let topic = self.broker.create_topic(&spec).await.map_err(to_status)?;
         Ok(Response::new(api::CreateTopicResponse {
+            topic: Some(info(&topic)),
+        }))
+    }
+
+    #[tracing::instrument(name = "AlterTopic", skip_all, fields(topic = %request.get_ref().name))]
+    async fn alter_topic(
+        &self,
+        request: Request<api::AlterTopicRequest>,
+    ) -> Result<Response<api::AlterTopicResponse>, Status> {
+        let req = request.into_inner();
+        let change = TopicChange {
+            retention_ms: req.retention_ms,
+            retention_bytes: req.retention_bytes,
+        };
+        let topic = self
+            .broker
+            .alter_topic(&req.name, &change)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(api::AlterTopicResponse {
             topic: Some(info(&topic)),
         }))
     }

@@ -92,6 +92,7 @@ fn rpc_name(path: &str) -> &'static str {
         "ListOffsets",
         "CreateTopic",
         "DeleteTopic",
+        "AlterTopic",
         "DescribeTopic",
         "ListTopics",
         "GetStats",
