@@ -138,6 +138,30 @@ impl Catalog {
         Ok(resp.succeeded.then_some(resp.revision))
     }
 
+    /// Deletes committed offsets (of topics that no longer exist) behind the coordinator's
+    /// fence, in one transaction; `None` when the fence no longer holds. The caller keeps
+    /// `1 + offsets.len()` within the store's `max_txn_ops`.
+    pub async fn delete_offsets(
+        &self,
+        fence: &WriterFence,
+        offsets: &[(u32, String, u64, u32)],
+    ) -> Result<Option<i64>, CatalogError> {
+        let ops: Vec<Op> = offsets
+            .iter()
+            .map(|(slot, group, topic_id, partition)| {
+                Op::delete(self.keys.group_offset(*slot, group, *topic_id, *partition))
+            })
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.keys.writer(&fence.broker_id),
+                fence.revision,
+            )])
+            .and_then(ops);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
     /// Writes committed offsets of any groups of the coordinator's slots in ONE transaction, if
     /// the fence holds. `None` (nothing written) when it does not. The caller keeps
     /// `1 + commits.len()` within the store's `max_txn_ops` and coalesces commits of one

@@ -38,6 +38,8 @@ use crate::core::topics::TopicTable;
 pub const EXPIRY_TICK: Duration = Duration::from_millis(250);
 /// The shortest time between two offset-commit rounds (one metadata transaction each).
 pub const COMMIT_WINDOW: Duration = Duration::from_millis(5);
+/// Every how many expiry ticks committed offsets of deleted topics are removed (5 s).
+const DELETED_TOPICS_EVERY: u64 = 20;
 /// Most commits waiting for the committer before callers are told to slow down.
 const COMMIT_QUEUE: usize = 10_000;
 /// Most partitions one commit call may name.
@@ -176,10 +178,17 @@ impl Coordinator {
         let committer = tokio::spawn(self.clone().commit_loop(rx, cancel.clone()));
         let mut tick = tokio::time::interval(EXPIRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = tick.tick() => self.expire_sessions().await,
+                _ = tick.tick() => {
+                    self.expire_sessions().await;
+                    ticks += 1;
+                    if ticks % DELETED_TOPICS_EVERY == 0 {
+                        self.forget_deleted_topics().await;
+                    }
+                }
             }
         }
         let _ = committer.await;
@@ -729,6 +738,70 @@ impl Coordinator {
                 ))
             }
         }
+    }
+
+    /// Removes the committed offsets of topics that were deleted (a topic id the view has seen
+    /// pass but no longer lists: a re-created topic has a new id), so a group's keys stay
+    /// bounded by the partitions that exist. Fenced like every group write.
+    pub(crate) async fn forget_deleted_topics(&self) -> usize {
+        let applied = self.view.applied();
+        let max_ops = self
+            .catalog
+            .store()
+            .limits()
+            .max_txn_ops
+            .saturating_sub(1)
+            .max(1);
+        let mut removed = 0;
+        for slot in 0..GROUP_SLOTS {
+            let mut guard = self.slots[slot as usize].lock().await;
+            let Some(state) = guard.as_ref() else {
+                continue;
+            };
+            let dead: Vec<(u32, String, u64, u32)> = state
+                .groups
+                .iter()
+                .flat_map(|(id, l)| l.offsets.keys().map(move |p| (id, p)))
+                .filter(|(_, (topic_id, _))| {
+                    !self.topics.is_live(*topic_id) && (*topic_id as i64) <= applied
+                })
+                .map(|(id, (topic_id, partition))| (slot, id.clone(), *topic_id, *partition))
+                .collect();
+            if dead.is_empty() {
+                continue;
+            }
+            let Some(fence) = self.view.coordinator_fence(slot) else {
+                continue;
+            };
+            for chunk in dead.chunks(max_ops) {
+                match self.catalog.delete_offsets(&fence, chunk).await {
+                    Ok(Some(_)) => {
+                        let state = guard.as_mut().expect("loaded");
+                        for (_, group, topic_id, partition) in chunk {
+                            if let Some(l) = state.groups.get_mut(group) {
+                                l.offsets.remove(&(*topic_id, *partition));
+                            }
+                        }
+                        removed += chunk.len();
+                    }
+                    Ok(None) => {
+                        *guard = None;
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(slot, error = %e, "removing offsets of deleted topics failed; retrying later");
+                        break;
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            info!(
+                offsets = removed,
+                "removed committed offsets of deleted topics"
+            );
+        }
+        removed
     }
 
     /// Ends expired sessions in every loaded slot and persists the groups that changed.

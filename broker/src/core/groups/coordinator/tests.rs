@@ -299,3 +299,33 @@ async fn concurrent_commits_of_many_groups_all_land() {
         assert_eq!(offsets[0].offset, 4, "the last commit wins");
     }
 }
+
+#[tokio::test]
+async fn offsets_of_a_deleted_topic_are_removed() {
+    let (catalog, clock, topic_id) = setup().await;
+    let a = broker(&catalog, "a", &clock).await;
+    ready(&a, topic_id).await;
+    let c = &a.coordinator;
+    c.commit("g", "", 0, &[offset(0, 3), offset(1, 4)])
+        .await
+        .unwrap();
+    assert_eq!(c.forget_deleted_topics().await, 0, "the topic lives");
+    catalog.delete_topic("t").await.unwrap();
+    until("the view forgets the topic", || {
+        !a.node.view.topics().is_live(topic_id)
+    })
+    .await;
+    assert_eq!(c.forget_deleted_topics().await, 2);
+    let stored = catalog.load_group_slot(slot_of("g")).await.unwrap();
+    assert!(
+        stored.iter().all(|g| g.offsets.is_empty()),
+        "no offset key of the deleted topic is left: {stored:?}"
+    );
+    // A topic re-created under the same name starts with nothing committed.
+    catalog.create_topic(topic("t", 4)).await.unwrap();
+    until("the view has the new topic", || {
+        a.node.view.topics().get("t").is_some()
+    })
+    .await;
+    assert!(c.fetch_offsets("g", None).await.unwrap().is_empty());
+}
