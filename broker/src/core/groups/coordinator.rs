@@ -185,7 +185,7 @@ impl Coordinator {
                 _ = tick.tick() => {
                     self.expire_sessions().await;
                     ticks += 1;
-                    if ticks % DELETED_TOPICS_EVERY == 0 {
+                    if ticks.is_multiple_of(DELETED_TOPICS_EVERY) {
                         self.forget_deleted_topics().await;
                     }
                 }
