@@ -152,14 +152,7 @@ impl Catalog {
                 Op::delete(self.keys.group_offset(*slot, group, *topic_id, *partition))
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.keys.writer(&fence.broker_id),
-                fence.revision,
-            )])
-            .and_then(ops);
-        let resp = self.store.txn(txn).await?;
-        Ok(resp.succeeded.then_some(resp.revision))
+        self.fenced(fence, ops).await
     }
 
     /// Writes committed offsets of any groups of the coordinator's slots in ONE transaction, if
@@ -181,6 +174,11 @@ impl Catalog {
                 )
             })
             .collect();
+        self.fenced(fence, ops).await
+    }
+
+    /// `ops` in one transaction if the writer's fence holds; `None` (nothing done) otherwise.
+    async fn fenced(&self, fence: &WriterFence, ops: Vec<Op>) -> Result<Option<i64>, CatalogError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 self.keys.writer(&fence.broker_id),

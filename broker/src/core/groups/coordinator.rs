@@ -194,6 +194,16 @@ impl Coordinator {
         let _ = committer.await;
     }
 
+    /// Puts (or deletes) one fenced transaction may hold: the store's limit less the fence.
+    fn puts_per_txn(&self) -> usize {
+        self.catalog
+            .store()
+            .limits()
+            .max_txn_ops
+            .saturating_sub(1)
+            .max(1)
+    }
+
     /// Resolves a topic name to (id, partitions) for the state machine.
     fn resolver(&self) -> impl Fn(&str) -> Option<(u64, u32)> + '_ {
         |name| self.topics.get(name).map(|t| (t.id, t.record.partitions))
@@ -420,13 +430,7 @@ impl Coordinator {
         mut rx: mpsc::Receiver<CommitJob>,
         cancel: CancellationToken,
     ) {
-        let max_ops = self
-            .catalog
-            .store()
-            .limits()
-            .max_txn_ops
-            .saturating_sub(1)
-            .max(1);
+        let max_ops = self.puts_per_txn();
         let mut last_round = tokio::time::Instant::now() - COMMIT_WINDOW;
         loop {
             let first = tokio::select! {
@@ -478,13 +482,7 @@ impl Coordinator {
         if jobs.is_empty() {
             return;
         }
-        let max_ops = self
-            .catalog
-            .store()
-            .limits()
-            .max_txn_ops
-            .saturating_sub(1)
-            .max(1);
+        let max_ops = self.puts_per_txn();
         // The latest offset per (slot, group, partition), in arrival order.
         let mut latest: BTreeMap<(u32, String, GroupPartition), OffsetRecord> = BTreeMap::new();
         for job in &jobs {
@@ -745,13 +743,7 @@ impl Coordinator {
     /// bounded by the partitions that exist. Fenced like every group write.
     pub(crate) async fn forget_deleted_topics(&self) -> usize {
         let applied = self.view.applied();
-        let max_ops = self
-            .catalog
-            .store()
-            .limits()
-            .max_txn_ops
-            .saturating_sub(1)
-            .max(1);
+        let max_ops = self.puts_per_txn();
         let mut removed = 0;
         for slot in 0..GROUP_SLOTS {
             let mut guard = self.slots[slot as usize].lock().await;
