@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod core;
 pub mod edge;
+pub mod failpoint;
 pub mod housekeeping;
 pub mod observe;
 pub mod runtime;

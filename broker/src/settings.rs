@@ -88,6 +88,20 @@ pub struct Settings {
     #[serde(deserialize_with = "size::de")]
     pub cache_disk_bytes: u64,
     pub retention_check_ms: u64,
+    /// Compaction: the size of the per-partition objects it writes; 0 turns it off.
+    #[serde(deserialize_with = "size::de")]
+    pub compaction_target_bytes: u64,
+    /// Compaction copies only entries of objects at least this old.
+    pub compaction_min_age_ms: u64,
+    /// A partition's entries are copied after this long even when they fill no target object.
+    pub compaction_max_delay_ms: u64,
+    /// Most bytes per second one broker's compaction reads.
+    #[serde(deserialize_with = "size::de")]
+    pub compaction_bytes_per_sec: u64,
+    /// How often each broker looks for partitions to compact.
+    pub compaction_check_ms: u64,
+    /// An object no commit references is deleted after this long unreferenced.
+    pub gc_grace_ms: u64,
     /// Address other brokers and clients reach this broker at; `None` = the bound address.
     pub advertise: Option<String>,
     /// TTL of the broker's membership lease.
@@ -148,6 +162,12 @@ impl Default for Settings {
             cache_memory_bytes: 256 << 20,
             cache_disk_bytes: 0,
             retention_check_ms: 30_000,
+            compaction_target_bytes: 64 << 20,
+            compaction_min_age_ms: 60_000,
+            compaction_max_delay_ms: 600_000,
+            compaction_bytes_per_sec: 32 << 20,
+            compaction_check_ms: 10_000,
+            gc_grace_ms: 300_000,
             advertise: None,
             lease_ttl_ms: 5_000,
             max_inflight_flushes: 4,
@@ -320,6 +340,42 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_check_ms: Option<u64>,
 
+    /// Size of the per-partition objects compaction copies flushed entries into; 0 turns
+    /// compaction off [default: 64MiB].
+    #[arg(long, env = "SILT_COMPACTION_TARGET_BYTES", value_parser = size::parse)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_target_bytes: Option<u64>,
+
+    /// Compaction copies entries only from objects at least this old, so the tail stays in
+    /// the flush segments readers have cached [default: 60000].
+    #[arg(long, env = "SILT_COMPACTION_MIN_AGE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_min_age_ms: Option<u64>,
+
+    /// A partition's entries are compacted after this long even if they fill less than a
+    /// target object (quiet partitions) [default: 600000].
+    #[arg(long, env = "SILT_COMPACTION_MAX_DELAY_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_max_delay_ms: Option<u64>,
+
+    /// Most bytes per second compaction reads on this broker, so it never starves produce
+    /// [default: 32MiB].
+    #[arg(long, env = "SILT_COMPACTION_BYTES_PER_SEC", value_parser = size::parse)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_bytes_per_sec: Option<u64>,
+
+    /// How often the broker looks for partitions to compact [default: 10000].
+    #[arg(long, env = "SILT_COMPACTION_CHECK_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_check_ms: Option<u64>,
+
+    /// How long an object stays after no commit references it (compacted, expired, or never
+    /// committed) before garbage collection deletes it: readers holding an older index finish
+    /// within it. Keep it well above the metadata store's request timeout [default: 300000].
+    #[arg(long, env = "SILT_GC_GRACE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_grace_ms: Option<u64>,
+
     /// Address clients and other brokers reach this broker at (host:port) [default: the
     /// listen address].
     #[arg(long, env = "SILT_ADVERTISE")]
@@ -431,6 +487,14 @@ impl Settings {
             return Err(format!(
                 "metadata store '{}' needs etcd support, which this build lacks: rebuild with `cargo build --release -p silt-broker --features etcd` (needs protoc)",
                 self.metadata
+            ));
+        }
+        if self.compaction_target_bytes > 0
+            && (self.compaction_target_bytes < 64 << 10 || self.compaction_bytes_per_sec == 0)
+        {
+            return Err(format!(
+                "compaction-target-bytes ({}) must be 0 (off) or at least 64KiB, with compaction-bytes-per-sec > 0",
+                self.compaction_target_bytes
             ));
         }
         if !(1_000..=60_000).contains(&self.lease_ttl_ms) {

@@ -434,10 +434,80 @@ impl Catalog {
         controller_revision: i64,
         object_id: &str,
     ) -> Result<bool, CatalogError> {
+        self.delete_as_controller(controller_revision, self.keys.segment(object_id))
+            .await
+    }
+
+    /// Forgets a compacted object's commit whose entries are all dead or were compacted again,
+    /// fenced like [`Self::delete_segment`].
+    pub async fn delete_part(
+        &self,
+        controller_revision: i64,
+        id: &str,
+    ) -> Result<bool, CatalogError> {
+        self.delete_as_controller(controller_revision, self.keys.part(id))
+            .await
+    }
+
+    /// True while the controller elected at `controller_revision` still holds the election
+    /// (a read through the store's consensus, not the caller's view).
+    pub async fn still_controller(&self, controller_revision: i64) -> Result<bool, CatalogError> {
+        let txn = Txn::new().when([self.controller_compare(controller_revision)]);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    async fn delete_as_controller(
+        &self,
+        controller_revision: i64,
+        key: Vec<u8>,
+    ) -> Result<bool, CatalogError> {
         let txn = Txn::new()
             .when([self.controller_compare(controller_revision)])
-            .and_then([Op::delete(self.keys.segment(object_id))]);
+            .and_then([Op::delete(key)]);
         Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// Swaps part of a partition's index to a compacted object: puts `parts/<id>` (entries of
+    /// one partition only, covering exactly the entries they replace), as the writer `fence`
+    /// of the partition's owner, while `topic` still exists and no commit of this range exists
+    /// yet. One transaction, so readers see the old entries or the new ones, never a mix. The
+    /// revision of the swap, or `None` (nothing written) when a compare failed: the partition
+    /// moved, the topic is gone, or the range was compacted already.
+    pub async fn commit_part(
+        &self,
+        fence: &WriterFence,
+        topic: &Topic,
+        id: &str,
+        commit: &SegmentCommit,
+    ) -> Result<Option<i64>, CatalogError> {
+        let key = self.keys.part(id);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(self.keys.writer(&fence.broker_id), fence.revision),
+                Compare::new(
+                    self.keys.topic(&topic.record.name),
+                    crate::CompareOp::Equal,
+                    crate::CompareTarget::CreateRevision(topic.id as i64),
+                ),
+                Compare::missing(key.clone()),
+            ])
+            .and_then([Op::put(key, codec::encode_segment(commit))]);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// Every compacted object's commit, with its id.
+    pub async fn load_parts(&self) -> Result<Vec<(String, SegmentCommit)>, CatalogError> {
+        let mut out = Vec::new();
+        for kv in self.range_all(self.keys.parts_prefix()).await? {
+            let id = self
+                .keys
+                .parse_part(&kv.key)
+                .unwrap_or_default()
+                .to_string();
+            out.push((id, codec::decode_segment(&kv.key, &kv.value)?));
+        }
+        Ok(out)
     }
 
     /// The compare every controller write carries: the election key is still the one that

@@ -11,6 +11,7 @@
 //! | `owners/<topic-id:016x>/<partition>` | [`crate::codec::OwnerRecord`] (JSON, `"v":1`) | the controller: which broker writes the partition, with its epoch |
 //! | `controller` | [`crate::codec::ControllerRecord`] (JSON, `"v":1`), under the controller's membership lease | the broker elected to assign partitions |
 //! | `segments/<broker-id>/<incarnation:016x>-<seq:012>` | [`crate::codec::SegmentCommit`] (binary v1) | the flusher: one key per segment object, whatever its partition count |
+//! | `parts/<topic-id:016x>/<partition>/<first:020>-<last:020>` | [`crate::codec::SegmentCommit`] (binary v1) of one partition | the partition's owner, when compaction copies its entries `first..=last` into one object, fenced like a flush |
 //! | `~groups/<slot:03>/<group>/record` | the group's members and assignment (JSON, `"v":1`) | the group's coordinator (the owner of coordinator slot `<slot>`), fenced |
 //! | `~groups/<slot:03>/<group>/offsets/<topic-id:016x>/<partition>` | [`crate::codec::OffsetRecord`] (binary v1) | the group's coordinator: committed offsets, fenced |
 //!
@@ -241,6 +242,26 @@ impl Keys {
         format!("{}segments/{object_id}", self.root).into_bytes()
     }
 
+    pub fn parts_prefix(&self) -> Vec<u8> {
+        format!("{}parts/", self.root).into_bytes()
+    }
+
+    /// The id of a compacted object's commit: its topic, partition and offsets.
+    pub fn part_id(topic_id: u64, partition: u32, first: i64, last: i64) -> String {
+        format!("{topic_id:016x}/{partition}/{first:020}-{last:020}")
+    }
+
+    /// The commit key of a compacted object, `id` from [`Self::part_id`].
+    pub fn part(&self, id: &str) -> Vec<u8> {
+        format!("{}parts/{id}", self.root).into_bytes()
+    }
+
+    /// The id of a `parts/` key.
+    pub fn parse_part<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        let rest = key.strip_prefix(self.parts_prefix().as_slice())?;
+        std::str::from_utf8(rest).ok()
+    }
+
     /// The object id of a segment commit key.
     pub fn parse_segment<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
         let rest = key.strip_prefix(self.segments_prefix().as_slice())?;
@@ -286,6 +307,13 @@ mod tests {
         assert_eq!(k.parse_log_start(&k.log_start(42)), Some(42));
         assert_eq!(k.parse_segment(&k.segment("b/x-1")), Some("b/x-1"));
         assert_eq!(k.parse_segment(b"/silt/c2/segments/b/x-1"), None);
+        let part = Keys::part_id(0xab, 3, 100, 199);
+        assert_eq!(
+            k.part(&part),
+            b"/silt/c1/parts/00000000000000ab/3/00000000000000000100-00000000000000000199".to_vec()
+        );
+        assert_eq!(k.parse_part(&k.part(&part)), Some(part.as_str()));
+        assert_eq!(k.parse_part(&k.segment("b/x-1")), None);
         assert_eq!(k.parse_owner(&k.owner(0xab, 7)), Some((0xab, 7)));
         assert_eq!(k.parse_owner(b"/silt/c1/owners/zz/1"), None);
         assert_eq!(k.parse_writer(&k.writer("b-2")), Some("b-2"));

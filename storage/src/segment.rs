@@ -152,6 +152,34 @@ impl SegmentWriter {
         entry.length += batch.len() as u32;
     }
 
+    /// Appends one committed entry's bytes as they are (its batches already carry their
+    /// offsets) to the open entry: how compaction copies a partition's entries into one object.
+    /// `bytes` is exactly `source`'s range, already checked against its CRC32C by the caller,
+    /// so the open entry's CRC is combined from it without reading the bytes again. Panics if
+    /// no entry was begun (a bug in the caller).
+    pub fn push_entry(&mut self, bytes: &[u8], source: &SegmentEntry) {
+        let (entry, crc) = self.open.as_mut().expect("push_entry before begin_entry");
+        self.buf.put_slice(bytes);
+        *crc = if entry.batch_count == 0 {
+            source.crc32c
+        } else {
+            crc32c::crc32c_combine(*crc, source.crc32c, bytes.len())
+        };
+        if entry.batch_count == 0 {
+            entry.first_offset = source.first_offset;
+        }
+        entry.batch_count += source.batch_count;
+        entry.last_offset = source.last_offset;
+        entry.min_timestamp = entry.min_timestamp.min(source.min_timestamp);
+        entry.max_timestamp = entry.max_timestamp.max(source.max_timestamp);
+        entry.length += bytes.len() as u32;
+    }
+
+    /// Bytes of batches in the entry being written (0 when none is open).
+    pub fn open_entry_len(&self) -> u32 {
+        self.open.as_ref().map_or(0, |(e, _)| e.length)
+    }
+
     fn close_entry(&mut self) {
         if let Some((mut entry, crc)) = self.open.take()
             && entry.batch_count > 0

@@ -164,6 +164,26 @@ impl Cluster {
         self.slots.is_empty()
     }
 
+    /// The exit status of a slot's process once it has exited by itself (a crash); the slot
+    /// is then empty, as after [`Self::kill9`].
+    pub fn exited(&mut self, slot: usize) -> Option<ExitStatus> {
+        let status = self.slots[slot].process.as_mut()?.exited()?;
+        self.slots[slot].process = None;
+        Some(status)
+    }
+
+    /// Every object path in the shared store under `prefix`.
+    pub async fn list_objects(&self, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        self.object_store()
+            .list(Some(&object_store::path::Path::from(prefix)))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .expect("list objects")
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self, slot: usize) {
         if let Some(p) = self.slots[slot].process.take() {

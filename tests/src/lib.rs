@@ -119,6 +119,27 @@ where
     }
 }
 
+/// Like [`wait_for`], for conditions over state worth seeing when they time out: `check`
+/// answers `Err(state)` while waiting, and the panic shows the last state.
+pub async fn wait_for_state<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = match check().await {
+            Ok(value) => return value,
+            Err(state) => state,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last seen: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// JSON-like event bytes of exactly `size` bytes for record number `i` (distinct per record, so
 /// a misplaced record is caught by its bytes, not only its position).
 pub fn event_value(i: u64, size: usize) -> Vec<u8> {

@@ -11,8 +11,12 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_records_are_trimmed_and_fetch_below_log_start_is_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
-    let broker =
-        BrokerProcess::start(BrokerOptions::new(dir.path()).arg("--retention-check-ms", 100)).await;
+    let broker = BrokerProcess::start(
+        BrokerOptions::new(dir.path())
+            .arg("--retention-check-ms", 100)
+            .arg("--gc-grace-ms", 500),
+    )
+    .await;
     let client = broker.client().await;
     client
         .create_topic("old", 1, Some(60_000), None)

@@ -180,6 +180,7 @@ impl ClusterView {
             .map_err(|e| MetaError::Unavailable(e.to_string()))?;
         let keys = self.catalog.keys().clone();
         let mut segments = Vec::new();
+        let mut parts = Vec::new();
         let mut topics = Vec::new();
         let mut rest = Vec::new();
         for kv in kvs {
@@ -187,6 +188,11 @@ impl ClusterView {
                 match codec::decode_segment(&kv.key, &kv.value) {
                     Ok(c) => segments.push((id.to_string(), c)),
                     Err(e) => warn!(error = %e, "skipping an unreadable segment commit"),
+                }
+            } else if let Some(id) = keys.parse_part(&kv.key) {
+                match codec::decode_segment(&kv.key, &kv.value) {
+                    Ok(c) => parts.push((id.to_string(), c)),
+                    Err(e) => warn!(error = %e, "skipping an unreadable compacted commit"),
                 }
             } else if keys.parse_topic(&kv.key).is_some() {
                 topics.push(kv);
@@ -215,15 +221,17 @@ impl ClusterView {
         }
         *self.lock() = fresh;
         let live = self.topics.live_ids();
-        self.index.load(
-            segments
+        let of_live_topics = |commits: Vec<(String, codec::SegmentCommit)>| {
+            commits
                 .into_iter()
                 .map(|(id, mut c)| {
                     c.entries.retain(|e| live.contains_key(&e.topic_id));
                     (id, c)
                 })
-                .collect(),
-        );
+                .collect()
+        };
+        self.index
+            .load(of_live_topics(segments), of_live_topics(parts));
         self.set_applied(revision);
         self.topology_changed();
         Ok(revision + 1)
@@ -303,6 +311,17 @@ impl ClusterView {
                         self.index.apply(id, &c);
                     }
                     Err(e) => warn!(error = %e, "skipping an unreadable segment commit"),
+                }
+            }
+            return false;
+        } else if let Some(id) = keys.parse_part(&kv.key) {
+            if put {
+                match codec::decode_segment(&kv.key, &kv.value) {
+                    Ok(mut c) => {
+                        c.entries.retain(|e| self.topics.is_live(e.topic_id));
+                        self.index.apply_part(id, &c);
+                    }
+                    Err(e) => warn!(error = %e, "skipping an unreadable compacted commit"),
                 }
             }
             return false;

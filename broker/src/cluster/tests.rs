@@ -239,6 +239,9 @@ async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
         clock: ManualClock::new(now_ms),
         fence: node.view.flush_snapshot(std::iter::empty()).fence.unwrap(),
         view: node.view.clone(),
+        metrics: Arc::new(crate::observe::metrics::Metrics::new("t", 0)),
+        gc_grace_ms: 0,
+        unreferenced: Default::default(),
     };
     // Partition 0: [0, 10) at t=100, [10, 20) at t=700, [20, 30) at t=10 000.
     // Partition 1: [0, 10) at t=500, [10, 20) at t=10 000. One segment per range.

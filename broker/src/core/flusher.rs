@@ -345,6 +345,7 @@ impl Flusher {
                     )))
                 }
                 Ok(put) => {
+                    crate::failpoint::hit("flush-after-put");
                     let started = tokio::time::Instant::now();
                     self.commit(&built)
                         .instrument(info_span!("commit", entries = built.commit.entries.len()))

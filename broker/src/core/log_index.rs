@@ -9,6 +9,12 @@
 //! Each
 //! partition carries a `watch` channel of its high watermark that long-polling fetches and
 //! subscriptions wait on. The entries with their min/max timestamps double as the time index.
+//!
+//! Compaction swaps entries: a commit of a compacted object ([`LogIndex::apply_part`]) replaces
+//! the entries whose offsets it covers (exactly, entry boundaries line up) in one step under the
+//! partition's lock, so a reader sees the old entries or the new one, never both or neither.
+//! Offsets never change; an entry arriving later for offsets a compacted entry covers is
+//! ignored.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +30,53 @@ pub struct ObjectRef {
     pub id: String,
     pub path: Path,
     pub len: u64,
+    /// A flush's segment (many partitions) or a compacted object (one partition).
+    pub kind: ObjectKind,
+    /// When the object was written (the writer's clock).
+    pub created_at_ms: i64,
+}
+
+/// What wrote an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A flush: one window's batches of many partitions (`segments/`).
+    Segment,
+    /// Compaction: one partition's entries copied into one object (`parts/`).
+    Part,
+}
+
+impl ObjectRef {
+    fn new(id: &str, commit: &SegmentCommit, kind: ObjectKind) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_string(),
+            path: Path::from(commit.object.as_str()),
+            len: commit.object_len,
+            kind,
+            created_at_ms: commit.created_at_ms,
+        })
+    }
+}
+
+/// A run of a partition's entries that compaction may copy into one object.
+#[derive(Debug, Clone)]
+pub struct CompactionRun {
+    /// The entries, contiguous in offsets, oldest first.
+    pub entries: Vec<IndexEntry>,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// When compaction copies a partition's entries.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionPolicy {
+    /// Only entries of objects written before this instant (ms) are copied: the newest data
+    /// stays in its flush segment a while, where readers of the tail find it in the cache.
+    pub written_before_ms: i64,
+    /// A run is copied once it holds this many bytes ...
+    pub target_bytes: u64,
+    /// ... or once its oldest object was written before this instant (ms), so a quiet
+    /// partition is compacted too.
+    pub overdue_before_ms: i64,
 }
 
 /// One partition's byte range in one segment object: the committed entry, with the object it
@@ -171,10 +224,13 @@ impl PartitionLog {
         let pos = s
             .entries
             .partition_point(|e| e.first_offset < entry.first_offset);
-        if s.entries
+        let covered = s
+            .entries
             .get(pos)
             .is_some_and(|e| e.first_offset == entry.first_offset)
-        {
+            || pos > 0 && s.entries[pos - 1].last_offset >= entry.first_offset;
+        if covered {
+            // Known already, or copied into a compacted entry.
             return;
         }
         s.entries.insert(pos, entry);
@@ -182,6 +238,111 @@ impl PartitionLog {
             let hwm = s.high_watermark;
             drop(s);
             self.hwm_tx.send_replace(hwm);
+        }
+    }
+
+    /// Swaps in a compacted entry: it replaces the entries whose offsets it covers. Entry
+    /// boundaries line up (compaction copies whole entries), so a misaligned one — a bug or a
+    /// foreign writer — is refused and the index stays as it was; false then.
+    fn replace(&self, entry: IndexEntry) -> bool {
+        let mut s = self.lock();
+        if entry.last_offset < s.log_start {
+            return true;
+        }
+        let from = s
+            .entries
+            .partition_point(|e| e.first_offset < entry.first_offset);
+        let to = s
+            .entries
+            .partition_point(|e| e.first_offset <= entry.last_offset);
+        let straddles = from > 0 && s.entries[from - 1].last_offset >= entry.first_offset
+            || to > from && s.entries[to - 1].last_offset > entry.last_offset;
+        if straddles {
+            return false;
+        }
+        if to == from + 1 && Arc::ptr_eq(&s.entries[from].object, &entry.object) {
+            return true;
+        }
+        s.entries.drain(from..to);
+        s.entries.insert(from, entry);
+        if s.advance() {
+            let hwm = s.high_watermark;
+            drop(s);
+            self.hwm_tx.send_replace(hwm);
+        }
+        true
+    }
+
+    /// The oldest run of entries compaction should copy into one object, if any is due under
+    /// `policy`: committed entries from the log start on, of flush segments or of compacted
+    /// objects under half the target (which merge into a bigger one), contiguous in offsets,
+    /// up to `policy.target_bytes`.
+    pub fn compaction_run(&self, policy: &CompactionPolicy) -> Option<CompactionRun> {
+        let s = self.lock();
+        let mut run: Vec<IndexEntry> = Vec::new();
+        let mut bytes = 0u64;
+        let flush = |run: &Vec<IndexEntry>, bytes: u64| {
+            let oldest = run.iter().map(|e| e.object.created_at_ms).min()?;
+            let copies = run.len() > 1 || run[0].object.kind == ObjectKind::Segment;
+            let due = bytes >= policy.target_bytes || oldest < policy.overdue_before_ms;
+            (copies && due).then(|| CompactionRun {
+                entries: run.clone(),
+                bytes,
+            })
+        };
+        for e in s.entries.iter() {
+            if e.first_offset >= s.high_watermark {
+                break;
+            }
+            if e.last_offset < s.log_start {
+                continue;
+            }
+            let small_part =
+                e.object.kind == ObjectKind::Part && e.object.len < policy.target_bytes / 2;
+            let eligible = (e.object.kind == ObjectKind::Segment || small_part)
+                && e.object.created_at_ms < policy.written_before_ms;
+            let continues = run
+                .last()
+                .is_none_or(|last| last.last_offset + 1 == e.first_offset);
+            let fits = bytes + u64::from(e.length) <= policy.target_bytes || run.is_empty();
+            if eligible && continues && fits {
+                bytes += u64::from(e.length);
+                run.push(e.clone());
+                continue;
+            }
+            if !run.is_empty() {
+                if let Some(due) = flush(&run, bytes) {
+                    return Some(due);
+                }
+                run.clear();
+                bytes = 0;
+            }
+            if eligible {
+                bytes = u64::from(e.length);
+                run.push(e.clone());
+            }
+        }
+        if run.is_empty() {
+            return None;
+        }
+        flush(&run, bytes)
+    }
+
+    /// True when `entry` of object `object_id` was copied by compaction: the index holds, at
+    /// its offsets, an entry of another, compacted object covering all of them. Positive
+    /// evidence only: an entry the index does not know (a commit it has not applied yet) is
+    /// never called superseded.
+    pub fn superseded(&self, entry: &SegmentEntry, object_id: &str) -> bool {
+        let s = self.lock();
+        let pos = s
+            .entries
+            .partition_point(|e| e.first_offset <= entry.first_offset);
+        pos > 0 && {
+            let e = &s.entries[pos - 1];
+            e.object.kind == ObjectKind::Part
+                && e.object.id != object_id
+                && e.first_offset <= entry.first_offset
+                && e.last_offset >= entry.last_offset
         }
     }
 
@@ -255,32 +416,50 @@ impl LogIndex {
 
     /// Applies a committed segment: every entry becomes readable and high watermarks move.
     pub fn apply(&self, object_id: &str, commit: &SegmentCommit) {
-        let object = Arc::new(ObjectRef {
-            id: object_id.to_string(),
-            path: Path::from(commit.object.as_str()),
-            len: commit.object_len,
-        });
+        let object = ObjectRef::new(object_id, commit, ObjectKind::Segment);
         for e in &commit.entries {
             self.partition(e.topic_id, e.partition)
                 .append(entry(e, &object));
         }
     }
 
-    /// Applies many commits loaded at start, in offset order per partition.
-    pub fn load(&self, mut commits: Vec<(String, SegmentCommit)>) {
+    /// Applies a compacted object's commit: its entries replace those they cover.
+    pub fn apply_part(&self, id: &str, commit: &SegmentCommit) {
+        let object = ObjectRef::new(id, commit, ObjectKind::Part);
+        for e in &commit.entries {
+            if !self
+                .partition(e.topic_id, e.partition)
+                .replace(entry(e, &object))
+            {
+                tracing::warn!(
+                    object = %object.path,
+                    first_offset = e.first_offset,
+                    last_offset = e.last_offset,
+                    "a compacted entry does not line up with the entries it replaces; ignoring it"
+                );
+            }
+        }
+    }
+
+    /// Applies many commits loaded at start, in offset order per partition, then the
+    /// compacted objects' over them.
+    pub fn load(
+        &self,
+        mut commits: Vec<(String, SegmentCommit)>,
+        parts: Vec<(String, SegmentCommit)>,
+    ) {
         let mut entries: Vec<(SegmentEntry, Arc<ObjectRef>)> = Vec::new();
         for (id, commit) in commits.drain(..) {
-            let object = Arc::new(ObjectRef {
-                path: Path::from(commit.object.as_str()),
-                len: commit.object_len,
-                id,
-            });
+            let object = ObjectRef::new(&id, &commit, ObjectKind::Segment);
             entries.extend(commit.entries.into_iter().map(|e| (e, object.clone())));
         }
         entries.sort_by_key(|(e, _)| (e.topic_id, e.partition, e.first_offset));
         for (e, object) in entries {
             self.partition(e.topic_id, e.partition)
                 .append(entry(&e, &object));
+        }
+        for (id, commit) in parts {
+            self.apply_part(&id, &commit);
         }
     }
 
@@ -397,15 +576,160 @@ mod tests {
     #[test]
     fn load_sorts_and_ignores_duplicates() {
         let index = LogIndex::new();
-        index.load(vec![
-            ("b".into(), commit("s/b", &[(0, 5, 9, 200)])),
-            ("a".into(), commit("s/a", &[(0, 0, 4, 100)])),
-        ]);
+        index.load(
+            vec![
+                ("b".into(), commit("s/b", &[(0, 5, 9, 200)])),
+                ("a".into(), commit("s/a", &[(0, 0, 4, 100)])),
+            ],
+            vec![],
+        );
         index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
         let (_, e) = index.partition(1, 0).entries_from(0, 1 << 20);
         assert_eq!(
             e.iter().map(|e| e.first_offset).collect::<Vec<_>>(),
             vec![0, 5]
+        );
+    }
+
+    fn offsets_of(log: &PartitionLog) -> Vec<(i64, i64, String)> {
+        log.entries_from(0, usize::MAX)
+            .1
+            .iter()
+            .map(|e| (e.first_offset, e.last_offset, e.object.id.clone()))
+            .collect()
+    }
+
+    fn part(first: i64, last: i64, len: u32) -> SegmentCommit {
+        let mut c = commit(&format!("parts/{first}"), &[(0, first, last, 100)]);
+        c.object_len = u64::from(len) + 48;
+        c.entries[0].length = len;
+        c
+    }
+
+    #[test]
+    fn a_compacted_entry_replaces_exactly_what_it_covers_and_later_copies_are_ignored() {
+        let index = LogIndex::new();
+        for (name, first) in [("a", 0), ("b", 5), ("c", 10)] {
+            index.apply(name, &commit(name, &[(0, first, first + 4, 100)]));
+        }
+        let log = index.partition(1, 0);
+        let mut rx = log.subscribe();
+        rx.borrow_and_update();
+        index.apply_part("p0-9", &part(0, 9, 200));
+        assert_eq!(
+            offsets_of(&log),
+            vec![(0, 9, "p0-9".into()), (10, 14, "c".into())]
+        );
+        assert!(!rx.has_changed().unwrap(), "offsets did not move");
+        // The flush segments' entries, seen again (a reload), change nothing.
+        index.apply("a", &commit("a", &[(0, 0, 4, 100)]));
+        index.apply("b", &commit("b", &[(0, 5, 9, 100)]));
+        assert_eq!(offsets_of(&log).len(), 2);
+        // Applied twice: the same.
+        index.apply_part("p0-9", &part(0, 9, 200));
+        assert_eq!(offsets_of(&log).len(), 2);
+        // Misaligned: refused, nothing changes.
+        index.apply_part("bad", &part(3, 12, 10));
+        assert_eq!(offsets_of(&log).len(), 2);
+        // A merge of the compacted entry and the next one.
+        index.apply_part("p0-14", &part(0, 14, 300));
+        assert_eq!(offsets_of(&log), vec![(0, 14, "p0-14".into())]);
+        assert_eq!(log.offsets().high_watermark, 15);
+
+        let e = |first, last| SegmentEntry {
+            first_offset: first,
+            last_offset: last,
+            ..commit("x", &[(0, first, last, 0)]).entries[0]
+        };
+        assert!(log.superseded(&e(5, 9), "b"));
+        assert!(log.superseded(&e(0, 9), "p0-9"));
+        assert!(!log.superseded(&e(0, 14), "p0-14"), "its own entry");
+        assert!(!log.superseded(&e(15, 19), "d"), "unknown offsets");
+    }
+
+    #[test]
+    fn compacted_entries_loaded_at_start_win_over_the_segments_they_copied() {
+        let index = LogIndex::new();
+        index.load(
+            vec![
+                ("a".into(), commit("a", &[(0, 0, 4, 100)])),
+                ("b".into(), commit("b", &[(0, 5, 9, 100)])),
+                ("c".into(), commit("c", &[(0, 10, 14, 100)])),
+            ],
+            vec![("p0-9".into(), part(0, 9, 200))],
+        );
+        let log = index.partition(1, 0);
+        assert_eq!(
+            offsets_of(&log),
+            vec![(0, 9, "p0-9".into()), (10, 14, "c".into())]
+        );
+        // Without the segments (already collected), the part alone serves its offsets.
+        let index = LogIndex::new();
+        index.load(vec![], vec![("p0-9".into(), part(0, 9, 200))]);
+        assert_eq!(index.partition(1, 0).offsets().high_watermark, 10);
+    }
+
+    #[test]
+    fn compaction_picks_the_oldest_due_run() {
+        let index = LogIndex::new();
+        // Entries of 100 bytes written at 1000, 2000, ... 5000.
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let first = i as i64 * 5;
+            let mut c = commit(name, &[(0, first, first + 4, 100)]);
+            c.created_at_ms = (i as i64 + 1) * 1000;
+            index.apply(name, &c);
+        }
+        let log = index.partition(1, 0);
+        let policy = |written_before_ms, target_bytes, overdue_before_ms| CompactionPolicy {
+            written_before_ms,
+            target_bytes,
+            overdue_before_ms,
+        };
+        let ids = |run: Option<CompactionRun>| {
+            run.map(|r| {
+                r.entries
+                    .iter()
+                    .map(|e| e.object.id.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Not big enough and not overdue: nothing.
+        assert!(log.compaction_run(&policy(10_000, 1000, 0)).is_none());
+        // Big enough: the oldest entries up to the target.
+        assert_eq!(
+            ids(log.compaction_run(&policy(10_000, 300, 0))),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        // Only what was written long enough ago.
+        assert_eq!(
+            ids(log.compaction_run(&policy(3_500, 300, 1_500))),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert!(log.compaction_run(&policy(2_500, 300, 0)).is_none());
+        // Overdue: a small run goes anyway.
+        assert_eq!(
+            ids(log.compaction_run(&policy(2_500, 300, 1_500))),
+            Some(vec!["a".into(), "b".into()])
+        );
+        // A small compacted object merges with what follows; a big one stays.
+        let mut p = part(0, 9, 200);
+        p.created_at_ms = 1000;
+        index.apply_part("p0-9", &p);
+        assert_eq!(
+            ids(log.compaction_run(&policy(10_000, 1000, 2_500))),
+            Some(vec!["p0-9".into(), "c".into(), "d".into(), "e".into()])
+        );
+        assert_eq!(
+            ids(log.compaction_run(&policy(10_000, 400, 3_500))),
+            Some(vec!["c".into(), "d".into(), "e".into()]),
+            "a compacted object of half the target or more is not copied again"
+        );
+        // A lone compacted object is never copied onto itself.
+        log.set_log_start(10);
+        index.apply_part("p10-24", &part(10, 24, 300));
+        assert!(
+            log.compaction_run(&policy(i64::MAX, 10_000, i64::MAX))
+                .is_none()
         );
     }
 

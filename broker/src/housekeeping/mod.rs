@@ -1,16 +1,25 @@
-//! Background housekeeping: retention, segment garbage collection and orphan cleanup.
+//! Background housekeeping: retention, compaction, garbage collection and orphan cleanup.
 //!
 //! - **Retention** moves each partition's log start offset past whole index entries whose newest
 //!   record is older than the topic's `retention_ms`, or past its newest `retention_bytes` of
 //!   batches per partition, and records it in metadata.
-//! - **Segment GC** deletes a segment once *every* entry in it is dead (its topic was deleted or
-//!   its records are below their partition's log start): the metadata key first, then the
-//!   object — so a crash in between leaves an orphan object, never a dangling index entry.
+//! - **Compaction** ([`compaction`]) copies a partition's entries into per-partition objects.
+//! - **Commit GC** forgets a commit (a flush segment's or a compacted object's key) once *every*
+//!   entry in it is dead: its topic was deleted, its records are below their partition's log
+//!   start, or compaction copied them into another object the index holds.
+//! - **Object GC** deletes an object once no commit has referenced it for `--gc-grace-ms`:
+//!   objects whose commit was forgotten, compaction's objects whose swap never happened, and
+//!   flushes killed between PUT and commit. The commit goes first and the object after the
+//!   grace period, so a crash leaves an orphan object, never a reference to a missing one, and
+//!   a reader that picked an entry from an older index still finds its object.
 //! - **Orphan cleanup**, at start, deletes objects this broker uploaded in earlier incarnations
-//!   whose commit never happened (killed between PUT and commit).
+//!   whose commit never happened (killed between PUT and commit) at once: those incarnations
+//!   are fenced, so their commits can never land.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+pub mod compaction;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -18,6 +27,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use silt_metadata::Clock;
 use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::codec::SegmentEntry;
 use silt_storage::cache::SegmentCache;
 use silt_storage::object::{SegmentName, broker_segments_prefix};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +37,7 @@ use crate::cluster::ClusterView;
 use crate::core::BrokerError;
 use crate::core::log_index::LogIndex;
 use crate::core::topics::TopicTable;
+use crate::observe::metrics::Metrics;
 
 /// Runs retention and GC.
 #[derive(Debug)]
@@ -39,13 +50,20 @@ pub struct Housekeeper {
     pub clock: Arc<dyn Clock>,
     pub fence: WriterFence,
     pub view: Arc<ClusterView>,
+    pub metrics: Arc<Metrics>,
+    /// How long an object stays unreferenced before it is deleted (ms).
+    pub gc_grace_ms: i64,
+    /// Unreferenced objects by path, with when this controller first saw them so.
+    pub unreferenced: Mutex<HashMap<String, i64>>,
 }
 
 /// What one housekeeping pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
     pub partitions_trimmed: usize,
+    /// Commit keys forgotten (flush segments' and compacted objects').
     pub segments_deleted: usize,
+    pub objects_deleted: usize,
 }
 
 impl Housekeeper {
@@ -67,9 +85,37 @@ impl Housekeeper {
             return Ok(pass);
         }
         let Some(controller) = self.view.controller_revision_if_me() else {
+            // Sightings of unreferenced objects count only over consecutive passes as controller.
+            self.lock_unreferenced().clear();
             return Ok(pass);
         };
         let now = self.clock.now_ms();
+        self.retention(controller, now, &mut pass).await?;
+        let Some(forgotten) = self.forget_dead_commits(controller, &mut pass).await? else {
+            return Ok(pass);
+        };
+        pass.objects_deleted = self.delete_unreferenced(controller, now, forgotten).await?;
+        if pass != Pass::default() {
+            info!(
+                trimmed = pass.partitions_trimmed,
+                forgotten = pass.segments_deleted,
+                deleted = pass.objects_deleted,
+                "retention and garbage collection pass"
+            );
+        }
+        Ok(pass)
+    }
+
+    fn lock_unreferenced(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.unreferenced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn retention(
+        &self,
+        controller: i64,
+        now: i64,
+        pass: &mut Pass,
+    ) -> Result<(), BrokerError> {
         for topic in self.topics.all() {
             let (by_time, by_size) = (topic.record.retention_ms, topic.record.retention_bytes);
             if by_time < 0 && by_size < 0 {
@@ -112,46 +158,121 @@ impl Housekeeper {
             }
             pass.partitions_trimmed += changed.len();
         }
+        Ok(())
+    }
 
+    /// Forgets every commit whose entries are all dead; returns the objects of the commits it
+    /// forgot, or `None` when it is no longer the controller.
+    async fn forget_dead_commits(
+        &self,
+        controller: i64,
+        pass: &mut Pass,
+    ) -> Result<Option<Vec<String>>, BrokerError> {
         let live = self.topics.live_ids();
         // A topic id is the revision that created it: one the view has not reached yet may be
         // a topic created moments ago elsewhere, not a deleted one.
         let seen = self.view.applied();
-        for (id, commit) in self.catalog.load_segments().await? {
-            let dead = commit.entries.iter().all(|e| {
-                (!live.contains_key(&e.topic_id) && e.topic_id as i64 <= seen)
-                    || e.last_offset
-                        < self
-                            .index
-                            .partition(e.topic_id, e.partition)
-                            .offsets()
-                            .log_start
-            });
-            if !dead {
+        let dead = |e: &SegmentEntry, id: &str| {
+            if !live.contains_key(&e.topic_id) {
+                return e.topic_id as i64 <= seen;
+            }
+            let log = self.index.partition(e.topic_id, e.partition);
+            e.last_offset < log.offsets().log_start || log.superseded(e, id)
+        };
+        let mut forgotten = Vec::new();
+        let segments = self.catalog.load_segments().await?;
+        let parts = self.catalog.load_parts().await?;
+        for (is_part, (id, commit)) in segments
+            .into_iter()
+            .map(|c| (false, c))
+            .chain(parts.into_iter().map(|c| (true, c)))
+        {
+            if !commit.entries.iter().all(|e| dead(e, &id)) {
                 continue;
             }
-            // The metadata key first, then the object: a crash in between leaves an orphan
-            // object, never an index entry without its object.
-            if !self.catalog.delete_segment(controller, &id).await? {
-                debug!("segment GC refused: no longer the controller");
-                break;
+            let done = if is_part {
+                self.catalog.delete_part(controller, &id).await?
+            } else {
+                self.catalog.delete_segment(controller, &id).await?
+            };
+            if !done {
+                debug!("commit GC refused: no longer the controller");
+                return Ok(None);
             }
-            let path = Path::from(commit.object.as_str());
-            self.cache.remove_object(&path, commit.object_len);
-            match self.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => warn!(object = %path, error = %e, "could not delete an expired segment"),
-            }
+            forgotten.push(commit.object);
             pass.segments_deleted += 1;
         }
-        if pass != Pass::default() {
-            info!(
-                trimmed = pass.partitions_trimmed,
-                deleted = pass.segments_deleted,
-                "retention pass"
-            );
+        Ok(Some(forgotten))
+    }
+
+    /// Deletes the objects no commit has referenced for the grace period. The objects are
+    /// listed before the commits are read, so an object committed meanwhile is at worst seen
+    /// unreferenced once; the commits `forgotten` in this pass start their grace period now.
+    async fn delete_unreferenced(
+        &self,
+        controller: i64,
+        now: i64,
+        forgotten: Vec<String>,
+    ) -> Result<usize, BrokerError> {
+        let mut listed = Vec::new();
+        for prefix in ["segments", "parts"] {
+            let objects: Vec<_> = self
+                .store
+                .list(Some(&Path::from(prefix)))
+                .try_collect()
+                .await
+                .map_err(|e| BrokerError::unavailable(format!("listing objects failed: {e}")))?;
+            listed.extend(objects);
         }
-        Ok(pass)
+        let referenced: HashSet<String> = self
+            .catalog
+            .load_segments()
+            .await?
+            .into_iter()
+            .chain(self.catalog.load_parts().await?)
+            .map(|(_, c)| c.object)
+            .collect();
+        let mut due = Vec::new();
+        {
+            let mut since = self.lock_unreferenced();
+            for path in forgotten {
+                since.insert(path, now);
+            }
+            let mut next = HashMap::new();
+            for meta in listed {
+                let path = meta.location.to_string();
+                if referenced.contains(&path) {
+                    continue;
+                }
+                let first = since.get(&path).copied().unwrap_or(now);
+                if now.saturating_sub(first) >= self.gc_grace_ms {
+                    due.push((meta.location, meta.size));
+                } else {
+                    next.insert(path, first);
+                }
+            }
+            *since = next;
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // Sightings are only as good as the election they were made under.
+        if !self.catalog.still_controller(controller).await? {
+            self.lock_unreferenced().clear();
+            return Ok(0);
+        }
+        let mut deleted = 0;
+        for (path, len) in due {
+            self.cache.remove_object(&path, len);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => {
+                    warn!(object = %path, error = %e, "could not delete an unreferenced object; retrying next pass")
+                }
+            }
+        }
+        self.metrics.gc_deleted(deleted as u64);
+        Ok(deleted)
     }
 
     /// Deletes this broker's objects from earlier incarnations that were never committed.

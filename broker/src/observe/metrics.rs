@@ -161,6 +161,21 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
         "1 on the broker that is the cluster's controller, else 0.",
     ),
     (
+        COMPACTIONS,
+        Kind::Counter,
+        "Compaction runs of this broker's partitions, by outcome: committed, refused (the partition moved, the topic went, or the range was compacted already), failed.",
+    ),
+    (
+        COMPACTION_BYTES,
+        Kind::Counter,
+        "Batch bytes compaction copied into per-partition objects.",
+    ),
+    (
+        GC_OBJECTS_DELETED,
+        Kind::Counter,
+        "Objects the controller's garbage collection deleted (no commit referenced them for the grace period).",
+    ),
+    (
         CLUSTER_BROKERS,
         Kind::Gauge,
         "Brokers this broker sees in the cluster.",
@@ -187,6 +202,14 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
         "Resident memory of the broker process.",
     ),
 ];
+
+/// How a compaction run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionOutcome {
+    Committed = 0,
+    Refused = 1,
+    Failed = 2,
+}
 
 /// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +242,9 @@ pub const WATCH_LAG: &str = "silt_metadata_watch_lag_seconds";
 pub const OWNED_PARTITIONS: &str = "silt_owned_partitions";
 pub const OWNERSHIP_CHANGES: &str = "silt_ownership_changes_total";
 pub const CONTROLLER: &str = "silt_controller";
+pub const COMPACTIONS: &str = "silt_compactions_total";
+pub const COMPACTION_BYTES: &str = "silt_compaction_bytes_total";
+pub const GC_OBJECTS_DELETED: &str = "silt_gc_objects_deleted_total";
 pub const CLUSTER_BROKERS: &str = "silt_cluster_brokers";
 pub const READY: &str = "silt_ready";
 pub const GROUP_LAG: &str = "silt_group_lag_records";
@@ -317,6 +343,9 @@ pub struct Metrics {
     segment_commits: Counter,
     watch_lag: Gauge,
     ownership_changes: Counter,
+    compactions: [Counter; 3],
+    compaction_bytes: Counter,
+    gc_objects_deleted: Counter,
     wal_cache_bytes: Gauge,
     wal_cache_limit: Gauge,
     owned_partitions: Gauge,
@@ -397,6 +426,10 @@ impl Metrics {
             segment_commits: plain(SEGMENT_COMMITS),
             watch_lag: gauge(WATCH_LAG),
             ownership_changes: plain(OWNERSHIP_CHANGES),
+            compactions: ["committed", "refused", "failed"]
+                .map(|outcome| counter(r, COMPACTIONS, &[("outcome", outcome)])),
+            compaction_bytes: plain(COMPACTION_BYTES),
+            gc_objects_deleted: plain(GC_OBJECTS_DELETED),
             wal_cache_bytes: gauge(WAL_CACHE_BYTES),
             wal_cache_limit: wal_cache_limit_gauge,
             owned_partitions: gauge(OWNED_PARTITIONS),
@@ -560,6 +593,17 @@ impl Metrics {
         } else {
             self.flushes_failed.increment(1);
         }
+    }
+
+    /// A compaction run ended: `copied` bytes committed (`Some`), or refused / failed.
+    pub fn compaction(&self, outcome: CompactionOutcome, copied: u64) {
+        self.compactions[outcome as usize].increment(1);
+        self.compaction_bytes.increment(copied);
+    }
+
+    /// Garbage collection deleted `n` objects.
+    pub fn gc_deleted(&self, n: u64) {
+        self.gc_objects_deleted.increment(n);
     }
 
     /// One segment commit transaction is sent (a retry is another).

@@ -46,6 +46,7 @@ use crate::core::wal_cache::{WalCache, run_linger_timer};
 use crate::core::{Broker, BrokerParts, Murmur2, TopicDefaults};
 use crate::edge::grpc::{self, GrpcForwarder};
 use crate::housekeeping::Housekeeper;
+use crate::housekeeping::compaction::{CompactionSettings, Compactor};
 use crate::observe::admin::{self, AdminSource, Readiness};
 use crate::observe::metastore::InstrumentedMeta;
 use crate::observe::metrics::{Metrics, StateSample};
@@ -267,6 +268,9 @@ impl Builder {
             clock: clock.clone(),
             fence: fence.clone(),
             view: view.clone(),
+            metrics: metrics.clone(),
+            gc_grace_ms: s.gc_grace_ms as i64,
+            unreferenced: Default::default(),
         });
         {
             let hk = housekeeper.clone();
@@ -280,6 +284,29 @@ impl Builder {
             Duration::from_millis(s.retention_check_ms.max(100)),
             cancel.clone(),
         ));
+        if s.compaction_target_bytes > 0 {
+            let compactor = Arc::new(Compactor {
+                catalog: catalog.clone(),
+                topics: topics.clone(),
+                index: index.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                view: view.clone(),
+                metrics: metrics.clone(),
+                settings: CompactionSettings {
+                    target_bytes: s.compaction_target_bytes,
+                    min_age: Duration::from_millis(s.compaction_min_age_ms),
+                    max_delay: Duration::from_millis(s.compaction_max_delay_ms),
+                    bytes_per_sec: s.compaction_bytes_per_sec,
+                    swap_deadline: Duration::from_millis(s.gc_grace_ms / 2),
+                },
+                seq: Default::default(),
+            });
+            tracker.spawn(compactor.run(
+                Duration::from_millis(s.compaction_check_ms.max(100)),
+                cancel.clone(),
+            ));
+        }
 
         // The protocol-neutral core, and the gRPC edge over it.
         let produce = Arc::new(ProducePath::new(

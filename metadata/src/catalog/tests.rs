@@ -417,6 +417,69 @@ async fn taking_a_partition_away_fences_the_losers_pending_commit() {
     assert_eq!(catalog.load_segments().await.unwrap().len(), 2);
 }
 
+/// A compaction swap commits only from the partition's current writer, only while the topic
+/// lives, and only once per range; the controller alone forgets it.
+#[tokio::test]
+async fn a_compaction_swap_is_fenced_on_the_writer_the_topic_and_the_range() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 1)).await.unwrap();
+    let old = catalog.register_writer("b1", 1).await.unwrap();
+    let b1 = catalog.register_writer("b1", 2).await.unwrap();
+    let id = Keys::part_id(t.id, 0, 0, 9);
+    let part = SegmentCommit {
+        object: format!("parts/{id}-b1.seg"),
+        ..commit(t.id, 1)
+    };
+    store.txn_ops.lock().unwrap().clear();
+    assert!(
+        catalog
+            .commit_part(&old, &t, &id, &part)
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale incarnation swaps nothing"
+    );
+    assert!(
+        catalog
+            .commit_part(&b1, &t, &id, &part)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        catalog
+            .commit_part(&b1, &t, &id, &part)
+            .await
+            .unwrap()
+            .is_none(),
+        "a range is compacted once"
+    );
+    // One transaction each: three compares, one put.
+    assert_eq!(*store.txn_ops.lock().unwrap(), vec![3, 3, 3]);
+    assert_eq!(
+        catalog.load_parts().await.unwrap(),
+        vec![(id.clone(), part.clone())]
+    );
+
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let controller = catalog.campaign("b1", lease).await.unwrap().unwrap();
+    assert!(!catalog.delete_part(controller + 1, &id).await.unwrap());
+    assert!(catalog.delete_part(controller, &id).await.unwrap());
+    assert!(catalog.load_parts().await.unwrap().is_empty());
+
+    // A deleted topic takes no new swap.
+    catalog.delete_topic("t").await.unwrap();
+    assert!(
+        catalog
+            .commit_part(&b1, &t, &id, &part)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(catalog.load_parts().await.unwrap().is_empty());
+}
+
 fn offset(o: i64) -> crate::codec::OffsetRecord {
     crate::codec::OffsetRecord {
         offset: o,

@@ -77,6 +77,37 @@ fn layout_round_trips() {
     assert_eq!(footer.entry_count, 2);
 }
 
+/// Compaction's copy: entries of one partition from several segments, pushed whole into one
+/// object, read back byte for byte with one entry whose CRC was combined, not recomputed.
+#[test]
+fn entries_copied_whole_combine_their_crcs() {
+    let (a, a_entries) = two_entry_segment();
+    let mut w = SegmentWriter::new(1_800_000_000_000, 0);
+    w.begin_entry(7, 0);
+    assert_eq!(w.open_entry_len(), 0);
+    let src = &a_entries[0];
+    let range = |b: &Bytes, e: &SegmentEntry| {
+        b.slice(e.position as usize..(e.position + u64::from(e.length)) as usize)
+    };
+    w.push_entry(&range(&a, src), src);
+    let mut next = SegmentWriter::new(0, 0);
+    next.begin_entry(7, 0);
+    next.push_batch(&fake_batch(70, 0xdd), 105, 4, 1_200, 1_150);
+    let (b, b_entries) = next.finish();
+    w.push_entry(&range(&b, &b_entries[0]), &b_entries[0]);
+    assert_eq!(w.open_entry_len(), 122 + 70);
+    let (bytes, entries) = w.finish();
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!((e.topic_id, e.partition, e.batch_count), (7, 0, 3));
+    assert_eq!((e.first_offset, e.last_offset), (100, 108));
+    assert_eq!((e.min_timestamp, e.max_timestamp), (900, 1_200));
+    let copied = range(&bytes, e);
+    verify_entry_range(e, &copied).unwrap();
+    assert_eq!(&copied[..122], &range(&a, src)[..]);
+    assert_eq!(decode_segment(&bytes).unwrap().entries, entries);
+}
+
 #[test]
 fn corruption_is_detected() {
     let (bytes, entries) = two_entry_segment();

@@ -1,0 +1,278 @@
+//! Compaction: the owner of a partition copies the partition's entries out of the flush
+//! segments (one object per flush window, many partitions, small) into per-partition objects of
+//! about `--compaction-target-bytes`, and swaps the index to them.
+//!
+//! Why the owner, not the controller: the owner already holds the partition's fence (its
+//! writer key), so the swap is fenced exactly like a flush — a broker that lost the partition
+//! can copy, never swap — and the work spreads over the brokers with their partitions instead
+//! of landing on one.
+//!
+//! One run: pick the oldest due run of entries ([`PartitionLog::compaction_run`]), read each
+//! entry's byte range straight from the object store (not through the read cache, which keeps
+//! the tail), check it against its CRC32C, append it whole (offsets never change; entries
+//! coalesce up to [`ENTRY_BYTES`], never split), PUT the object, then commit
+//! `parts/<topic>/<partition>/<first>-<last>` in one transaction comparing the writer key, the
+//! topic and the key's absence ([`Catalog::commit_part`]). Readers switch at that commit;
+//! the flush segments stay until garbage collection finds every entry of theirs copied or
+//! expired, and their objects until the grace period passed (see [`super::gc`]). A crash at
+//! any step leaves an unreferenced object (collected after the grace period), never a
+//! reference to a missing one. Reads are throttled to `--compaction-bytes-per-sec`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use silt_metadata::Clock;
+use silt_metadata::catalog::{Catalog, Topic};
+use silt_metadata::codec::SegmentCommit;
+use silt_metadata::keys::Keys;
+use silt_storage::segment::{SegmentWriter, verify_entry_range};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::ClusterView;
+use crate::core::BrokerError;
+use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex};
+use crate::core::topics::TopicTable;
+use crate::observe::metrics::{CompactionOutcome, Metrics};
+
+/// Entries of a compacted object are coalesced up to this size: a fetch reads at least one
+/// whole entry, so entries stay about as large as a fetch.
+pub const ENTRY_BYTES: u32 = 1 << 20;
+
+/// Entry reads in flight at once during a run.
+const READ_CONCURRENCY: usize = 8;
+
+/// When and how fast compaction runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionSettings {
+    pub target_bytes: u64,
+    pub min_age: Duration,
+    pub max_delay: Duration,
+    pub bytes_per_sec: u64,
+    /// A swap is not sent later than this after its object's PUT began: garbage collection may
+    /// delete an unreferenced object after the grace period, so a swap must land well inside
+    /// it.
+    pub swap_deadline: Duration,
+}
+
+/// Compacts the partitions this broker owns.
+#[derive(Debug)]
+pub struct Compactor {
+    pub catalog: Catalog,
+    pub topics: Arc<TopicTable>,
+    pub index: Arc<LogIndex>,
+    pub store: Arc<dyn ObjectStore>,
+    pub clock: Arc<dyn Clock>,
+    pub view: Arc<ClusterView>,
+    pub metrics: Arc<Metrics>,
+    pub settings: CompactionSettings,
+    /// Names objects uniquely within this incarnation.
+    pub seq: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPass {
+    pub runs: usize,
+    pub bytes: u64,
+}
+
+impl Compactor {
+    /// Runs a pass every `every` until cancelled.
+    pub async fn run(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let stop = cancel.clone();
+        crate::runtime::tasks::periodic("compaction", every, None, cancel, || async {
+            self.pass(&stop).await.map(drop)
+        })
+        .await;
+    }
+
+    /// One pass over the partitions this broker owns: each compacts its due runs, oldest
+    /// first, until none is due or `cancel`.
+    pub async fn pass(&self, cancel: &CancellationToken) -> Result<CompactionPass, BrokerError> {
+        let mut pass = CompactionPass::default();
+        if !self.view.is_ready() {
+            return Ok(pass);
+        }
+        let me = self.view.broker_id().to_string();
+        let mut owned: Vec<_> = self
+            .view
+            .owners()
+            .into_iter()
+            .filter(|(_, o)| o.broker_id == me)
+            .map(|(p, _)| p)
+            .collect();
+        owned.sort_unstable();
+        let live = self.topics.live_ids();
+        for (topic_id, partition) in owned {
+            let Some(topic) = live.get(&topic_id) else {
+                continue;
+            };
+            // A partition's due runs, one after the other (each swap changes what is due).
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok(pass);
+                }
+                let now = self.clock.now_ms();
+                let policy = CompactionPolicy {
+                    written_before_ms: now.saturating_sub(self.settings.min_age.as_millis() as i64),
+                    target_bytes: self.settings.target_bytes,
+                    overdue_before_ms: now
+                        .saturating_sub(self.settings.max_delay.as_millis() as i64),
+                };
+                let log = self.index.partition(topic_id, partition);
+                let Some(run) = log.compaction_run(&policy) else {
+                    break;
+                };
+                match self.compact(topic, partition, &run, cancel).await {
+                    Ok(true) => {
+                        pass.runs += 1;
+                        pass.bytes += run.bytes;
+                        self.metrics
+                            .compaction(CompactionOutcome::Committed, run.bytes);
+                    }
+                    Ok(false) => {
+                        self.metrics.compaction(CompactionOutcome::Refused, 0);
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.compaction(CompactionOutcome::Failed, 0);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if pass.runs > 0 {
+            info!(
+                runs = pass.runs,
+                bytes = pass.bytes,
+                "compacted entries into per-partition objects"
+            );
+        }
+        Ok(pass)
+    }
+
+    /// Copies one run into a new object and swaps the index to it. `Ok(false)`: refused (the
+    /// partition moved, the topic went, the range was compacted already, or cancelled).
+    async fn compact(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        run: &CompactionRun,
+        cancel: &CancellationToken,
+    ) -> Result<bool, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let pid = (topic.id, partition);
+        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
+        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+            return Ok(false);
+        };
+        let now = self.clock.now_ms();
+        let mut writer = SegmentWriter::new(now, run.bytes as usize + 4096);
+        writer.begin_entry(topic.id, partition);
+        // Entries are small objects' ranges: read several at once, append them in order.
+        let reads: Vec<_> = run
+            .entries
+            .iter()
+            .cloned()
+            .map(|e| {
+                let store = self.store.clone();
+                read_entry(store, e)
+            })
+            .collect();
+        let mut reads = futures::stream::iter(reads).buffered(READ_CONCURRENCY);
+        let mut read = 0u64;
+        while let Some(next) = reads.next().await {
+            let (e, bytes) = next?;
+            if writer.open_entry_len() > 0
+                && writer.open_entry_len().saturating_add(e.length) > ENTRY_BYTES
+            {
+                writer.begin_entry(topic.id, partition);
+            }
+            writer.push_entry(&bytes, &e.entry);
+            read += bytes.len() as u64;
+            // Throttle: never ahead of bytes_per_sec since the run began.
+            let due = Duration::from_secs_f64(read as f64 / self.settings.bytes_per_sec as f64);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep_until(started + due) => {}
+            }
+        }
+        let (object, entries) = writer.finish();
+        let (first, last) = (
+            run.entries[0].first_offset,
+            run.entries[run.entries.len() - 1].last_offset,
+        );
+        let id = Keys::part_id(topic.id, partition, first, last);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = Path::from(format!(
+            "parts/{id}-{}-{:016x}-{seq}.seg",
+            fence.broker_id, fence.incarnation
+        ));
+        let commit = SegmentCommit {
+            object: path.to_string(),
+            object_len: object.len() as u64,
+            created_at_ms: now,
+            entries,
+        };
+        // Garbage collection's grace period for this object starts, at the earliest, when its
+        // PUT ends; the swap must be sent well within it.
+        let put_started = tokio::time::Instant::now();
+        self.store
+            .put(&path, PutPayload::from_bytes(object))
+            .await
+            .map_err(|err| {
+                BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
+            })?;
+        crate::failpoint::hit("compaction-after-put");
+        if put_started.elapsed() > self.settings.swap_deadline {
+            warn!(object = %path, "compaction took too long to swap safely; its object is left to garbage collection");
+            return Ok(false);
+        }
+        match self.catalog.commit_part(&fence, topic, &id, &commit).await {
+            Ok(Some(_)) => {
+                self.index.apply_part(&id, &commit);
+                debug!(object = %path, first, last, bytes = run.bytes, "compacted");
+                Ok(true)
+            }
+            Ok(None) => {
+                debug!(object = %path, "compaction swap refused (partition moved, topic gone, or compacted already)");
+                if let Err(e) = self.store.delete(&path).await {
+                    debug!(object = %path, error = %e, "could not delete a refused compaction's object; garbage collection will");
+                }
+                Ok(false)
+            }
+            // Its outcome is unknown: the object stays, and garbage collection deletes it once
+            // it is sure no commit references it.
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// One entry's bytes, checked against its CRC32C.
+async fn read_entry(
+    store: Arc<dyn ObjectStore>,
+    e: IndexEntry,
+) -> Result<(IndexEntry, bytes::Bytes), BrokerError> {
+    let range = e.position..e.position + u64::from(e.length);
+    let bytes = store
+        .get_range(&e.object.path, range)
+        .await
+        .map_err(|err| {
+            BrokerError::unavailable(format!(
+                "compaction could not read {}: {err}",
+                e.object.path
+            ))
+        })?;
+    verify_entry_range(&e.entry, &bytes).map_err(|err| {
+        BrokerError::internal(format!(
+            "compaction found entry {}..={} of {} damaged, and leaves it as it is: {err}",
+            e.first_offset, e.last_offset, e.object.path
+        ))
+    })?;
+    Ok((e, bytes))
+}
