@@ -67,6 +67,12 @@ pub(crate) struct ProduceBenchArgs {
     /// Producer linger in ms (fast path only).
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Send at most this many records per second in all (fast path only): a moderate,
+    /// steady load instead of saturation. Latency then counts from when each record was due,
+    /// so a stall is not hidden by the sender waiting out the stall [default: as fast as
+    /// possible].
+    #[arg(long, conflicts_with_all = ["replay", "per_record"])]
+    rate: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -108,8 +114,8 @@ impl TaskResult {
 }
 
 pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<ExitCode> {
-    if args.concurrency == 0 || args.records == 0 {
-        bail!("--concurrency and --records must be at least 1");
+    if args.concurrency == 0 || args.records == 0 || args.rate == Some(0) {
+        bail!("--concurrency, --records and --rate must be at least 1");
     }
     let size = usize::try_from(args.record_size.0)?;
     let client = connect(broker).await?;
@@ -181,10 +187,15 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         let extra = args.records % args.concurrency as u64;
         let cpu_before = broker_cpu_seconds(&client).await?;
         let started = Instant::now();
+        // Each producer sends its share of the rate, evenly spaced.
+        let gap = args
+            .rate
+            .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate as f64));
         let mut first = 0u64;
         for (i, producer) in producers.into_iter().enumerate() {
             let count = per_task + u64::from((i as u64) < extra);
-            tasks.spawn(run_producer(producer, values.clone(), first, count));
+            let pace = gap.map(|gap| (started, gap));
+            tasks.spawn(run_producer(producer, values.clone(), first, count, pace));
             first += count;
         }
         (cpu_before, started)
@@ -206,10 +217,14 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         "producer"
     };
     let compression = format!("{:?}", args.compression).to_lowercase();
+    let rate = args
+        .rate
+        .map_or_else(|| "unlimited".to_string(), |r| format!("{r}/s"));
     let report = Report::new(format!(
-        "bench produce: topic {} ({partitions} partitions), {} records of {} B, concurrency {}, {mode}, compression {compression}",
+        "bench produce: topic {} ({partitions} partitions), {} records of {} B, concurrency {}, {mode}, compression {compression}, rate {rate}",
         args.topic, args.records, size, args.concurrency
     ))
+    .field("rate", "rate (records/s)", rate)
     .field("topic", "topic", args.topic.clone())
     .field("mode", "mode", mode)
     .field("record_size", "record size (B)", size as u64)
@@ -267,19 +282,29 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
     }
 }
 
-/// One fast-path producer sending `count` values starting at pool position `first`.
+/// One fast-path producer sending `count` values starting at pool position `first`; with
+/// `pace` = (start, gap), the k-th record is due at start + k × gap and its latency counts
+/// from then.
 async fn run_producer(
     producer: Producer,
     values: Arc<Vec<Bytes>>,
     first: u64,
     count: u64,
+    pace: Option<(Instant, Duration)>,
 ) -> TaskResult {
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let collector = tokio::spawn(collect_acks(acks_rx));
     let mut refused = TaskResult::new();
-    for i in first..first + count {
+    for (k, i) in (first..first + count).enumerate() {
         let value = values[(i % values.len() as u64) as usize].clone();
-        let sent_at = Instant::now();
+        let sent_at = match pace {
+            Some((start, gap)) => {
+                let due = start + gap.mul_f64(k as f64);
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
         match producer.send(ProducerRecord::new(value)).await {
             Ok(future) => {
                 let _ = acks_tx.send((sent_at, future));

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The data-lifecycle figures of BENCHMARKS.md, against ONE broker on etcd metadata and a local
+# object directory (both started here on free loopback ports, in a temporary directory):
+#   1. history: SIZE_MIB of 1 KiB records into 8 partitions with --linger-ms 10 and compaction
+#      off — the etcd keys, etcd DB size and objects it leaves;
+#   2. a cold read of it (the broker restarted: empty read cache): MiB/s, and GETs per MiB;
+#      broker start-up time and memory with this history;
+#   3. compaction on (64 MiB objects, unthrottled): how long it takes, MiB/s it copies; then
+#      the same keys, DB size, objects, cold read and start-up;
+#   4. produce ack latency at a moderate rate (RATE records/s, 1 KiB) with compaction idle vs
+#      while the default-throttled compaction (32 MiB/s) copies a second history.
+#
+#   cargo build --release --bins --features silt-broker/etcd
+#   bash tests/bench/compaction.sh            # SIZE_MIB=1024 RATE=5000 RUNS=3
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-target/release}
+SIZE_MIB=${SIZE_MIB:-1024}
+RATE=${RATE:-5000}
+RUNS=${RUNS:-3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-compaction.XXXX")
+pids=()
+broker_pid=""
+cleanup() {
+    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { date +%s%3N; }
+
+etcd_port=$(free_port); peer_port=$(free_port)
+etcd --name=silt-bench --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "silt-bench=http://127.0.0.1:$peer_port" > "$work/etcd.log" 2>&1 &
+pids+=($!)
+E=(etcdctl --endpoints "127.0.0.1:$etcd_port")
+for _ in $(seq 1 200); do "${E[@]}" endpoint health >/dev/null 2>&1 && break; sleep 0.05; done
+
+# start_broker LOG ARGS...: starts the broker, waits until /readyz answers 200; prints the ms it took.
+start_broker() {
+    local log=$1; shift
+    local t0; t0=$(now_ms)
+    "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$work/broker" \
+        --linger-ms 10 --metadata "etcd://127.0.0.1:$etcd_port" --cluster bench \
+        --object-store "file://$work/objects" --retention-check-ms 1000 --gc-grace-ms 2000 "$@" 2> "$work/$log" &
+    broker_pid=$!
+    for _ in $(seq 1 1200); do grep -q "/readyz) on" "$work/$log" 2>/dev/null && break; sleep 0.05; done
+    admin=$(grep -o "/readyz) on [0-9.:]*" "$work/$log" | awk '{print $3}')
+    addr=$(grep -o "serving gRPC on [0-9.:]*" "$work/$log" | awk '{print $4}')
+    for _ in $(seq 1 1200); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$admin/readyz")" = 200 ] && break; sleep 0.02
+    done
+    echo $(( $(now_ms) - t0 ))
+}
+stop_broker() { kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; }
+metric() { curl -s "http://$admin/metrics" | awk -v n="$1" -v l="$2" 'index($0, n) == 1 && index($0, l) { s += $NF } END { printf "%.0f\n", s }'; }
+rss_mib() { awk '/VmRSS/ { printf "%.0f\n", $2 / 1024 }' "/proc/$broker_pid/status"; }
+keys() { "${E[@]}" get --prefix --count-only --write-out=fields "/silt/bench/$1" | awk -F' : ' '/"Count"/ { print $2 }'; }
+db_size() { "${E[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(f"{s[\"dbSize\"]/2**20:.1f} MiB (in use {s[\"dbSizeInUse\"]/2**20:.1f} MiB)")'; }
+objects() { find "$work/objects" -name '*.seg' | wc -l; }
+report_state() {
+    echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys '') in all; etcd DB $(db_size); objects $(objects)"
+}
+cold_read() {
+    for run in $(seq 1 "$RUNS"); do
+        stop_broker
+        local ms; ms=$(start_broker "broker-read-$run.log" "$@")
+        local rss; rss=$(rss_mib)
+        local gets0; gets0=$(metric silt_object_store_requests_total 'op="get"')
+        local out; out=$("$BIN/silt" --broker "http://$addr" bench consume --topic history --json)
+        local gets1; gets1=$(metric silt_object_store_requests_total 'op="get"')
+        python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1]); mib = r["bytes"] / 2**20
+print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB; start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
+PY
+    done
+}
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/2**20}' /proc/meminfo), $(uname -sr)"
+records=$(( SIZE_MIB * 1024 ))
+start_broker broker-write.log --compaction-target-bytes 0 >/dev/null
+"$BIN/silt" --broker "http://$addr" topic create history --partitions 8 --retention-ms -1 >/dev/null
+echo "== 1. history: $SIZE_MIB MiB of 1 KiB records, 8 partitions, linger 10 ms, compaction off"
+"$BIN/silt" --broker "http://$addr" bench produce --topic history --records "$records" --concurrency 4 --json >/dev/null
+report_state
+echo "== 2. cold reads before compaction ($RUNS runs)"
+cold_read --compaction-target-bytes 0
+
+echo "== 3. compaction on: 64 MiB objects, unthrottled"
+stop_broker
+t0=$(now_ms)
+start_broker broker-compact.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 \
+    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB >/dev/null
+for _ in $(seq 1 6000); do [ "$(keys segments/)" = 0 ] && break; sleep 0.1; done
+t1=$(now_ms)
+copied=$(metric silt_compaction_bytes_total '')
+echo "  compacted $((copied / 1048576)) MiB in $((t1 - t0)) ms (from broker start): $(python3 -c "print(f'{$copied/2**20/(($t1-$t0)/1000):.0f}')") MiB/s"
+sleep 3 # the grace period, so the flush segments' objects are gone
+report_state
+"${E[@]}" compact "$("${E[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')" >/dev/null
+"${E[@]}" defrag >/dev/null
+echo "  after etcd compact + defrag: DB $(db_size)"
+echo "== cold reads after compaction ($RUNS runs)"
+cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
+
+echo "== 4. produce at $RATE records/s (1 KiB), compaction idle vs copying a second history at 32 MiB/s ($RUNS runs each)"
+stop_broker
+start_broker broker-write2.log --compaction-target-bytes 0 >/dev/null
+"$BIN/silt" --broker "http://$addr" topic create history2 --partitions 8 --retention-ms -1 >/dev/null
+"$BIN/silt" --broker "http://$addr" bench produce --topic history2 --records "$records" --concurrency 4 --json >/dev/null
+load_records=$(( RATE * 20 ))
+produce_at_rate() {
+    "$BIN/silt" --broker "http://$addr" bench produce --topic steady --records "$load_records" --rate "$RATE" \
+        --concurrency 2 --linger-ms 5 --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  p50 {r[\"p50_ms\"]:.1f} ms, p99 {r[\"p99_ms\"]:.1f} ms, p99.9 {r[\"p999_ms\"]:.1f} ms, {r[\"mib_per_s\"]:.1f} MiB/s")'
+}
+echo " compaction idle:"
+for run in $(seq 1 "$RUNS"); do produce_at_rate; done
+stop_broker
+start_broker broker-compact2.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 --compaction-check-ms 200 >/dev/null
+echo " compaction copying (32 MiB/s):"
+for run in $(seq 1 "$RUNS"); do
+    before=$(metric silt_compaction_bytes_total '')
+    produce_at_rate
+    after=$(metric silt_compaction_bytes_total '')
+    echo "    compaction copied $(( (after - before) / 1048576 )) MiB meanwhile"
+done
