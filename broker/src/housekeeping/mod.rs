@@ -57,6 +57,13 @@ pub struct Housekeeper {
     pub unreferenced: Mutex<HashMap<String, i64>>,
 }
 
+/// The objects of the commits one GC pass read: kept, and forgotten by it.
+#[derive(Debug, Default)]
+struct Commits {
+    referenced: HashSet<String>,
+    forgotten: Vec<String>,
+}
+
 /// What one housekeeping pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -91,10 +98,15 @@ impl Housekeeper {
         };
         let now = self.clock.now_ms();
         self.retention(controller, now, &mut pass).await?;
-        let Some(forgotten) = self.forget_dead_commits(controller, &mut pass).await? else {
+        // Objects are listed before the commits are read, so an object committed meanwhile is
+        // at worst seen unreferenced once.
+        let listed = self.list_objects().await?;
+        let Some(commits) = self.forget_dead_commits(controller, &mut pass).await? else {
             return Ok(pass);
         };
-        pass.objects_deleted = self.delete_unreferenced(controller, now, forgotten).await?;
+        pass.objects_deleted = self
+            .delete_unreferenced(controller, now, listed, commits)
+            .await?;
         if pass != Pass::default() {
             info!(
                 trimmed = pass.partitions_trimmed,
@@ -162,12 +174,12 @@ impl Housekeeper {
     }
 
     /// Forgets every commit whose entries are all dead; returns the objects of the commits it
-    /// forgot, or `None` when it is no longer the controller.
+    /// kept and of those it forgot, or `None` when it is no longer the controller.
     async fn forget_dead_commits(
         &self,
         controller: i64,
         pass: &mut Pass,
-    ) -> Result<Option<Vec<String>>, BrokerError> {
+    ) -> Result<Option<Commits>, BrokerError> {
         let live = self.topics.live_ids();
         // A topic id is the revision that created it: one the view has not reached yet may be
         // a topic created moments ago elsewhere, not a deleted one.
@@ -179,7 +191,7 @@ impl Housekeeper {
             let log = self.index.partition(e.topic_id, e.partition);
             e.last_offset < log.offsets().log_start || log.superseded(e, id)
         };
-        let mut forgotten = Vec::new();
+        let mut commits = Commits::default();
         let segments = self.catalog.load_segments().await?;
         let parts = self.catalog.load_parts().await?;
         for (is_part, (id, commit)) in segments
@@ -188,6 +200,7 @@ impl Housekeeper {
             .chain(parts.into_iter().map(|c| (true, c)))
         {
             if !commit.entries.iter().all(|e| dead(e, &id)) {
+                commits.referenced.insert(commit.object);
                 continue;
             }
             let done = if is_part {
@@ -199,21 +212,14 @@ impl Housekeeper {
                 debug!("commit GC refused: no longer the controller");
                 return Ok(None);
             }
-            forgotten.push(commit.object);
+            commits.forgotten.push(commit.object);
             pass.segments_deleted += 1;
         }
-        Ok(Some(forgotten))
+        Ok(Some(commits))
     }
 
-    /// Deletes the objects no commit has referenced for the grace period. The objects are
-    /// listed before the commits are read, so an object committed meanwhile is at worst seen
-    /// unreferenced once; the commits `forgotten` in this pass start their grace period now.
-    async fn delete_unreferenced(
-        &self,
-        controller: i64,
-        now: i64,
-        forgotten: Vec<String>,
-    ) -> Result<usize, BrokerError> {
+    /// Every flush segment and compacted object in the store.
+    async fn list_objects(&self) -> Result<Vec<object_store::ObjectMeta>, BrokerError> {
         let mut listed = Vec::new();
         for prefix in ["segments", "parts"] {
             let objects: Vec<_> = self
@@ -224,14 +230,22 @@ impl Housekeeper {
                 .map_err(|e| BrokerError::unavailable(format!("listing objects failed: {e}")))?;
             listed.extend(objects);
         }
-        let referenced: HashSet<String> = self
-            .catalog
-            .load_segments()
-            .await?
-            .into_iter()
-            .chain(self.catalog.load_parts().await?)
-            .map(|(_, c)| c.object)
-            .collect();
+        Ok(listed)
+    }
+
+    /// Deletes the `listed` objects no commit has referenced for the grace period; the
+    /// commits forgotten in this pass start their objects' grace period now.
+    async fn delete_unreferenced(
+        &self,
+        controller: i64,
+        now: i64,
+        listed: Vec<object_store::ObjectMeta>,
+        commits: Commits,
+    ) -> Result<usize, BrokerError> {
+        let Commits {
+            referenced,
+            forgotten,
+        } = commits;
         let mut due = Vec::new();
         {
             let mut since = self.lock_unreferenced();
