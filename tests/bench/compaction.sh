@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The data-lifecycle figures of BENCHMARKS.md, against ONE broker on etcd metadata and a local
 # object directory (both started here on free loopback ports, in a temporary directory):
-#   1. history: SIZE_MIB of 1 KiB records into 8 partitions with --linger-ms 10 and compaction
-#      off — the etcd keys, etcd DB size and objects it leaves;
+#   1. history: SIZE_MIB of 1 KiB records into 8 partitions at WRITE_RATE records/s with
+#      --linger-ms 10 (so flushes are 10 ms windows, not 8 MiB ones) and compaction off — the
+#      etcd keys, etcd DB size and objects it leaves;
 #   2. a cold read of it (the broker restarted: empty read cache): MiB/s, and GETs per MiB;
 #      broker start-up time and memory with this history;
 #   3. compaction on (64 MiB objects, unthrottled): how long it takes, MiB/s it copies; then
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
 SIZE_MIB=${SIZE_MIB:-1024}
 RATE=${RATE:-5000}
+WRITE_RATE=${WRITE_RATE:-20000}
 RUNS=${RUNS:-3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-compaction.XXXX")
 pids=()
@@ -28,6 +30,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+for tool in etcd etcdctl curl python3; do
+    command -v "$tool" >/dev/null || { echo "this benchmark needs $tool (etcd, etcdctl: apt-get install etcd-server etcd-client)" >&2; exit 1; }
+done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
 
@@ -40,7 +45,8 @@ pids+=($!)
 E=(etcdctl --endpoints "127.0.0.1:$etcd_port")
 for _ in $(seq 1 200); do "${E[@]}" endpoint health >/dev/null 2>&1 && break; sleep 0.05; done
 
-# start_broker LOG ARGS...: starts the broker, waits until /readyz answers 200; prints the ms it took.
+# start_broker LOG ARGS...: starts the broker, waits until /readyz answers 200; sets addr,
+# admin, broker_pid and startup_ms (how long that took).
 start_broker() {
     local log=$1; shift
     local t0; t0=$(now_ms)
@@ -48,19 +54,26 @@ start_broker() {
         --linger-ms 10 --metadata "etcd://127.0.0.1:$etcd_port" --cluster bench \
         --object-store "file://$work/objects" --retention-check-ms 1000 --gc-grace-ms 2000 "$@" 2> "$work/$log" &
     broker_pid=$!
-    for _ in $(seq 1 1200); do grep -q "/readyz) on" "$work/$log" 2>/dev/null && break; sleep 0.05; done
+    for _ in $(seq 1 1200); do
+        grep -q "serving gRPC on" "$work/$log" 2>/dev/null && grep -q "/readyz) on" "$work/$log" && break; sleep 0.05
+    done
     admin=$(grep -o "/readyz) on [0-9.:]*" "$work/$log" | awk '{print $3}')
     addr=$(grep -o "serving gRPC on [0-9.:]*" "$work/$log" | awk '{print $4}')
     for _ in $(seq 1 1200); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$admin/readyz")" = 200 ] && break; sleep 0.02
     done
-    echo $(( $(now_ms) - t0 ))
+    startup_ms=$(( $(now_ms) - t0 ))
 }
 stop_broker() { kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; }
 metric() { curl -s "http://$admin/metrics" | awk -v n="$1" -v l="$2" 'index($0, n) == 1 && index($0, l) { s += $NF } END { printf "%.0f\n", s }'; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f\n", $2 / 1024 }' "/proc/$broker_pid/status"; }
-keys() { "${E[@]}" get --prefix --count-only --write-out=fields "/silt/bench/$1" | awk -F' : ' '/"Count"/ { print $2 }'; }
-db_size() { "${E[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; print(f"{s[\"dbSize\"]/2**20:.1f} MiB (in use {s[\"dbSizeInUse\"]/2**20:.1f} MiB)")'; }
+keys() { "${E[@]}" get --prefix --keys-only "/silt/bench/$1" | grep -c '^/silt/' || true; }
+db_size() {
+    "${E[@]}" endpoint status --write-out=json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[0]["Status"]
+print("%.1f MiB (in use %.1f MiB)" % (s["dbSize"] / 2**20, s["dbSizeInUse"] / 2**20))'
+}
 objects() { find "$work/objects" -name '*.seg' | wc -l; }
 report_state() {
     echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys '') in all; etcd DB $(db_size); objects $(objects)"
@@ -68,25 +81,26 @@ report_state() {
 cold_read() {
     for run in $(seq 1 "$RUNS"); do
         stop_broker
-        local ms; ms=$(start_broker "broker-read-$run.log" "$@")
+        start_broker "broker-read-$run.log" "$@"
+        local ms=$startup_ms
         local rss; rss=$(rss_mib)
         local gets0; gets0=$(metric silt_object_store_requests_total 'op="get"')
         local out; out=$("$BIN/silt" --broker "http://$addr" bench consume --topic history --json)
         local gets1; gets1=$(metric silt_object_store_requests_total 'op="get"')
         python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1]); mib = r["bytes"] / 2**20
+r = json.loads(sys.argv[1]); mib = r["fetched_bytes"] / 2**20
 print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB; start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
 PY
     done
 }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/2**20}' /proc/meminfo), $(uname -sr)"
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 records=$(( SIZE_MIB * 1024 ))
-start_broker broker-write.log --compaction-target-bytes 0 >/dev/null
+start_broker broker-write.log --compaction-target-bytes 0
 "$BIN/silt" --broker "http://$addr" topic create history --partitions 8 --retention-ms -1 >/dev/null
-echo "== 1. history: $SIZE_MIB MiB of 1 KiB records, 8 partitions, linger 10 ms, compaction off"
-"$BIN/silt" --broker "http://$addr" bench produce --topic history --records "$records" --concurrency 4 --json >/dev/null
+echo "== 1. history: $SIZE_MIB MiB of 1 KiB records at $WRITE_RATE/s, 8 partitions, linger 10 ms, compaction off"
+"$BIN/silt" --broker "http://$addr" bench produce --topic history --records "$records" --concurrency 4 --rate "$WRITE_RATE" --json >/dev/null
 report_state
 echo "== 2. cold reads before compaction ($RUNS runs)"
 cold_read --compaction-target-bytes 0
@@ -95,7 +109,7 @@ echo "== 3. compaction on: 64 MiB objects, unthrottled"
 stop_broker
 t0=$(now_ms)
 start_broker broker-compact.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 \
-    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB >/dev/null
+    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB
 for _ in $(seq 1 6000); do [ "$(keys segments/)" = 0 ] && break; sleep 0.1; done
 t1=$(now_ms)
 copied=$(metric silt_compaction_bytes_total '')
@@ -110,18 +124,23 @@ cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
 
 echo "== 4. produce at $RATE records/s (1 KiB), compaction idle vs copying a second history at 32 MiB/s ($RUNS runs each)"
 stop_broker
-start_broker broker-write2.log --compaction-target-bytes 0 >/dev/null
+start_broker broker-write2.log --compaction-target-bytes 0
 "$BIN/silt" --broker "http://$addr" topic create history2 --partitions 8 --retention-ms -1 >/dev/null
-"$BIN/silt" --broker "http://$addr" bench produce --topic history2 --records "$records" --concurrency 4 --json >/dev/null
+# Twice the history, so the throttled compaction is still copying during every run below.
+"$BIN/silt" --broker "http://$addr" bench produce --topic history2 --records "$(( records * 2 ))" --concurrency 4 --json >/dev/null
 load_records=$(( RATE * 20 ))
 produce_at_rate() {
     "$BIN/silt" --broker "http://$addr" bench produce --topic steady --records "$load_records" --rate "$RATE" \
-        --concurrency 2 --linger-ms 5 --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  p50 {r[\"p50_ms\"]:.1f} ms, p99 {r[\"p99_ms\"]:.1f} ms, p99.9 {r[\"p999_ms\"]:.1f} ms, {r[\"mib_per_s\"]:.1f} MiB/s")'
+        --concurrency 2 --linger-ms 5 --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, %.1f MiB/s" % (r["p50_ms"], r["p99_ms"], r["p999_ms"], r["mib_per_s"]))'
 }
 echo " compaction idle:"
 for run in $(seq 1 "$RUNS"); do produce_at_rate; done
 stop_broker
-start_broker broker-compact2.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 --compaction-check-ms 200 >/dev/null
+# Defaults but the age: the history is due at once, the steady topic only once it fills 64 MiB.
+start_broker broker-compact2.log --compaction-min-age-ms 0 --compaction-check-ms 200
 echo " compaction copying (32 MiB/s):"
 for run in $(seq 1 "$RUNS"); do
     before=$(metric silt_compaction_bytes_total '')

@@ -283,11 +283,36 @@ impl PartitionLog {
         let mut bytes = 0u64;
         let flush = |run: &Vec<IndexEntry>, bytes: u64| {
             let oldest = run.iter().map(|e| e.object.created_at_ms).min()?;
-            let copies = run.len() > 1 || run[0].object.kind == ObjectKind::Segment;
             let due = bytes >= policy.target_bytes || oldest < policy.overdue_before_ms;
-            (copies && due).then(|| CompactionRun {
-                entries: run.clone(),
-                bytes,
+            if !due {
+                return None;
+            }
+            // Size tiers: a compacted object is copied again only into one at least twice its
+            // size, so each byte is rewritten about log2(target / first object) times, not once
+            // per pass for a slow partition.
+            let mut from = 0;
+            let mut rest = bytes;
+            while let Some(first) = run.get(from).filter(|e| e.object.kind == ObjectKind::Part) {
+                let object = first.object.clone();
+                let own: u64 = run[from..]
+                    .iter()
+                    .take_while(|e| Arc::ptr_eq(&e.object, &object))
+                    .map(|e| u64::from(e.length))
+                    .sum();
+                if own <= rest - own {
+                    break;
+                }
+                from += run[from..]
+                    .iter()
+                    .take_while(|e| Arc::ptr_eq(&e.object, &object))
+                    .count();
+                rest -= own;
+            }
+            let run = &run[from..];
+            let copies = run.len() > 1 || run.first()?.object.kind == ObjectKind::Segment;
+            copies.then(|| CompactionRun {
+                entries: run.to_vec(),
+                bytes: rest,
             })
         };
         for e in s.entries.iter() {
@@ -711,13 +736,19 @@ mod tests {
             ids(log.compaction_run(&policy(2_500, 300, 1_500))),
             Some(vec!["a".into(), "b".into()])
         );
-        // A small compacted object merges with what follows; a big one stays.
+        // A small compacted object merges with what follows, once that is at least as big;
+        // a big one stays.
         let mut p = part(0, 9, 200);
         p.created_at_ms = 1000;
         index.apply_part("p0-9", &p);
         assert_eq!(
             ids(log.compaction_run(&policy(10_000, 1000, 2_500))),
             Some(vec!["p0-9".into(), "c".into(), "d".into(), "e".into()])
+        );
+        assert_eq!(
+            ids(log.compaction_run(&policy(3_500, 1000, 2_500))),
+            Some(vec!["c".into()]),
+            "100 bytes after a 200-byte object are copied alone"
         );
         assert_eq!(
             ids(log.compaction_run(&policy(10_000, 400, 3_500))),
