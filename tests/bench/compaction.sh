@@ -146,5 +146,5 @@ for run in $(seq 1 "$RUNS"); do
     before=$(metric silt_compaction_bytes_total '')
     produce_at_rate
     after=$(metric silt_compaction_bytes_total '')
-    echo "    compaction copied $(( (after - before) / 1048576 )) MiB meanwhile"
+    echo "    compaction copied $(( (after - before) / 1048576 )) MiB meanwhile ($(metric silt_compactions_total 'outcome="refused"') runs refused, $(metric silt_compactions_total 'outcome="failed"') failed so far)"
 done

@@ -53,9 +53,9 @@ pub struct CompactionSettings {
     pub min_age: Duration,
     pub max_delay: Duration,
     pub bytes_per_sec: u64,
-    /// A swap is not sent later than this after its object's PUT began: garbage collection may
-    /// delete an unreferenced object after the grace period, so a swap must land well inside
-    /// it.
+    /// A swap is not sent later than this after its object's PUT ended: garbage collection may
+    /// delete an unreferenced object once it was listed unreferenced for the grace period, so
+    /// a swap must land well inside it.
     pub swap_deadline: Duration,
 }
 
@@ -219,17 +219,17 @@ impl Compactor {
             created_at_ms: now,
             entries,
         };
-        // Garbage collection's grace period for this object starts, at the earliest, when its
-        // PUT ends; the swap must be sent well within it.
-        let put_started = tokio::time::Instant::now();
         self.store
             .put(&path, PutPayload::from_bytes(object))
             .await
             .map_err(|err| {
                 BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
             })?;
+        // Garbage collection can see the object (list it) only once its PUT ended, so its
+        // grace period starts then at the earliest; the swap must be sent well within it.
+        let put_done = tokio::time::Instant::now();
         crate::failpoint::hit("compaction-after-put");
-        if put_started.elapsed() > self.settings.swap_deadline {
+        if put_done.elapsed() > self.settings.swap_deadline {
             warn!(object = %path, "compaction took too long to swap safely; its object is left to garbage collection");
             return Ok(false);
         }
