@@ -281,9 +281,10 @@ impl PartitionLog {
         let s = self.lock();
         let mut run: Vec<IndexEntry> = Vec::new();
         let mut bytes = 0u64;
-        let flush = |run: &Vec<IndexEntry>, bytes: u64| {
+        // `full`: the next entry would not fit, so the run is as big as it gets.
+        let flush = |run: &Vec<IndexEntry>, bytes: u64, full: bool| {
             let oldest = run.iter().map(|e| e.object.created_at_ms).min()?;
-            let due = bytes >= policy.target_bytes || oldest < policy.overdue_before_ms;
+            let due = full || bytes >= policy.target_bytes || oldest < policy.overdue_before_ms;
             if !due {
                 return None;
             }
@@ -336,7 +337,7 @@ impl PartitionLog {
                 continue;
             }
             if !run.is_empty() {
-                if let Some(due) = flush(&run, bytes) {
+                if let Some(due) = flush(&run, bytes, eligible && continues) {
                     return Some(due);
                 }
                 run.clear();
@@ -350,7 +351,7 @@ impl PartitionLog {
         if run.is_empty() {
             return None;
         }
-        flush(&run, bytes)
+        flush(&run, bytes, false)
     }
 
     /// True when `entry` of object `object_id` was copied by compaction: the index holds, at
@@ -724,6 +725,11 @@ mod tests {
         assert_eq!(
             ids(log.compaction_run(&policy(10_000, 300, 0))),
             Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        // As big as it gets under the target (the next entry would pass it): due too.
+        assert_eq!(
+            ids(log.compaction_run(&policy(10_000, 250, 0))),
+            Some(vec!["a".into(), "b".into()])
         );
         // Only what was written long enough ago.
         assert_eq!(
