@@ -13,6 +13,7 @@
 #
 #   cargo build --release --bins --features silt-broker/etcd
 #   bash tests/bench/compaction.sh            # SIZE_MIB=1024 RATE=5000 RUNS=3
+#   ONLY=produce COMPACT_ARGS="--compaction-bytes-per-sec 8MiB" bash tests/bench/compaction.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -64,7 +65,7 @@ start_broker() {
     done
     startup_ms=$(( $(now_ms) - t0 ))
 }
-stop_broker() { kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; }
+stop_broker() { [ -n "$broker_pid" ] || return 0; kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; }
 metric() { curl -s "http://$admin/metrics" | awk -v n="$1" -v l="$2" 'index($0, n) == 1 && index($0, l) { s += $NF } END { printf "%.0f\n", s }'; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f\n", $2 / 1024 }' "/proc/$broker_pid/status"; }
 keys() { "${E[@]}" get --prefix --keys-only "/silt/bench/$1" | grep -c '^/silt/' || true; }
@@ -97,6 +98,7 @@ PY
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 records=$(( SIZE_MIB * 1024 ))
+if [ "${ONLY:-}" != produce ]; then
 start_broker broker-write.log --compaction-target-bytes 0
 "$BIN/silt" --broker "http://$addr" topic create history --partitions 8 --retention-ms -1 >/dev/null
 echo "== 1. history: $SIZE_MIB MiB of 1 KiB records at $WRITE_RATE/s, 8 partitions, linger 10 ms, compaction off"
@@ -122,7 +124,9 @@ echo "  after etcd compact + defrag: DB $(db_size)"
 echo "== cold reads after compaction ($RUNS runs)"
 cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
 
-echo "== 4. produce at $RATE records/s (1 KiB), compaction idle vs copying a second history at 32 MiB/s ($RUNS runs each)"
+fi
+
+echo "== 4. produce at $RATE records/s (1 KiB), compaction idle vs copying a second history (default throttle 32 MiB/s; ${COMPACT_ARGS:-no other settings}) ($RUNS runs each)"
 stop_broker
 start_broker broker-write2.log --compaction-target-bytes 0
 "$BIN/silt" --broker "http://$addr" topic create history2 --partitions 8 --retention-ms -1 >/dev/null
@@ -140,7 +144,7 @@ echo " compaction idle:"
 for run in $(seq 1 "$RUNS"); do produce_at_rate; done
 stop_broker
 # Defaults but the age: the history is due at once, the steady topic only once it fills 64 MiB.
-start_broker broker-compact2.log --compaction-min-age-ms 0 --compaction-check-ms 200
+start_broker broker-compact2.log --compaction-min-age-ms 0 --compaction-check-ms 200 ${COMPACT_ARGS:-}
 echo " compaction copying (32 MiB/s):"
 for run in $(seq 1 "$RUNS"); do
     before=$(metric silt_compaction_bytes_total '')

@@ -293,25 +293,8 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
         .map(|(p, _)| *p)
         .expect("b1 owns a partition of u");
     let mut log = client.log();
-    let _ = log
-        .produce_batches(silt_api::v1::ProduceBatchesRequest {
-            topic: "u".into(),
-            batches: vec![silt_api::v1::PartitionBatch {
-                partition: on_b1,
-                batch: one_batch(),
-            }],
-        })
-        .await;
-    let status = wait_for("b1 to crash after its PUT", Duration::from_secs(30), || {
-        let status = cluster.exited(b1);
-        async move { status }
-    })
-    .await;
-    assert_eq!(
-        status.signal(),
-        Some(6),
-        "b1 aborted at its failpoint: {status:?}"
-    );
+    let _ = produce_one_batch(&mut log, "u", on_b1).await;
+    wait_for_abort(&mut cluster, b1).await;
     // Its object is never committed; the controller deletes it after the grace period.
     wait_for(
         "the uncommitted flush object to be collected",
@@ -334,29 +317,14 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
     // something to compact.
     cluster.wait_owned("u", Duration::from_secs(30)).await;
     for partition in 0..2 {
-        log.produce_batches(silt_api::v1::ProduceBatchesRequest {
-            topic: "u".into(),
-            batches: vec![silt_api::v1::PartitionBatch {
-                partition,
-                batch: one_batch(),
-            }],
-        })
-        .await
-        .expect("produce to u after the failover");
+        produce_one_batch(&mut log, "u", partition)
+            .await
+            .expect("produce to u after the failover");
     }
     let b2 = cluster
         .add_broker_with(crasher("compaction-after-put"))
         .await;
-    let status = wait_for("b2 to crash after its PUT", Duration::from_secs(60), || {
-        let status = cluster.exited(b2);
-        async move { status }
-    })
-    .await;
-    assert_eq!(
-        status.signal(),
-        Some(6),
-        "b2 aborted at its failpoint: {status:?}"
-    );
+    wait_for_abort(&mut cluster, b2).await;
     let catalog = cluster.catalog().await;
     assert!(
         catalog.load_parts().await.unwrap().is_empty(),
@@ -379,6 +347,37 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
         stored.keys().copied().collect::<Vec<_>>(),
         (0..20).collect::<Vec<_>>()
     );
+}
+
+/// Waits for the broker in `slot` to abort at its failpoint (SIGABRT).
+async fn wait_for_abort(cluster: &mut Cluster, slot: usize) {
+    let status = wait_for(
+        "a broker to crash at its failpoint",
+        Duration::from_secs(60),
+        || {
+            let status = cluster.exited(slot);
+            async move { status }
+        },
+    )
+    .await;
+    assert_eq!(status.signal(), Some(6), "b{slot} aborted: {status:?}");
+}
+
+/// Sends one record to `partition` in a raw `ProduceBatches` call.
+async fn produce_one_batch(
+    log: &mut silt_api::v1::log_client::LogClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+) -> Result<(), tonic::Status> {
+    log.produce_batches(silt_api::v1::ProduceBatchesRequest {
+        topic: topic.into(),
+        batches: vec![silt_api::v1::PartitionBatch {
+            partition,
+            batch: one_batch(),
+        }],
+    })
+    .await
+    .map(drop)
 }
 
 /// One Kafka record batch holding one record (a log line, not a checked value).
