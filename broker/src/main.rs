@@ -11,11 +11,6 @@ use clap::Parser;
 use silt_broker::observe::logs;
 use silt_broker::{Builder, Cli, Settings};
 
-/// mimalloc keeps freed pages for reuse instead of returning them to the kernel after every
-/// large request and flush buffer, which the kernel then has to fault in and zero again.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli).map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
