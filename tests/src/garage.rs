@@ -65,9 +65,25 @@ fn field(text: &str, label: &str) -> Option<String> {
 
 impl GarageProcess {
     /// Starts Garage and creates bucket `silt` and a key allowed on it, or returns `None` when
-    /// no garage binary exists and `SILT_ALLOW_SKIP=1` (see [`crate::require_tool`]).
+    /// no garage binary exists and `SILT_ALLOW_SKIP=1` (see [`crate::require_tool`]). A start
+    /// that does not come up (a port taken between choosing it and Garage binding it, when many
+    /// tests start servers at once) is retried on fresh ports, up to three times.
     pub async fn start() -> Option<GarageProcess> {
         let bin = garage_bin()?;
+        let mut failures = Vec::new();
+        for attempt in 1..=3 {
+            match Self::start_once(&bin).await {
+                Ok(garage) => return Some(garage),
+                Err(why) => {
+                    eprintln!("garage start-up attempt {attempt} failed: {why}");
+                    failures.push(why);
+                }
+            }
+        }
+        panic!("garage did not start in 3 attempts: {failures:#?}");
+    }
+
+    async fn start_once(bin: &Path) -> Result<GarageProcess, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (rpc_port, s3_port) = (crate::free_port(), crate::free_port());
         let config = dir.path().join("silt-test-garage.toml");
@@ -85,10 +101,11 @@ impl GarageProcess {
             ),
         )
         .expect("write garage config");
-        let child = spawn_server(&bin, &config);
+        let log = dir.path().join("garage.log");
+        let child = spawn_server(bin, &config, Some(&log));
         let mut garage = GarageProcess {
             child,
-            bin,
+            bin: bin.to_path_buf(),
             config,
             s3_port,
             bucket: "silt".into(),
@@ -97,50 +114,58 @@ impl GarageProcess {
             _dir: dir,
         };
         let (bin, config) = (garage.bin.clone(), garage.config.clone());
-        let node = crate::wait_for(
-            "garage to answer `node id`",
-            Duration::from_secs(60),
-            || {
-                let out = garage_cli(&bin, &config, &["node", "id", "-q"]).ok();
-                async move {
-                    out.and_then(|o| o.trim().split('@').next().map(str::to_string))
-                        .filter(|id| !id.is_empty())
-                }
-            },
-        )
-        .await;
+        let log_tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        };
+        let node = crate::poll_until(Duration::from_secs(30), || {
+            let out = garage_cli(&bin, &config, &["node", "id", "-q"]).ok();
+            async move {
+                out.and_then(|o| o.trim().split('@').next().map(str::to_string))
+                    .filter(|id| !id.is_empty())
+            }
+        })
+        .await
+        .ok_or_else(|| format!("`garage node id` never answered; its log: {}", log_tail()))?;
         // `node id` reads the key file the server writes first; the layout commands need its
         // RPC listener, which comes up a moment later: retry until it answers.
-        crate::wait_for(
-            "garage RPC to accept the layout",
-            Duration::from_secs(60),
-            || {
-                let exited = garage.child.try_wait().ok().flatten();
-                assert!(
-                    exited.is_none(),
-                    "garage server exited during start-up: {exited:?}"
-                );
-                let ok = garage_cli(
-                    &bin,
-                    &config,
-                    &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
-                )
-                .is_ok();
-                async move { ok.then_some(()) }
-            },
-        )
+        let mut last_error = String::new();
+        let mut exited = None;
+        let assigned = crate::poll_until(Duration::from_secs(20), || {
+            exited = garage.child.try_wait().ok().flatten();
+            let result = garage_cli(
+                &bin,
+                &config,
+                &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
+            );
+            if let Err(e) = &result {
+                last_error.clone_from(e);
+            }
+            let done = result.is_ok() || exited.is_some();
+            async move { done.then_some(()) }
+        })
         .await;
+        if let Some(status) = exited {
+            return Err(format!(
+                "the server exited ({status}); its log: {}",
+                log_tail()
+            ));
+        }
+        if assigned.is_none() {
+            return Err(format!(
+                "its RPC never accepted the layout: {last_error}; its log: {}",
+                log_tail()
+            ));
+        }
         garage.run(&["layout", "apply", "--version", "1"]);
         let bucket = garage.bucket.clone();
-        crate::wait_for(
-            "garage to create the bucket",
-            Duration::from_secs(60),
-            || {
-                let ok = garage_cli(&bin, &config, &["bucket", "create", &bucket]).is_ok();
-                async move { ok.then_some(()) }
-            },
-        )
-        .await;
+        crate::poll_until(Duration::from_secs(30), || {
+            let ok = garage_cli(&bin, &config, &["bucket", "create", &bucket]).is_ok();
+            async move { ok.then_some(()) }
+        })
+        .await
+        .ok_or_else(|| format!("the bucket was never created; its log: {}", log_tail()))?;
         let key = garage.run(&["key", "create", "silt-key"]);
         garage.key_id = field(&key, "Key ID").expect("key id in `garage key create` output");
         garage.secret = field(&key, "Secret key").expect("secret in `garage key create` output");
@@ -148,7 +173,7 @@ impl GarageProcess {
             "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "silt-key",
         ]);
         garage.run(&["key", "allow", "--create-bucket", "silt-key"]);
-        Some(garage)
+        Ok(garage)
     }
 
     /// Kills Garage (SIGKILL), starts it again on the same config and data, and waits until its
@@ -156,7 +181,7 @@ impl GarageProcess {
     pub async fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_server(&self.bin, &self.config);
+        self.child = spawn_server(&self.bin, &self.config, None);
         let store = self.store("restart-probe");
         crate::wait_for("garage to serve S3 again", Duration::from_secs(60), || {
             let store = store.clone();
@@ -223,7 +248,11 @@ impl GarageProcess {
     }
 }
 
-fn spawn_server(bin: &Path, config: &Path) -> Child {
+/// Starts the server; its warnings and errors go to `log` when given.
+fn spawn_server(bin: &Path, config: &Path, log: Option<&Path>) -> Child {
+    let stderr = log
+        .and_then(|path| std::fs::File::create(path).ok())
+        .map_or_else(Stdio::null, Stdio::from);
     Command::new(bin)
         .arg("-c")
         .arg(config)
@@ -231,7 +260,7 @@ fn spawn_server(bin: &Path, config: &Path) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn garage")
 }

@@ -119,6 +119,25 @@ where
     }
 }
 
+/// Polls `check` every 100 ms until it returns `Some`, or returns `None` after `timeout`: for
+/// callers that recover from a timeout instead of failing the test.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Like [`wait_for`], for conditions over state worth seeing when they time out: `check`
 /// answers `Err(state)` while waiting, and the panic shows the last state.
 pub async fn wait_for_state<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
