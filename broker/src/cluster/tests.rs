@@ -575,3 +575,115 @@ async fn coordinator_slots_are_shared_and_fenced() {
         .unwrap()
         .expect("the current coordinator writes");
 }
+
+/// Object GC on the injected clock: an object no commit references is deleted only once it has
+/// been seen unreferenced for the grace period (an orphan from its first sighting, a forgotten
+/// commit's object from the pass that forgot it), and a referenced one never.
+#[tokio::test]
+async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay() {
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path;
+    use silt_storage::cache::{ReadCacheConfig, SegmentCache};
+
+    use crate::housekeeping::Housekeeper;
+
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 1)).await.unwrap();
+    let objects: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let cache = Arc::new(
+        SegmentCache::open(objects.clone(), ReadCacheConfig::default())
+            .await
+            .unwrap(),
+    );
+    let a = node(&catalog, "a").await;
+    until("a controls and owns the topic", || {
+        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![1]
+    })
+    .await;
+    let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
+    for name in ["segments/a/committed.seg", "segments/a/orphan.seg"] {
+        objects
+            .put(&Path::from(name), bytes::Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+    }
+    let entry = SegmentEntry {
+        topic_id: t.id,
+        partition: 0,
+        batch_count: 1,
+        first_offset: 0,
+        last_offset: 9,
+        min_timestamp: 0,
+        max_timestamp: 0,
+        position: 16,
+        length: 50,
+        crc32c: 0,
+    };
+    let commit = SegmentCommit {
+        object: "segments/a/committed.seg".into(),
+        object_len: 1,
+        created_at_ms: 0,
+        entries: vec![entry],
+    };
+    catalog
+        .commit_segment(&fence, "a/committed", &commit)
+        .await
+        .unwrap();
+    until("a sees its commit", || {
+        a.view.index.partition(t.id, 0).offsets().high_watermark == 10
+    })
+    .await;
+    let clock = ManualClock::new(1_000);
+    let housekeeper = Housekeeper {
+        catalog: catalog.clone(),
+        topics: a.view.topics.clone(),
+        index: a.view.index.clone(),
+        store: objects.clone(),
+        cache,
+        clock: clock.clone(),
+        fence,
+        view: a.view.clone(),
+        metrics: Arc::new(crate::observe::metrics::Metrics::new("a", 0)),
+        gc_grace_ms: 500,
+        unreferenced: Default::default(),
+    };
+    let listed = || async {
+        let mut names: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(
+            objects.list(Some(&Path::from("segments"))),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+        names.sort();
+        names
+    };
+
+    // The orphan is first seen at 1000; it stays at 1400 and goes at 1500.
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
+    clock.advance_ms(400);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
+    assert_eq!(listed().await.len(), 2);
+    clock.advance_ms(100);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 1);
+    assert_eq!(listed().await, vec!["segments/a/committed.seg".to_string()]);
+
+    // The topic goes: its commit is forgotten at 2000 and its object follows 500 ms later, not
+    // at once (a reader may still hold the entry).
+    catalog.delete_topic("t").await.unwrap();
+    until("a sees the topic go", || a.view.topics.get("t").is_none()).await;
+    clock.advance_ms(500);
+    let pass = housekeeper.pass().await.unwrap();
+    assert_eq!((pass.segments_deleted, pass.objects_deleted), (1, 0));
+    clock.advance_ms(499);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
+    assert_eq!(listed().await.len(), 1);
+    clock.advance_ms(1);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 1);
+    assert!(listed().await.is_empty());
+    assert!(catalog.load_segments().await.unwrap().is_empty());
+    a.cancel.cancel();
+}
