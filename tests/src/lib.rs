@@ -101,27 +101,29 @@ pub(crate) fn free_port() -> u16 {
 
 /// Waits until `check` returns `Some`, polling every 20 ms, or panics after `timeout` naming
 /// `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_every(Duration::from_millis(20), timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or returns `None` after `timeout`: for
 /// callers that recover from a timeout instead of failing the test.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+pub async fn poll_until<T, F, Fut>(timeout: Duration, check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_every(Duration::from_millis(100), timeout, check).await
+}
+
+/// Polls `check` every `interval` until it returns `Some` (checked at least once, and once
+/// more at the deadline), or `None` after `timeout`.
+async fn poll_every<T, F, Fut>(interval: Duration, timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -134,7 +136,7 @@ where
         if Instant::now() >= deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -167,31 +167,22 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
 
     // Everything flushed is compacted; no flush segment's key or object is left, and every
     // object left is referenced by exactly one compacted commit.
-    let (segments, parts) = wait_for_state(
+    let state = wait_for_state(
         "flush segments to be compacted and collected",
         Duration::from_secs(60),
-        || {
-            let (catalog, cluster) = (catalog.clone(), &cluster);
-            async move {
-                let segments = catalog.load_segments().await.map_err(|e| e.to_string())?;
-                let parts = catalog.load_parts().await.map_err(|e| e.to_string())?;
-                let mut objects = cluster.list_objects("segments").await;
-                objects.extend(cluster.list_objects("parts").await);
-                let mut referenced: Vec<String> =
-                    parts.iter().map(|(_, c)| c.object.clone()).collect();
-                objects.sort();
-                referenced.sort();
-                if segments.is_empty() && objects == referenced {
-                    return Ok((segments, parts));
-                }
-                Err(format!(
-                    "segment keys {:?}, objects {objects:?}, referenced {referenced:?}",
-                    segments.iter().map(|(id, _)| id).collect::<Vec<_>>()
-                ))
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let mut referenced: Vec<String> =
+                state.parts.iter().map(|(_, c)| c.object.clone()).collect();
+            referenced.sort();
+            if state.segments.is_empty() && state.objects == referenced {
+                return Ok(state);
             }
+            Err(format!("{state}, referenced {referenced:?}"))
         },
     )
     .await;
+    let (segments, parts) = (state.segments, state.parts);
     let report = checker.verify(&cluster.client().await, topic).await;
     let bytes: u64 = parts.iter().map(|(_, c)| c.object_len).sum();
     eprintln!(
@@ -213,26 +204,62 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
     wait_for_state(
         "the deleted topic's keys and objects to go",
         Duration::from_secs(60),
-        || {
-            let (catalog, cluster) = (catalog.clone(), &cluster);
-            async move {
-                let segments = catalog.load_segments().await.map_err(|e| e.to_string())?;
-                let parts = catalog.load_parts().await.map_err(|e| e.to_string())?;
-                let starts = catalog.load_log_starts().await.map_err(|e| e.to_string())?;
-                let mut objects = cluster.list_objects("segments").await;
-                objects.extend(cluster.list_objects("parts").await);
-                if segments.is_empty() && parts.is_empty() && starts.is_empty() && objects.is_empty() {
-                    return Ok(());
-                }
-                Err(format!(
-                    "segment keys {:?}, compacted keys {:?}, log starts {starts:?}, objects {objects:?}",
-                    segments.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    parts.iter().map(|(id, _)| id).collect::<Vec<_>>()
-                ))
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let empty = state.segments.is_empty()
+                && state.parts.is_empty()
+                && state.log_starts.is_empty()
+                && state.objects.is_empty();
+            if empty {
+                Ok(())
+            } else {
+                Err(state.to_string())
             }
         },
     )
     .await;
+}
+
+/// What the data lifecycle left: commit keys, log starts, and objects in the store.
+struct Lifecycle {
+    segments: Vec<(String, silt_metadata::codec::SegmentCommit)>,
+    parts: Vec<(String, silt_metadata::codec::SegmentCommit)>,
+    log_starts: Vec<(u64, Vec<i64>)>,
+    /// Object paths under `segments/` and `parts/`, sorted.
+    objects: Vec<String>,
+}
+
+impl Lifecycle {
+    async fn read(
+        catalog: &silt_metadata::catalog::Catalog,
+        cluster: &Cluster,
+    ) -> Result<Self, String> {
+        let mut objects = cluster.list_objects("segments").await;
+        objects.extend(cluster.list_objects("parts").await);
+        objects.sort();
+        Ok(Self {
+            segments: catalog.load_segments().await.map_err(|e| e.to_string())?,
+            parts: catalog.load_parts().await.map_err(|e| e.to_string())?,
+            log_starts: catalog.load_log_starts().await.map_err(|e| e.to_string())?,
+            objects,
+        })
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids = |c: &[(String, silt_metadata::codec::SegmentCommit)]| {
+            c.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()
+        };
+        write!(
+            f,
+            "segment keys {:?}, compacted keys {:?}, log starts {:?}, objects {:?}",
+            ids(&self.segments),
+            ids(&self.parts),
+            self.log_starts,
+            self.objects
+        )
+    }
 }
 
 /// One record to `partition` through the per-record API; the outcome is returned, not checked.
