@@ -75,6 +75,22 @@ pub(crate) fn topic(name: &str, partitions: u32) -> TopicRecord {
     }
 }
 
+/// An in-memory object store and a read cache over it, for housekeeping tests.
+async fn memory_objects() -> (
+    Arc<dyn object_store::ObjectStore>,
+    Arc<silt_storage::cache::SegmentCache>,
+) {
+    let objects: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let cache = silt_storage::cache::SegmentCache::open(
+        objects.clone(),
+        silt_storage::cache::ReadCacheConfig::default(),
+    )
+    .await
+    .unwrap();
+    (objects, Arc::new(cache))
+}
+
 /// Waits (bounded) until `f` holds.
 pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -214,8 +230,6 @@ async fn topics_created_and_deleted_elsewhere_reach_every_view() {
 /// successor's GC left, and a new owner would hand out acknowledged offsets again.
 #[tokio::test]
 async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
-    use silt_storage::cache::{ReadCacheConfig, SegmentCache};
-
     use crate::housekeeping::Housekeeper;
 
     let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
@@ -223,13 +237,7 @@ async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
     let mut record = topic("t", 2);
     record.retention_ms = 1_000;
     let t = catalog.create_topic(record).await.unwrap();
-    let objects: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::memory::InMemory::new());
-    let cache = Arc::new(
-        SegmentCache::open(objects.clone(), ReadCacheConfig::default())
-            .await
-            .unwrap(),
-    );
+    let (objects, cache) = memory_objects().await;
     let housekeeper = |node: &Node, now_ms: i64| Housekeeper {
         catalog: catalog.clone(),
         topics: node.view.topics.clone(),
@@ -581,22 +589,14 @@ async fn coordinator_slots_are_shared_and_fenced() {
 /// commit's object from the pass that forgot it), and a referenced one never.
 #[tokio::test]
 async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay() {
+    use crate::housekeeping::Housekeeper;
     use object_store::ObjectStoreExt;
     use object_store::path::Path;
-    use silt_storage::cache::{ReadCacheConfig, SegmentCache};
-
-    use crate::housekeeping::Housekeeper;
 
     let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
     let catalog = Catalog::new(store.clone(), "c");
     let t = catalog.create_topic(topic("t", 1)).await.unwrap();
-    let objects: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::memory::InMemory::new());
-    let cache = Arc::new(
-        SegmentCache::open(objects.clone(), ReadCacheConfig::default())
-            .await
-            .unwrap(),
-    );
+    let (objects, cache) = memory_objects().await;
     let a = node(&catalog, "a").await;
     until("a controls and owns the topic", || {
         a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![1]
