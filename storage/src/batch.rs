@@ -122,6 +122,8 @@ pub struct ValidBatch {
     pub record_count: u32,
     /// Bytes of its records once decompressed (their stored size when not compressed).
     pub uncompressed_bytes: u64,
+    /// Records with a null key (refused by compacted topics, which keep records by key).
+    pub null_keys: u32,
 }
 
 /// Checks that `batch` is one well-formed RecordBatch v2 within `limits`, without decoding
@@ -187,7 +189,7 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
             ),
         });
     }
-    let uncompressed_bytes = if compression == Compression::None {
+    let (uncompressed_bytes, null_keys) = if compression == Compression::None {
         let records = &batch[BATCH_HEADER_LEN..];
         if records.len() as u64 > limits.max_uncompressed_bytes {
             return Err(BatchError::DecompressedTooLarge {
@@ -195,13 +197,13 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
                 budget: limits.max_uncompressed_bytes,
             });
         }
-        walk_records(
+        let null_keys = walk_records(
             records,
             count,
             limits.max_record_bytes,
             header.base_timestamp,
         )?;
-        records.len() as u64
+        (records.len() as u64, null_keys)
     } else {
         decompress::check_records(
             compression,
@@ -216,18 +218,20 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
         header,
         record_count: count as u32,
         uncompressed_bytes,
+        null_keys,
     })
 }
 
 /// Walks the length prefixes of `count` uncompressed records: they must exactly fill `records`
-/// and each must be within `max_record_bytes`.
+/// and each must be within `max_record_bytes`. Returns how many have a null key.
 fn walk_records(
     records: &[u8],
     count: i32,
     max_record_bytes: usize,
     base_timestamp: i64,
-) -> Result<(), BatchError> {
+) -> Result<u32, BatchError> {
     let mut pos = 0usize;
+    let mut null_keys = 0u32;
     for index in 0..count as usize {
         let (len, width) =
             read_varint(&records[pos..]).ok_or_else(|| BatchError::BadRecordCount {
@@ -256,7 +260,9 @@ fn walk_records(
                 declared: count,
                 reason: format!("record {index} ({len} bytes) runs past the end of the batch"),
             })?;
-        check_record(&records[start..pos], index, base_timestamp)?;
+        if !check_record(&records[start..pos], index, base_timestamp)? {
+            null_keys += 1;
+        }
     }
     if pos != records.len() {
         return Err(BatchError::BadRecordCount {
@@ -264,13 +270,14 @@ fn walk_records(
             reason: format!("{} bytes follow the last record", records.len() - pos),
         });
     }
-    Ok(())
+    Ok(null_keys)
 }
 
 /// Where the fields of one record sit in its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RecordLayout {
     timestamp_delta: i64,
+    offset_delta: i64,
     /// Byte ranges in the body; `None` for a null key or value.
     key: Option<std::ops::Range<usize>>,
     value: Option<std::ops::Range<usize>>,
@@ -282,17 +289,21 @@ struct RecordLayout {
 /// batches: attributes, a timestamp delta that does not overflow the batch's base timestamp,
 /// an offset delta equal to the record's index, then key, value and headers that fill the body
 /// exactly. A record that passes decodes the same in every Kafka client, so nothing stored can
-/// trip a reader.
-fn check_record(body: &[u8], index: usize, base_timestamp: i64) -> Result<(), BatchError> {
-    parse_record(body, index, base_timestamp).map(drop)
+/// trip a reader. Returns whether the record has a key.
+fn check_record(body: &[u8], index: usize, base_timestamp: i64) -> Result<bool, BatchError> {
+    let dense = index as i64..=index as i64;
+    parse_record(body, index, base_timestamp, dense).map(|r| r.key.is_some())
 }
 
 /// [`check_record`], returning where the fields are: the one record parser of Silt (produce
-/// validation and reading both use it).
+/// validation and reading both use it). The offset delta must lie in `deltas`: exactly the
+/// record's index in a produced batch; past the previous record's, up to the batch's last
+/// offset delta, in a stored one (key compaction leaves gaps, as Kafka's log cleaner does).
 fn parse_record(
     body: &[u8],
     index: usize,
     base_timestamp: i64,
+    deltas: std::ops::RangeInclusive<i64>,
 ) -> Result<RecordLayout, BatchError> {
     let bad = |reason: String| BatchError::BadRecord { index, reason };
     if body.is_empty() {
@@ -314,10 +325,18 @@ fn parse_record(
         )));
     }
     let offset_delta = varint("offset delta", &mut pos)?;
-    if offset_delta != index as i64 {
-        return Err(bad(format!(
-            "its offset delta is {offset_delta}; record {index} of a batch must have {index}"
-        )));
+    if !deltas.contains(&offset_delta) {
+        return Err(bad(if deltas.start() == deltas.end() {
+            format!(
+                "its offset delta is {offset_delta}; record {index} of a batch must have {index}"
+            )
+        } else {
+            format!(
+                "its offset delta is {offset_delta}; it must lie in {}..={} (after the previous record's, within the batch)",
+                deltas.start(),
+                deltas.end()
+            )
+        }));
     }
     // A length-prefixed field: -1 (null) or a length within the body.
     let field = |what: &str, nullable: bool, pos: &mut usize| {
@@ -355,6 +374,7 @@ fn parse_record(
     }
     Ok(RecordLayout {
         timestamp_delta,
+        offset_delta,
         key,
         value,
         headers,
@@ -511,71 +531,18 @@ fn decode_batch(
     min_offset: i64,
     out: &mut Vec<DecodedRecord>,
 ) -> Result<(), BatchError> {
-    let magic = batch[MAGIC_POS] as i8;
-    if magic != 2 {
-        return Err(BatchError::BadMagic { magic });
-    }
     if header.is_control() {
+        check_magic(batch)?;
         return Ok(());
     }
-    let count = header.record_count;
-    if count < 0
-        || header.base_offset < 0
-        || header.base_offset.checked_add(i64::from(count)).is_none()
-    {
-        return Err(BatchError::Undecodable(format!(
-            "a batch at offset {} with {count} records cannot be represented",
-            header.base_offset
-        )));
-    }
-    let records = match header.compression() {
-        Some(Compression::None) => batch.slice(BATCH_HEADER_LEN..),
-        Some(codec) => Bytes::from(decompress::decompress(
-            codec,
-            &batch[BATCH_HEADER_LEN..],
-            MAX_DECODED_BATCH,
-        )?),
-        None => {
-            return Err(BatchError::BadCompression {
-                attributes: header.attributes,
-                codec: header.attributes & ATTR_COMPRESSION_MASK,
-            });
-        }
-    };
-    // A record takes at least 7 bytes: a count beyond that is a lie, not an allocation.
-    if count as usize > records.len() / 7 + 1 {
-        return Err(BatchError::BadRecordCount {
-            declared: count,
-            reason: format!("the batch holds only {} bytes of records", records.len()),
-        });
-    }
     let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
-    out.reserve(count as usize);
-    let mut pos = 0usize;
-    for index in 0..count as usize {
-        let (len, width) = records
-            .get(pos..)
-            .and_then(read_varint)
-            .filter(|(len, _)| *len >= 0)
-            .ok_or_else(|| BatchError::BadRecordCount {
-                declared: count,
-                reason: format!("record {index} has no valid length"),
-            })?;
-        let start = pos + width;
-        let end = start
-            .checked_add(len as usize)
-            .filter(|end| *end <= records.len())
-            .ok_or_else(|| BatchError::BadRecordCount {
-                declared: count,
-                reason: format!("record {index} runs past the end of the batch"),
-            })?;
-        pos = end;
-        let offset = header.base_offset + index as i64;
+    let records = stored_records(header, batch)?;
+    out.reserve(header.record_count.max(0) as usize);
+    walk_stored(header, &records, |index, _, body, layout| {
+        let offset = header.base_offset + layout.offset_delta;
         if offset < min_offset {
-            continue;
+            return Ok(());
         }
-        let body = records.slice(start..end);
-        let layout = parse_record(&body, index, header.base_timestamp)?;
         let slice = |r: &std::ops::Range<usize>| body.slice(r.clone());
         let headers = layout
             .headers
@@ -601,6 +568,93 @@ fn decode_batch(
             value: layout.value.as_ref().map(slice),
             headers,
         });
+        Ok(())
+    })
+}
+
+fn check_magic(batch: &[u8]) -> Result<(), BatchError> {
+    let magic = batch.get(MAGIC_POS).map_or(0, |m| *m as i8);
+    if magic != 2 {
+        return Err(BatchError::BadMagic { magic });
+    }
+    Ok(())
+}
+
+/// The records of a stored batch, decompressed (a slice of `batch` when not compressed), after
+/// checking what a reader must not trust: the magic, the codec, a representable offset range.
+fn stored_records(header: &BatchHeader, batch: &Bytes) -> Result<Bytes, BatchError> {
+    check_magic(batch)?;
+    let count = header.record_count;
+    if count < 0
+        || header.base_offset < 0
+        || header.base_offset.checked_add(i64::from(count)).is_none()
+        || header.last_offset_delta < 0
+        || header
+            .base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .is_none()
+    {
+        return Err(BatchError::Undecodable(format!(
+            "a batch at offset {} with {count} records and last offset delta {} cannot be represented",
+            header.base_offset, header.last_offset_delta
+        )));
+    }
+    match header.compression() {
+        Some(Compression::None) => Ok(batch.slice(BATCH_HEADER_LEN..)),
+        Some(codec) => Ok(Bytes::from(decompress::decompress(
+            codec,
+            &batch[BATCH_HEADER_LEN..],
+            MAX_DECODED_BATCH,
+        )?)),
+        None => Err(BatchError::BadCompression {
+            attributes: header.attributes,
+            codec: header.attributes & ATTR_COMPRESSION_MASK,
+        }),
+    }
+}
+
+/// Walks the records of a stored batch (`records` from [`stored_records`]), parsing each:
+/// `f` gets its index, its whole byte range in `records` (length prefix included), its body
+/// and where the body's fields are. Offset deltas must increase and stay within the batch's
+/// last offset delta: a batch key compaction thinned has gaps, never disorder.
+fn walk_stored(
+    header: &BatchHeader,
+    records: &Bytes,
+    mut f: impl FnMut(usize, std::ops::Range<usize>, Bytes, RecordLayout) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
+    let count = header.record_count;
+    // A record takes at least 7 bytes: a count beyond that is a lie, not an allocation.
+    if count as usize > records.len() / 7 + 1 {
+        return Err(BatchError::BadRecordCount {
+            declared: count,
+            reason: format!("the batch holds only {} bytes of records", records.len()),
+        });
+    }
+    let last_delta = i64::from(header.last_offset_delta);
+    let mut next_delta = 0i64;
+    let mut pos = 0usize;
+    for index in 0..count as usize {
+        let (len, width) = records
+            .get(pos..)
+            .and_then(read_varint)
+            .filter(|(len, _)| *len >= 0)
+            .ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} has no valid length"),
+            })?;
+        let start = pos + width;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|end| *end <= records.len())
+            .ok_or_else(|| BatchError::BadRecordCount {
+                declared: count,
+                reason: format!("record {index} runs past the end of the batch"),
+            })?;
+        let body = records.slice(start..end);
+        let layout = parse_record(&body, index, header.base_timestamp, next_delta..=last_delta)?;
+        next_delta = layout.offset_delta + 1;
+        f(index, pos..end, body, layout)?;
+        pos = end;
     }
     if pos != records.len() {
         return Err(BatchError::BadRecordCount {
@@ -609,6 +663,139 @@ fn decode_batch(
         });
     }
     Ok(())
+}
+
+/// One record of a stored batch, as key compaction sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedRecord<'a> {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    /// `None`: a null key.
+    pub key: Option<&'a [u8]>,
+    /// A null value: a tombstone in a compacted topic.
+    pub null_value: bool,
+}
+
+/// What [`retain_records`] left of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record stays: the batch is kept as it is.
+    All,
+    /// No record stays: the batch goes.
+    Nothing,
+    /// Some records stay: the batch rewritten with them alone.
+    Some(Bytes),
+}
+
+/// Key compaction's view of a stored batch: calls `keep` on each record in offset order and
+/// rewrites the batch with the records it keeps, as Kafka's log cleaner does — same base
+/// offset, last offset delta, timestamps, producer fields and codec; each kept record's bytes
+/// as they were (its offset delta is relative to the unchanged base offset); the record count,
+/// length and CRC32C recomputed. Control batches and empty batches are kept whole and `keep` is
+/// not called for them.
+pub fn retain_records(
+    header: &BatchHeader,
+    batch: &Bytes,
+    mut keep: impl FnMut(&KeyedRecord<'_>) -> bool,
+) -> Result<Retained, BatchError> {
+    if header.is_control() || header.record_count == 0 {
+        return Ok(Retained::All);
+    }
+    let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
+    let records = stored_records(header, batch)?;
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut count = 0i32;
+    let mut dropped = false;
+    walk_stored(header, &records, |_, whole, body, layout| {
+        let record = KeyedRecord {
+            offset: header.base_offset + layout.offset_delta,
+            timestamp_ms: if log_append_time {
+                header.max_timestamp
+            } else {
+                header.base_timestamp + layout.timestamp_delta
+            },
+            key: layout.key.as_ref().map(|k| &body[k.clone()]),
+            null_value: layout.value.is_none(),
+        };
+        if keep(&record) {
+            count += 1;
+            // Adjacent kept records are one range: copied in one go below.
+            match kept.last_mut() {
+                Some(last) if last.end == whole.start => last.end = whole.end,
+                _ => kept.push(whole),
+            }
+        } else {
+            dropped = true;
+        }
+        Ok(())
+    })?;
+    if !dropped {
+        return Ok(Retained::All);
+    }
+    if kept.is_empty() {
+        return Ok(Retained::Nothing);
+    }
+    let mut plain = BytesMut::with_capacity(kept.iter().map(|r| r.len()).sum());
+    for range in &kept {
+        plain.extend_from_slice(&records[range.clone()]);
+    }
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + plain.len());
+    out.extend_from_slice(&batch[..BATCH_HEADER_LEN]);
+    match header.compression() {
+        Some(Compression::None) | None => out.extend_from_slice(&plain),
+        Some(codec) => compress_into(codec, &plain, &mut out)?,
+    }
+    finish_header(&mut out, count);
+    Ok(Retained::Some(out.freeze()))
+}
+
+/// Compresses `plain` records with `codec` onto `out`.
+fn compress_into(codec: Compression, plain: &[u8], out: &mut BytesMut) -> Result<(), BatchError> {
+    use bytes::BufMut;
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let fill = |buf: &mut BytesMut| {
+        buf.put_slice(plain);
+        Ok(())
+    };
+    match codec {
+        Compression::None => {
+            out.put_slice(plain);
+            Ok(())
+        }
+        Compression::Gzip => Gzip::compress(out, fill),
+        Compression::Snappy => Snappy::compress(out, fill),
+        Compression::Lz4 => Lz4::compress(out, fill),
+        Compression::Zstd => Zstd::compress(out, fill),
+    }
+    .map_err(|e| BatchError::Undecodable(format!("could not recompress records: {e}")))
+}
+
+/// Sets the length, record count and CRC32C of a batch whose header and records are in `out`.
+fn finish_header(out: &mut BytesMut, count: i32) {
+    let len = (out.len() - 12) as i32;
+    out[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&len.to_be_bytes());
+    out[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_POS..]);
+    out[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A batch of no records holding offsets `base_offset..=last_offset`: what key compaction
+/// leaves where every record of a stretch went, so the stretch still reads (as nothing) and
+/// readers move past it. Kafka's format allows it (its log cleaner keeps such batches too).
+pub fn empty_batch(base_offset: i64, last_offset: i64, timestamp_ms: i64) -> Bytes {
+    let mut out = BytesMut::zeroed(BATCH_HEADER_LEN);
+    out[..8].copy_from_slice(&base_offset.to_be_bytes());
+    out[MAGIC_POS] = 2;
+    let delta = i32::try_from(last_offset - base_offset).unwrap_or(i32::MAX);
+    out[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&delta.to_be_bytes());
+    out[BASE_TIMESTAMP_POS..BASE_TIMESTAMP_POS + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[PRODUCER_ID_POS..PRODUCER_ID_POS + 8].copy_from_slice(&NO_PRODUCER_ID.to_be_bytes());
+    out[PRODUCER_EPOCH_POS..PRODUCER_EPOCH_POS + 2]
+        .copy_from_slice(&NO_PRODUCER_EPOCH.to_be_bytes());
+    out[BASE_SEQUENCE_POS..BASE_SEQUENCE_POS + 4].copy_from_slice(&NO_SEQUENCE.to_be_bytes());
+    finish_header(&mut out, 0);
+    out.freeze()
 }
 
 /// Splits concatenated batches into `(header, batch bytes)` without copying. Stops with an error

@@ -19,6 +19,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::batch::BatchHeader;
 use crate::error::SegmentError;
 
 /// The magic at the start and in the footer of every segment.
@@ -173,6 +174,50 @@ impl SegmentWriter {
         entry.min_timestamp = entry.min_timestamp.min(source.min_timestamp);
         entry.max_timestamp = entry.max_timestamp.max(source.max_timestamp);
         entry.length += bytes.len() as u32;
+    }
+
+    /// Appends a stored batch as it is (its header already carries its offsets): how key
+    /// compaction lays out the batches it thinned. The entry's offsets follow the batch
+    /// header's base and last offsets (a thinned batch keeps both, gaps and all). Panics if no
+    /// entry was begun (a bug in the caller).
+    pub fn push_stored_batch(&mut self, batch: &[u8], header: &BatchHeader) {
+        let (entry, crc) = self
+            .open
+            .as_mut()
+            .expect("push_stored_batch before begin_entry");
+        self.buf.put_slice(batch);
+        *crc = crc32c::crc32c_append(*crc, batch);
+        if entry.batch_count == 0 {
+            entry.first_offset = header.base_offset;
+        }
+        entry.batch_count += 1;
+        entry.last_offset = header.last_offset();
+        entry.min_timestamp = entry
+            .min_timestamp
+            .min(header.base_timestamp)
+            .min(header.max_timestamp);
+        entry.max_timestamp = entry.max_timestamp.max(header.max_timestamp);
+        entry.length += batch.len() as u32;
+    }
+
+    /// Sets the offsets the open entry holds, when its batches leave some out at either end
+    /// (records key compaction removed): an entry must cover exactly the offsets of the entries
+    /// it replaces. Does nothing when no entry is open.
+    pub fn set_open_range(&mut self, first_offset: i64, last_offset: i64) {
+        if let Some((entry, _)) = self.open.as_mut() {
+            entry.first_offset = first_offset;
+            entry.last_offset = last_offset;
+        }
+    }
+
+    /// Bytes written so far (header and batches).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True before anything but the header was written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() <= HEADER_LEN
     }
 
     /// Bytes of batches in the entry being written (0 when none is open).

@@ -26,7 +26,7 @@ const XERIAL_HEADER_LEN: usize = 16;
 
 /// Decompresses `stream` (the bytes after a batch header) and checks that it holds exactly
 /// `count` records of at most `max_record_bytes` each, reading at most `budget` decompressed
-/// bytes. Returns the decompressed size.
+/// bytes. Returns the decompressed size and how many records have a null key.
 pub(super) fn check_records(
     codec: Compression,
     stream: &[u8],
@@ -34,12 +34,12 @@ pub(super) fn check_records(
     max_record_bytes: usize,
     budget: u64,
     base_timestamp: i64,
-) -> Result<u64, BatchError> {
+) -> Result<(u64, u32), BatchError> {
     let per_record = (max_record_bytes as u64).saturating_add(VARINT_MAX);
     let cap = budget.min((count.max(0) as u64).saturating_mul(per_record));
     let mut capped = capped(codec, stream, cap, budget)?;
-    walk(&mut capped, count, max_record_bytes, base_timestamp)?;
-    Ok(cap - capped.left)
+    let null_keys = walk(&mut capped, count, max_record_bytes, base_timestamp)?;
+    Ok((cap - capped.left, null_keys))
 }
 
 /// Decompresses `stream` whole, refusing it past `cap` bytes (reading a stored batch).
@@ -90,15 +90,16 @@ fn capped(
 }
 
 /// Walks `count` length-prefixed records through `r`: each length within the limit and fully
-/// present, nothing after the last.
+/// present, nothing after the last. Returns how many have a null key.
 fn walk(
     r: &mut Capped<'_>,
     count: i32,
     max_record_bytes: usize,
     base_timestamp: i64,
-) -> Result<(), BatchError> {
+) -> Result<u32, BatchError> {
     // One record at a time: at most `max_record_bytes` held.
     let mut body = Vec::new();
+    let mut null_keys = 0u32;
     for index in 0..count as usize {
         let len = r.varint()?.ok_or_else(|| BatchError::BadRecordCount {
             declared: count,
@@ -129,11 +130,13 @@ fn walk(
                 reason: format!("record {index} ({len} bytes) runs past the end of the stream"),
             });
         }
-        super::check_record(&body, index, base_timestamp)?;
+        if !super::check_record(&body, index, base_timestamp)? {
+            null_keys += 1;
+        }
     }
     let mut one = [0u8; 1];
     match r.read(&mut one).map_err(|e| r.error(e))? {
-        0 => Ok(()),
+        0 => Ok(null_keys),
         _ => Err(BatchError::BadRecordCount {
             declared: count,
             reason: "bytes follow the last record".into(),

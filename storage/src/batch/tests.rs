@@ -457,3 +457,144 @@ proptest! {
         prop_assert_eq!(later.len(), input.len() - 1);
     }
 }
+
+/// Records keyed `k{i % 3}`, every fourth one a tombstone (null value).
+fn keyed_records(n: usize) -> Vec<RecordData> {
+    (0..n)
+        .map(|i| RecordData {
+            key: Some(Bytes::from(format!("k{}", i % 3))),
+            value: (i % 4 != 3).then(|| Bytes::from(format!("value-{i}"))),
+            headers: vec![("h".into(), Some(Bytes::from(format!("{i}"))))],
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+        })
+        .collect()
+}
+
+#[test]
+fn null_keys_are_counted_by_validation() {
+    let mut recs = records(4);
+    recs[1].key = None;
+    recs[3].key = None;
+    for codec in [Compression::None, Compression::Zstd] {
+        let b = encode_batch(&recs, codec, ProducerInfo::default()).unwrap();
+        assert_eq!(
+            validate_batch(&b, &LIMITS).unwrap().null_keys,
+            2,
+            "{codec:?}"
+        );
+    }
+    assert_eq!(validate_batch(&batch(3), &LIMITS).unwrap().null_keys, 0);
+}
+
+#[test]
+fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
+    let recs = keyed_records(10);
+    for codec in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let mut raw = encode_batch(&recs, codec, ProducerInfo::default())
+            .unwrap()
+            .to_vec();
+        set_base_offset(&mut raw, 100);
+        let b = Bytes::from(raw);
+        let header = BatchHeader::read(&b).unwrap();
+        let mut seen = Vec::new();
+        // Keep the even offsets and the last record.
+        let out = retain_records(&header, &b, |r| {
+            seen.push((
+                r.offset,
+                r.key.map(<[u8]>::to_vec),
+                r.null_value,
+                r.timestamp_ms,
+            ));
+            r.offset % 2 == 0 || r.offset == 109
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 10);
+        assert_eq!(
+            seen[3],
+            (103, Some(b"k0".to_vec()), true, 1_700_000_000_003)
+        );
+        let Retained::Some(thin) = out else {
+            panic!("{codec:?}: expected a rewritten batch, got {out:?}");
+        };
+        let h = BatchHeader::read(&thin).unwrap();
+        assert_eq!(h.base_offset, 100);
+        assert_eq!(h.last_offset(), 109, "the last offset delta is kept");
+        assert_eq!(h.record_count, 6);
+        assert_eq!(h.compression(), Some(codec));
+        assert_eq!(h.max_timestamp, header.max_timestamp);
+        let crc = u32::from_be_bytes(thin[CRC_POS..CRC_POS + 4].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&thin[ATTRIBUTES_POS..]));
+        let decoded = decode_batches(thin.clone(), 0).unwrap();
+        let offsets: Vec<i64> = decoded.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![100, 102, 104, 106, 108, 109], "{codec:?}");
+        for r in &decoded {
+            let i = (r.offset - 100) as usize;
+            assert_eq!(r.key, recs[i].key);
+            assert_eq!(r.value, recs[i].value);
+            assert_eq!(r.timestamp_ms, recs[i].timestamp_ms);
+            assert_eq!(r.headers, recs[i].headers);
+        }
+        // A thinned batch decodes in kafka-protocol too, with the same offsets.
+        let theirs = RecordBatchDecoder::decode(&mut thin.clone()).unwrap();
+        let theirs: Vec<i64> = theirs.records.iter().map(|r| r.offset).collect();
+        assert_eq!(theirs, offsets, "{codec:?}");
+        // Reading from an offset inside a gap starts at the next kept record.
+        let from = decode_batches(thin.clone(), 103).unwrap();
+        assert_eq!(from[0].offset, 104);
+        // Thinning again works on gaps, and keeping everything keeps the batch.
+        let again = retain_records(&h, &thin, |r| r.offset != 104).unwrap();
+        let Retained::Some(again) = again else {
+            panic!("expected a rewritten batch");
+        };
+        let offsets: Vec<i64> = decode_batches(again, 0)
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, vec![100, 102, 106, 108, 109]);
+        assert_eq!(retain_records(&h, &thin, |_| true).unwrap(), Retained::All);
+        assert_eq!(
+            retain_records(&h, &thin, |_| false).unwrap(),
+            Retained::Nothing
+        );
+    }
+}
+
+#[test]
+fn stored_offset_deltas_must_increase_within_the_batch() {
+    let b = batch(3);
+    let header = BatchHeader::read(&b).unwrap();
+    let Retained::Some(thin) = retain_records(&header, &b, |r| r.offset != 1).unwrap() else {
+        panic!("expected a rewritten batch");
+    };
+    // Claiming a last offset delta below a record's offset delta is refused.
+    let mut bad = thin.to_vec();
+    bad[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4].copy_from_slice(&1i32.to_be_bytes());
+    fix_crc(&mut bad);
+    assert!(decode_batches(Bytes::from(bad), 0).is_err());
+    // A produced batch still needs dense deltas.
+    assert!(validate_batch(&thin, &LIMITS).is_err());
+}
+
+#[test]
+fn an_empty_batch_reads_as_no_records_and_spans_its_offsets() {
+    let e = empty_batch(40, 59, 1_700_000_000_000);
+    let h = BatchHeader::read(&e).unwrap();
+    assert_eq!(
+        (h.base_offset, h.last_offset(), h.record_count),
+        (40, 59, 0)
+    );
+    assert!(decode_batches(e.clone(), 0).unwrap().is_empty());
+    let crc = u32::from_be_bytes(e[CRC_POS..CRC_POS + 4].try_into().unwrap());
+    assert_eq!(crc, crc32c::crc32c(&e[ATTRIBUTES_POS..]));
+    let theirs = RecordBatchDecoder::decode(&mut e.clone()).unwrap();
+    assert!(theirs.records.is_empty());
+    let split: Vec<_> = split_batches(&e).collect::<Result<_, _>>().unwrap();
+    assert_eq!(split.len(), 1);
+}
