@@ -12,9 +12,9 @@ use std::sync::Arc;
 use silt_api::v1::admin_client::AdminClient;
 use silt_api::v1::log_client::LogClient;
 use silt_api::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, DescribeTopicResponse, GetStatsRequest, GetStatsResponse,
-    ListTopicsRequest, TopicConfig, TopicInfo,
+    AlterTopicRequest, ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest,
+    DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse, GetStatsRequest,
+    GetStatsResponse, ListTopicsRequest, TopicConfig, TopicInfo,
 };
 use tonic::transport::Channel;
 
@@ -285,7 +285,8 @@ impl Client {
         Ok(status)
     }
 
-    /// Creates a topic; `None` settings take the broker's defaults.
+    /// Creates a topic; `None` settings take the broker's defaults. [`Client::create_topic_with`]
+    /// sets the others (retention by size, cleanup policy, tombstone retention).
     pub async fn create_topic(
         &self,
         name: &str,
@@ -299,24 +300,37 @@ impl Client {
             TopicConfig {
                 retention_ms,
                 max_record_bytes,
-                retention_bytes: None,
+                ..TopicConfig::default()
             },
         )
         .await
     }
 
     /// Changes a live topic's retention (`None` keeps a setting; -1 is unlimited).
+    /// [`Client::alter_topic_with`] changes the cleanup policy and tombstone retention too.
     pub async fn alter_topic(
         &self,
         name: &str,
         retention_ms: Option<i64>,
         retention_bytes: Option<i64>,
     ) -> Result<TopicInfo, ClientError> {
-        let request = silt_api::v1::AlterTopicRequest {
+        self.alter_topic_with(AlterTopicRequest {
             name: name.to_string(),
             retention_ms,
             retention_bytes,
-        };
+            ..AlterTopicRequest::default()
+        })
+        .await
+    }
+
+    /// Changes the settings `request` gives of the live topic it names (unset fields stay as
+    /// they are): retention by time and size, `cleanup_policy` ("delete", "compact" or
+    /// "compact,delete") and `delete_retention_ms`. A request that changes nothing is
+    /// INVALID_ARGUMENT.
+    pub async fn alter_topic_with(
+        &self,
+        request: AlterTopicRequest,
+    ) -> Result<TopicInfo, ClientError> {
         let response = self
             .with_failover(|channel| {
                 let request = request.clone();
@@ -333,7 +347,9 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("AlterTopic returned no topic".into()))
     }
 
-    /// Creates a topic with every setting of [`TopicConfig`].
+    /// Creates a topic with every setting of [`TopicConfig`]: retention by time and size, record
+    /// limit, `cleanup_policy` ("delete", "compact" or "compact,delete") and
+    /// `delete_retention_ms`.
     pub async fn create_topic_with(
         &self,
         name: &str,

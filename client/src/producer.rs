@@ -98,8 +98,11 @@ impl Default for ProducerConfig {
 pub struct ProducerRecord {
     /// The key; `None` is a null key (sticky spreading unless `partition` is set).
     pub key: Option<Bytes>,
-    /// The value.
+    /// The value; must be empty when `null_value` is set.
     pub value: Bytes,
+    /// True: the value is null — a tombstone, which in a compacted topic deletes its key
+    /// ([`ProducerRecord::tombstone`]).
+    pub null_value: bool,
     /// Headers: a string key and an optional value each.
     pub headers: Vec<(String, Option<Bytes>)>,
     /// Creation time in ms since the Unix epoch; `None` takes the time of [`Producer::send`].
@@ -113,6 +116,17 @@ impl ProducerRecord {
     pub fn new(value: impl Into<Bytes>) -> Self {
         Self {
             value: value.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A tombstone for `key`: a record with a null value, which in a compacted topic deletes
+    /// the key (its earlier records go at the next compaction, the tombstone itself after the
+    /// topic's `delete_retention_ms`).
+    pub fn tombstone(key: impl Into<Bytes>) -> Self {
+        Self {
+            key: Some(key.into()),
+            null_value: true,
             ..Self::default()
         }
     }
@@ -210,6 +224,9 @@ pub struct Producer {
     topic: String,
     partitions: u32,
     max_record_bytes: u32,
+    /// The topic's `cleanup_policy` included `compact` when the producer was created: every
+    /// record needs a key.
+    compacted: bool,
 }
 
 impl Producer {
@@ -264,6 +281,10 @@ impl Producer {
             topic: topic.to_string(),
             partitions: info.partitions,
             max_record_bytes: info.max_record_bytes,
+            compacted: info
+                .cleanup_policy
+                .split(',')
+                .any(|p| p.trim() == "compact"),
         })
     }
 
@@ -279,8 +300,23 @@ impl Producer {
 
     /// Buffers `record` for sending and returns the future of its acknowledgement. Waits while
     /// the producer's buffer is full (the broker is behind); fails at once for a record the
-    /// topic cannot take (too large, partition out of range).
+    /// topic cannot take (too large, partition out of range, no key for a compacted topic, a
+    /// null value with bytes).
     pub async fn send(&self, record: ProducerRecord) -> Result<SendFuture, ClientError> {
+        if record.null_value && !record.value.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "a record with null_value set must have an empty value; this one has {} bytes",
+                record.value.len()
+            )));
+        }
+        // The broker refuses a whole batch holding a record without a key for a compacted
+        // topic: refuse the record alone here.
+        if self.compacted && record.key.is_none() {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic '{}' is compacted: every record needs a key",
+                self.topic
+            )));
+        }
         if self.max_record_bytes > 0 && record.payload_bytes() > self.max_record_bytes as usize {
             return Err(ClientError::InvalidArgument(format!(
                 "record of {} bytes is over the {}-byte record limit of topic '{}'",
@@ -292,7 +328,7 @@ impl Producer {
         let record = PendingRecord {
             timestamp_ms: record.timestamp_ms.unwrap_or_else(unix_now_ms),
             key: record.key,
-            value: record.value,
+            value: (!record.null_value).then_some(record.value),
             headers: record.headers,
             partition: record.partition,
         };

@@ -26,10 +26,113 @@ pub struct TopicRecord {
     pub retention_bytes: i64,
     pub max_record_bytes: u32,
     pub created_at_ms: i64,
+    /// What happens to old records: deleted by retention, compacted by key, or both. Records
+    /// written before this field existed read as `delete`.
+    #[serde(default)]
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a tombstone (a record with a null value) of a compacted topic is kept after it
+    /// was written, in ms, so consumers that read the key before see that it went. Records
+    /// written before this field existed read as one day (Kafka's default).
+    #[serde(default = "default_delete_retention_ms")]
+    pub delete_retention_ms: i64,
 }
 
 fn unlimited() -> i64 {
     -1
+}
+
+/// Kafka's `delete.retention.ms` default: one day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+
+fn default_delete_retention_ms() -> i64 {
+    DEFAULT_DELETE_RETENTION_MS
+}
+
+/// A topic's `cleanup_policy`, as Kafka's `cleanup.policy`: which of retention (`delete`) and
+/// key compaction (`compact`) remove its old records. Stored and shown with Kafka's spellings:
+/// `delete`, `compact`, `compact,delete`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CleanupPolicy {
+    /// Records go when they are older than `retention_ms` or past `retention_bytes`.
+    #[default]
+    Delete,
+    /// Only each key's latest record is kept (and its tombstone for `delete_retention_ms`);
+    /// retention does not apply.
+    Compact,
+    /// Both: compacted by key, and retention removes old records too.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// The spellings [`CleanupPolicy::from_str`](std::str::FromStr) accepts, for messages.
+    pub const ALLOWED: &'static str = "\"delete\", \"compact\" or \"compact,delete\"";
+
+    /// True when key compaction applies.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// True when retention (by time and size) applies.
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+
+    /// Kafka's spelling: `delete`, `compact` or `compact,delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cleanup policy that is not one of [`CleanupPolicy::ALLOWED`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cleanup_policy '{0}': use {allowed}", allowed = CleanupPolicy::ALLOWED)]
+pub struct UnknownCleanupPolicy(pub String);
+
+impl std::str::FromStr for CleanupPolicy {
+    type Err = UnknownCleanupPolicy;
+
+    /// Kafka's spellings, a comma-separated list of `compact` and `delete` in either order
+    /// (`delete,compact` is `compact,delete`), spaces around the items ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut compact, mut delete) = (false, false);
+        for item in s.split(',') {
+            match item.trim() {
+                "compact" if !compact => compact = true,
+                "delete" if !delete => delete = true,
+                _ => return Err(UnknownCleanupPolicy(s.to_string())),
+            }
+        }
+        Ok(match (compact, delete) {
+            (true, true) => CleanupPolicy::CompactDelete,
+            (true, false) => CleanupPolicy::Compact,
+            _ => CleanupPolicy::Delete,
+        })
+    }
+}
+
+impl TryFrom<String> for CleanupPolicy {
+    type Error = UnknownCleanupPolicy;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CleanupPolicy> for String {
+    fn from(policy: CleanupPolicy) -> String {
+        policy.as_str().to_string()
+    }
 }
 
 /// One partition's part of a segment object, as committed: the segment format's own index
@@ -198,6 +301,96 @@ mod tests {
             decode_topic(b"k", b"{\"v\":2}"),
             Err(MetaError::Corrupt { .. })
         ));
+    }
+
+    fn topic(cleanup_policy: CleanupPolicy) -> TopicRecord {
+        TopicRecord {
+            v: 1,
+            name: "kv".into(),
+            partitions: 3,
+            retention_ms: -1,
+            retention_bytes: -1,
+            max_record_bytes: 1 << 20,
+            created_at_ms: 1_700_000_000_000,
+            cleanup_policy,
+            delete_retention_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn topic_records_round_trip_with_their_cleanup_policy() {
+        for policy in [
+            CleanupPolicy::Delete,
+            CleanupPolicy::Compact,
+            CleanupPolicy::CompactDelete,
+        ] {
+            let t = topic(policy);
+            assert_eq!(decode_topic(b"k", &encode_topic(&t)).unwrap(), t);
+        }
+        // Stored with Kafka's spelling, readable with etcdctl.
+        let json = String::from_utf8(encode_topic(&topic(CleanupPolicy::CompactDelete))).unwrap();
+        assert!(
+            json.contains(r#""cleanup_policy":"compact,delete""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""delete_retention_ms":60000"#), "{json}");
+    }
+
+    #[test]
+    fn topic_records_from_before_cleanup_policy_read_as_delete_with_a_day_of_tombstones() {
+        let old = br#"{"v":1,"name":"t","partitions":2,"retention_ms":604800000,"max_record_bytes":1048576,"created_at_ms":5}"#;
+        let t = decode_topic(b"k", old).unwrap();
+        assert_eq!(t.cleanup_policy, CleanupPolicy::Delete);
+        assert_eq!(t.delete_retention_ms, 86_400_000);
+        assert_eq!(t.retention_bytes, -1);
+        let unknown = br#"{"v":1,"name":"t","partitions":2,"retention_ms":1,"max_record_bytes":1,"created_at_ms":5,"cleanup_policy":"shred"}"#;
+        assert!(matches!(
+            decode_topic(b"k", unknown),
+            Err(MetaError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn cleanup_policies_parse_with_kafka_spellings() {
+        for policy in [
+            CleanupPolicy::Delete,
+            CleanupPolicy::Compact,
+            CleanupPolicy::CompactDelete,
+        ] {
+            assert_eq!(policy.to_string().parse::<CleanupPolicy>(), Ok(policy));
+            assert_eq!(policy.as_str(), policy.to_string());
+        }
+        assert_eq!(
+            "delete,compact".parse::<CleanupPolicy>(),
+            Ok(CleanupPolicy::CompactDelete)
+        );
+        assert_eq!(
+            "compact, delete".parse::<CleanupPolicy>(),
+            Ok(CleanupPolicy::CompactDelete)
+        );
+        assert_eq!(CleanupPolicy::default(), CleanupPolicy::Delete);
+        let (d, c, cd) = (
+            CleanupPolicy::Delete,
+            CleanupPolicy::Compact,
+            CleanupPolicy::CompactDelete,
+        );
+        assert!(d.deletes() && !d.compacts());
+        assert!(c.compacts() && !c.deletes());
+        assert!(cd.compacts() && cd.deletes());
+        for bad in [
+            "",
+            "Compact",
+            "compact,compact",
+            "compact,",
+            "shred",
+            "delete;compact",
+        ] {
+            let err = bad.parse::<CleanupPolicy>().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("'{bad}'")) && err.contains(r#""compact,delete""#),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -40,9 +40,8 @@ async fn create(
             name: name.into(),
             partitions,
             config: Some(TopicConfig {
-                retention_ms: None,
                 max_record_bytes,
-                retention_bytes: None,
+                ..TopicConfig::default()
             }),
         })
         .await

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use silt_metadata::codec::{BrokerRecord, SegmentCommit, SegmentEntry, TopicRecord};
+use silt_metadata::codec::{
+    BrokerRecord, CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, SegmentCommit, SegmentEntry,
+    TopicRecord,
+};
 use silt_metadata::{EmbeddedStore, LeaseId, ManualClock, MetaStore};
 
 use super::*;
@@ -72,6 +75,8 @@ pub(crate) fn topic(name: &str, partitions: u32) -> TopicRecord {
         retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 0,
+        cleanup_policy: CleanupPolicy::Delete,
+        delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
     }
 }
 
@@ -489,11 +494,11 @@ async fn routing_sends_each_part_to_its_owner_once() {
     let records = vec![
         RecordInput {
             key: Some(Bytes::from_static(b"21")),
-            value: Bytes::from_static(b"v"),
+            value: Some(Bytes::from_static(b"v")),
             ..RecordInput::default()
         },
         RecordInput {
-            value: Bytes::from_static(b"v"),
+            value: Some(Bytes::from_static(b"v")),
             partition: Some(3),
             ..RecordInput::default()
         },

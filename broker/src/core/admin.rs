@@ -85,7 +85,7 @@ impl Broker {
     pub async fn create_topic(&self, spec: &TopicSpec) -> Result<Arc<Topic>, BrokerError> {
         let record = self.defaults.record(spec, self.clock.now_ms())?;
         let topic = self.catalog.create_topic(record).await?;
-        tracing::info!(topic = %topic.record.name, partitions = topic.record.partitions, id = topic.id, "topic created");
+        tracing::info!(topic = %topic.record.name, partitions = topic.record.partitions, id = topic.id, cleanup_policy = %topic.record.cleanup_policy, "topic created");
         self.topics.insert(topic.clone());
         let mut changes = self.view.subscribe_topology();
         let all_owned = || {
@@ -102,7 +102,7 @@ impl Broker {
         Ok(Arc::new(topic))
     }
 
-    /// Changes a live topic's retention. A compare-and-set on the topic's record (and its id:
+    /// Changes a live topic's retention and cleanup policy. A compare-and-set on the topic's record (and its id:
     /// a topic deleted and re-created meanwhile is not changed), retried when another change
     /// got in first.
     pub async fn alter_topic(
@@ -126,7 +126,14 @@ impl Broker {
                     id: topic.id,
                     record,
                 };
-                tracing::info!(topic = %name, retention_ms = topic.record.retention_ms, retention_bytes = topic.record.retention_bytes, "topic altered");
+                tracing::info!(
+                    topic = %name,
+                    retention_ms = topic.record.retention_ms,
+                    retention_bytes = topic.record.retention_bytes,
+                    cleanup_policy = %topic.record.cleanup_policy,
+                    delete_retention_ms = topic.record.delete_retention_ms,
+                    "topic altered"
+                );
                 self.topics.insert(topic.clone());
                 return Ok(Arc::new(topic));
             }

@@ -27,7 +27,8 @@ use crate::observe::metrics::Metrics;
 #[derive(Debug, Clone, Default)]
 pub struct RecordInput {
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None`: a null value (a tombstone: in a compacted topic it deletes its key).
+    pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp_ms: Option<i64>,
     /// Set by the caller or by the [router](crate::core::routing); required here.
@@ -98,6 +99,15 @@ fn check_batches(
                 "batch {i} (partition {partition}) is invalid, nothing was stored: {e}"
             ))
         })?;
+        if valid.null_keys > 0 && topic.record.cleanup_policy.compacts() {
+            return Err(null_key(
+                topic,
+                format_args!(
+                    "batch {i} (partition {partition}) holds {} records without a key; nothing was stored:",
+                    valid.null_keys
+                ),
+            ));
+        }
         budget -= valid.uncompressed_bytes;
         records += u64::from(valid.record_count);
         bytes += batch.len() as u64;
@@ -111,6 +121,15 @@ fn check_batches(
         });
     }
     Ok((append, records, bytes))
+}
+
+/// A record without a key sent to a compacted topic: Kafka's INVALID_RECORD, here
+/// INVALID_ARGUMENT (key compaction keeps records by key; a null key has none).
+fn null_key(topic: &Topic, what: std::fmt::Arguments<'_>) -> BrokerError {
+    BrokerError::invalid(format!(
+        "{what} topic '{}' is compacted (cleanup_policy={}): every record needs a key",
+        topic.record.name, topic.record.cleanup_policy
+    ))
 }
 
 /// Validates and routes produce requests into the WAL cache.
@@ -219,7 +238,7 @@ impl ProducePath {
             .iter()
             .map(|r| {
                 r.key.as_ref().map_or(0, Bytes::len)
-                    + r.value.len()
+                    + r.value.as_ref().map_or(0, Bytes::len)
                     + r.headers
                         .iter()
                         .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
@@ -241,7 +260,7 @@ impl ProducePath {
         let mut group_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         for (i, r) in records.into_iter().enumerate() {
             let size = r.key.as_ref().map_or(0, Bytes::len)
-                + r.value.len()
+                + r.value.as_ref().map_or(0, Bytes::len)
                 + r.headers
                     .iter()
                     .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
@@ -257,6 +276,8 @@ impl ProducePath {
                     "record {i} is {size} bytes; topic '{}' accepts at most {max_record} (the topic's max_record_bytes)",
                     topic.record.name
                 )))
+            } else if r.key.is_none() && topic.record.cleanup_policy.compacts() {
+                Err(null_key(&topic, format_args!("record {i}")))
             } else if let Some(ts) = r.timestamp_ms.filter(|ts| *ts < 0) {
                 Err(BrokerError::invalid(format!(
                     "record {i} has negative timestamp {ts}"
@@ -274,7 +295,7 @@ impl ProducePath {
             }));
             let data = RecordData {
                 key: r.key,
-                value: Some(r.value),
+                value: r.value,
                 headers: r.headers,
                 timestamp_ms: r.timestamp_ms.unwrap_or(now),
             };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use silt_metadata::catalog::Topic;
-use silt_metadata::codec::TopicRecord;
+use silt_metadata::codec::{CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, TopicRecord};
 
 use crate::core::error::BrokerError;
 
@@ -52,6 +52,10 @@ pub struct TopicSpec {
     /// Most bytes kept per partition; -1 (the default): no size limit.
     pub retention_bytes: Option<i64>,
     pub max_record_bytes: Option<u32>,
+    /// Retention, key compaction or both; the default: retention (`delete`).
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// How long a compacted topic keeps a tombstone, in ms; the default: one day.
+    pub delete_retention_ms: Option<i64>,
 }
 
 /// A change to a live topic's settings; `None` keeps a setting as it is.
@@ -59,14 +63,16 @@ pub struct TopicSpec {
 pub struct TopicChange {
     pub retention_ms: Option<i64>,
     pub retention_bytes: Option<i64>,
+    pub cleanup_policy: Option<CleanupPolicy>,
+    pub delete_retention_ms: Option<i64>,
 }
 
 impl TopicChange {
     /// `record` with the change applied, checked as a create would check it.
     pub fn apply(&self, record: &TopicRecord) -> Result<TopicRecord, BrokerError> {
-        if self.retention_ms.is_none() && self.retention_bytes.is_none() {
+        if *self == TopicChange::default() {
             return Err(BrokerError::invalid(
-                "nothing to change: give a new retention_ms or retention_bytes",
+                "nothing to change: give a new retention_ms, retention_bytes, cleanup_policy or delete_retention_ms",
             ));
         }
         let mut new = record.clone();
@@ -77,6 +83,13 @@ impl TopicChange {
         if let Some(bytes) = self.retention_bytes {
             check_retention_bytes(bytes)?;
             new.retention_bytes = bytes;
+        }
+        if let Some(policy) = self.cleanup_policy {
+            new.cleanup_policy = policy;
+        }
+        if let Some(ms) = self.delete_retention_ms {
+            check_delete_retention_ms(ms)?;
+            new.delete_retention_ms = ms;
         }
         Ok(new)
     }
@@ -95,6 +108,15 @@ fn check_retention_bytes(retention_bytes: i64) -> Result<(), BrokerError> {
     if retention_bytes < -1 || retention_bytes == 0 {
         return Err(BrokerError::invalid(format!(
             "retention_bytes must be -1 (no size limit) or positive, got {retention_bytes}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_delete_retention_ms(delete_retention_ms: i64) -> Result<(), BrokerError> {
+    if delete_retention_ms < 0 {
+        return Err(BrokerError::invalid(format!(
+            "delete_retention_ms must be 0 (tombstones go at the next compaction) or positive, got {delete_retention_ms}"
         )));
     }
     Ok(())
@@ -123,6 +145,10 @@ impl TopicDefaults {
         check_retention_ms(retention_ms)?;
         let retention_bytes = spec.retention_bytes.unwrap_or(-1);
         check_retention_bytes(retention_bytes)?;
+        let delete_retention_ms = spec
+            .delete_retention_ms
+            .unwrap_or(DEFAULT_DELETE_RETENTION_MS);
+        check_delete_retention_ms(delete_retention_ms)?;
         let max_record_bytes = spec.max_record_bytes.unwrap_or(self.max_record_bytes);
         if max_record_bytes == 0 || max_record_bytes > self.max_batch_bytes {
             return Err(BrokerError::invalid(format!(
@@ -138,6 +164,8 @@ impl TopicDefaults {
             retention_bytes,
             max_record_bytes,
             created_at_ms: now_ms,
+            cleanup_policy: spec.cleanup_policy.unwrap_or_default(),
+            delete_retention_ms,
         })
     }
 }
@@ -243,6 +271,8 @@ mod tests {
                 retention_bytes: -1,
                 max_record_bytes: 1,
                 created_at_ms: 0,
+                cleanup_policy: CleanupPolicy::Delete,
+                delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
             },
         };
         let table = TopicTable::default();
@@ -251,6 +281,109 @@ mod tests {
         assert!(!table.is_live(5) && table.is_live(9));
         table.remove("t");
         assert!(!table.is_live(9) && table.all().is_empty());
+    }
+
+    const DEFAULTS: TopicDefaults = TopicDefaults {
+        retention_ms: 604_800_000,
+        max_record_bytes: 1 << 20,
+        max_batch_bytes: 1 << 20,
+    };
+
+    fn spec() -> TopicSpec {
+        TopicSpec {
+            name: "kv".into(),
+            partitions: 2,
+            ..TopicSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_new_topic_is_deleted_by_retention_and_keeps_tombstones_a_day_by_default() {
+        let t = DEFAULTS.record(&spec(), 7).unwrap();
+        assert_eq!(t.cleanup_policy, CleanupPolicy::Delete);
+        assert_eq!(t.delete_retention_ms, 86_400_000);
+        let t = DEFAULTS
+            .record(
+                &TopicSpec {
+                    cleanup_policy: Some(CleanupPolicy::Compact),
+                    delete_retention_ms: Some(0),
+                    ..spec()
+                },
+                7,
+            )
+            .unwrap();
+        assert_eq!(t.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(t.delete_retention_ms, 0);
+    }
+
+    #[test]
+    fn a_negative_delete_retention_is_refused_saying_what_to_give() {
+        let bad = TopicSpec {
+            delete_retention_ms: Some(-1),
+            ..spec()
+        };
+        let err = DEFAULTS.record(&bad, 7).unwrap_err();
+        assert_eq!(err.kind, crate::core::ErrorKind::Invalid);
+        assert!(
+            err.to_string().contains(
+                "delete_retention_ms must be 0 (tombstones go at the next compaction) or positive, got -1"
+            ),
+            "{err}"
+        );
+        let record = DEFAULTS.record(&spec(), 7).unwrap();
+        let change = TopicChange {
+            delete_retention_ms: Some(-5),
+            ..TopicChange::default()
+        };
+        let err = change.apply(&record).unwrap_err();
+        assert_eq!(err.kind, crate::core::ErrorKind::Invalid);
+        assert!(err.to_string().contains("got -5"), "{err}");
+    }
+
+    #[test]
+    fn a_change_sets_only_what_it_names() {
+        let record = DEFAULTS.record(&spec(), 7).unwrap();
+        let compact = TopicChange {
+            cleanup_policy: Some(CleanupPolicy::CompactDelete),
+            ..TopicChange::default()
+        }
+        .apply(&record)
+        .unwrap();
+        assert_eq!(
+            compact,
+            TopicRecord {
+                cleanup_policy: CleanupPolicy::CompactDelete,
+                ..record.clone()
+            }
+        );
+        let tombstones = TopicChange {
+            delete_retention_ms: Some(60_000),
+            ..TopicChange::default()
+        }
+        .apply(&compact)
+        .unwrap();
+        assert_eq!(
+            tombstones,
+            TopicRecord {
+                delete_retention_ms: 60_000,
+                ..compact
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_change_names_every_setting() {
+        let record = DEFAULTS.record(&spec(), 7).unwrap();
+        let err = TopicChange::default().apply(&record).unwrap_err();
+        assert_eq!(err.kind, crate::core::ErrorKind::Invalid);
+        for setting in [
+            "retention_ms",
+            "retention_bytes",
+            "cleanup_policy",
+            "delete_retention_ms",
+        ] {
+            assert!(err.to_string().contains(setting), "{err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `silt produce`: one record per input line through the fast-path [`Producer`]. Lines are read
 //! as bytes (no UTF-8 requirement), the trailing newline (`\n` or `\r\n`) stripped; with
 //! `--key-separator` a line is split at the first separator into key and value, and a line
-//! without it has a null key. Acknowledgements are counted as they arrive; the command reports
+//! without it has a null key; with `--null-marker` a value equal to the marker is sent as a null
+//! value (a tombstone, which deletes its key in a compacted topic), as Kafka's console producer
+//! does with `null.marker`. Acknowledgements are counted as they arrive; the command reports
 //! `acknowledged X of Y records` and fails if any record was not acknowledged.
 
 use std::path::PathBuf;
@@ -28,6 +30,11 @@ pub(crate) struct ProduceArgs {
     /// without it get a null key.
     #[arg(long)]
     key_separator: Option<String>,
+    /// Send a value equal to this marker (after the key is split off) as a null value: a
+    /// tombstone, which deletes its key in a compacted topic. E.g. with `--key-separator :
+    /// --null-marker NULL` the line `user-1:NULL` deletes `user-1`.
+    #[arg(long)]
+    null_marker: Option<String>,
     /// Send every record to this partition instead of hashing the key.
     #[arg(long)]
     partition: Option<u32>,
@@ -64,7 +71,11 @@ pub(crate) async fn run(broker: &str, args: ProduceArgs) -> anyhow::Result<ExitC
     let (futures_tx, futures_rx) = mpsc::unbounded_channel();
     let tally = tokio::spawn(count_acks(futures_rx, progress.clone()));
 
-    let separator = args.key_separator.as_deref().map(str::as_bytes);
+    let format = LineFormat {
+        key_separator: args.key_separator.as_deref().map(str::as_bytes),
+        null_marker: args.null_marker.as_deref().map(str::as_bytes),
+        partition: args.partition,
+    };
     let mut sent = 0u64;
     let mut refused: Option<ClientError> = None;
     let mut line = Vec::new();
@@ -73,7 +84,7 @@ pub(crate) async fn run(broker: &str, args: ProduceArgs) -> anyhow::Result<ExitC
         if lines.read_until(b'\n', &mut line).await? == 0 {
             break;
         }
-        let record = line_to_record(&line, separator, args.partition);
+        let record = format.record(&line);
         sent += 1;
         match producer.send(record).await {
             Ok(future) => {
@@ -98,22 +109,35 @@ pub(crate) async fn run(broker: &str, args: ProduceArgs) -> anyhow::Result<ExitC
     }
 }
 
-/// The record for one input line (with its newline).
-fn line_to_record(line: &[u8], separator: Option<&[u8]>, partition: Option<u32>) -> ProducerRecord {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let (key, value) = match separator.and_then(|sep| split_once(line, sep)) {
-        Some((key, value)) => (
-            Some(Bytes::copy_from_slice(key)),
-            Bytes::copy_from_slice(value),
-        ),
-        None => (None, Bytes::copy_from_slice(line)),
-    };
-    ProducerRecord {
-        key,
-        value,
-        partition,
-        ..ProducerRecord::default()
+/// How input lines become records.
+#[derive(Debug, Clone, Copy, Default)]
+struct LineFormat<'a> {
+    key_separator: Option<&'a [u8]>,
+    null_marker: Option<&'a [u8]>,
+    partition: Option<u32>,
+}
+
+impl LineFormat<'_> {
+    /// The record for one input line (with its newline).
+    fn record(&self, line: &[u8]) -> ProducerRecord {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (key, value) = match self.key_separator.and_then(|sep| split_once(line, sep)) {
+            Some((key, value)) => (Some(Bytes::copy_from_slice(key)), value),
+            None => (None, line),
+        };
+        let null_value = self.null_marker == Some(value);
+        ProducerRecord {
+            key,
+            value: if null_value {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(value)
+            },
+            null_value,
+            partition: self.partition,
+            ..ProducerRecord::default()
+        }
     }
 }
 
@@ -171,34 +195,76 @@ fn progress_bar() -> ProgressBar {
 mod tests {
     use super::*;
 
+    fn keyed(separator: &[u8]) -> LineFormat<'_> {
+        LineFormat {
+            key_separator: Some(separator),
+            ..LineFormat::default()
+        }
+    }
+
     #[test]
     fn lines_lose_their_newline() {
-        let r = line_to_record(b"hello\n", None, None);
+        let plain = LineFormat::default();
+        let r = plain.record(b"hello\n");
         assert_eq!((r.key, r.value), (None, Bytes::from_static(b"hello")));
-        let r = line_to_record(b"crlf\r\n", None, Some(3));
+        let r = LineFormat {
+            partition: Some(3),
+            ..plain
+        }
+        .record(b"crlf\r\n");
         assert_eq!(
             (r.value, r.partition),
             (Bytes::from_static(b"crlf"), Some(3))
         );
-        let r = line_to_record(b"last line without newline", None, None);
+        let r = plain.record(b"last line without newline");
         assert_eq!(r.value, Bytes::from_static(b"last line without newline"));
-        assert_eq!(line_to_record(b"\n", None, None).value, Bytes::new());
+        let empty = plain.record(b"\n");
+        assert_eq!((empty.value, empty.null_value), (Bytes::new(), false));
     }
 
     #[test]
     fn key_separator_splits_at_the_first_occurrence() {
-        let r = line_to_record(b"user-1::a::b\n", Some(b"::"), None);
+        let r = keyed(b"::").record(b"user-1::a::b\n");
         assert_eq!(r.key, Some(Bytes::from_static(b"user-1")));
         assert_eq!(r.value, Bytes::from_static(b"a::b"));
-        let r = line_to_record(b"no separator\n", Some(b"::"), None);
+        let r = keyed(b"::").record(b"no separator\n");
         assert_eq!(
             (r.key, r.value),
             (None, Bytes::from_static(b"no separator"))
         );
-        let r = line_to_record(b"\tvalue\n", Some(b"\t"), None);
+        let r = keyed(b"\t").record(b"\tvalue\n");
         assert_eq!(
             (r.key, r.value),
             (Some(Bytes::new()), Bytes::from_static(b"value"))
         );
+    }
+
+    #[test]
+    fn a_value_equal_to_the_null_marker_is_a_tombstone() {
+        let format = LineFormat {
+            null_marker: Some(b"NULL"),
+            ..keyed(b":")
+        };
+        let r = format.record(b"user-1:NULL\n");
+        assert_eq!(r, ProducerRecord::tombstone(Bytes::from_static(b"user-1")));
+        // Only the whole value matches; the key may be anything.
+        for line in [&b"user-1:NULLS\n"[..], b"user-1:\n", b"NULL:x\n"] {
+            let r = format.record(line);
+            assert!(!r.null_value, "{:?}", String::from_utf8_lossy(line));
+        }
+        // Without a separator the whole line is the value.
+        let r = LineFormat {
+            null_marker: Some(b"NULL"),
+            ..LineFormat::default()
+        }
+        .record(b"NULL\r\n");
+        assert_eq!((r.key, r.null_value, r.value), (None, true, Bytes::new()));
+        // An empty marker makes empty values null.
+        let r = LineFormat {
+            null_marker: Some(b""),
+            ..keyed(b":")
+        }
+        .record(b"k:\n");
+        assert!(r.null_value);
     }
 }

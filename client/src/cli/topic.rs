@@ -1,11 +1,11 @@
-//! `silt topic`: create, list, describe and delete topics through the `Admin` service, printing
-//! plain aligned tables.
+//! `silt topic`: create, alter, list, describe and delete topics through the `Admin` service,
+//! printing plain aligned tables.
 
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use clap::{Args, Subcommand};
-use silt_api::v1::TopicInfo;
+use clap::{Args, Subcommand, ValueEnum};
+use silt_api::v1::{AlterTopicRequest, TopicConfig, TopicInfo};
 
 use super::connect;
 
@@ -35,8 +35,17 @@ enum TopicCommand {
         /// Largest record accepted, in bytes [default: the broker's, 1 MiB].
         #[arg(long)]
         max_record_bytes: Option<u32>,
+        /// What removes old records: retention (delete), keeping only the latest record of each
+        /// key (compact; every record then needs a key), or both [default: delete].
+        #[arg(long, value_enum)]
+        cleanup_policy: Option<CleanupPolicy>,
+        /// How long a compacted topic keeps a tombstone (a record with a null value), in ms,
+        /// so consumers see the key's deletion [default: 86400000, one day].
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        delete_retention_ms: Option<i64>,
     },
-    /// Change a live topic's retention; the next retention pass applies it.
+    /// Change a live topic's retention or cleanup policy; the next retention and compaction
+    /// passes apply it.
     Alter {
         /// Topic name.
         name: String,
@@ -46,6 +55,12 @@ enum TopicCommand {
         /// Most bytes kept per partition (e.g. 10GiB; -1: no limit).
         #[arg(long, allow_negative_numbers = true, value_parser = parse_retention_bytes)]
         retention_bytes: Option<i64>,
+        /// What removes old records: retention (delete), key compaction (compact), or both.
+        #[arg(long, value_enum)]
+        cleanup_policy: Option<CleanupPolicy>,
+        /// How long a compacted topic keeps a tombstone, in ms.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        delete_retention_ms: Option<i64>,
     },
     /// List all topics.
     List,
@@ -61,6 +76,29 @@ enum TopicCommand {
     },
 }
 
+/// `--cleanup-policy`, with Kafka's spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CleanupPolicy {
+    /// Old records go by retention (time and size).
+    Delete,
+    /// Only the latest record of each key is kept; retention does not apply.
+    Compact,
+    /// Compacted by key, and old records go by retention too.
+    #[value(name = "compact,delete", alias = "delete,compact")]
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// The wire spelling.
+    fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+}
+
 pub(crate) async fn run(broker: &str, args: TopicArgs) -> anyhow::Result<ExitCode> {
     let client = connect(broker).await?;
     match args.command {
@@ -70,19 +108,24 @@ pub(crate) async fn run(broker: &str, args: TopicArgs) -> anyhow::Result<ExitCod
             retention_ms,
             retention_bytes,
             max_record_bytes,
+            cleanup_policy,
+            delete_retention_ms,
         } => {
-            let config = silt_api::v1::TopicConfig {
+            let config = TopicConfig {
                 retention_ms,
                 max_record_bytes,
                 retention_bytes,
+                cleanup_policy: cleanup_policy.map(|p| p.as_str().to_string()),
+                delete_retention_ms,
             };
             let topic = client.create_topic_with(&name, partitions, config).await?;
             println!(
-                "created topic '{}' with {} partitions (retention {}{}, max record bytes {})",
+                "created topic '{}' with {} partitions (retention {}{}, cleanup policy {}, max record bytes {})",
                 topic.name,
                 topic.partitions,
                 format_retention(topic.retention_ms),
                 format_size_limit(topic.retention_bytes),
+                format_cleanup(&topic),
                 topic.max_record_bytes
             );
         }
@@ -90,18 +133,32 @@ pub(crate) async fn run(broker: &str, args: TopicArgs) -> anyhow::Result<ExitCod
             name,
             retention_ms,
             retention_bytes,
+            cleanup_policy,
+            delete_retention_ms,
         } => {
-            if retention_ms.is_none() && retention_bytes.is_none() {
-                anyhow::bail!("nothing to change: give --retention-ms and/or --retention-bytes");
+            if retention_ms.is_none()
+                && retention_bytes.is_none()
+                && cleanup_policy.is_none()
+                && delete_retention_ms.is_none()
+            {
+                anyhow::bail!(
+                    "nothing to change: give --retention-ms, --retention-bytes, --cleanup-policy and/or --delete-retention-ms"
+                );
             }
-            let topic = client
-                .alter_topic(&name, retention_ms, retention_bytes)
-                .await?;
+            let request = AlterTopicRequest {
+                name,
+                retention_ms,
+                retention_bytes,
+                cleanup_policy: cleanup_policy.map(|p| p.as_str().to_string()),
+                delete_retention_ms,
+            };
+            let topic = client.alter_topic_with(request).await?;
             println!(
-                "altered topic '{}': retention {}{}",
+                "altered topic '{}': retention {}{}, cleanup policy {}",
                 topic.name,
                 format_retention(topic.retention_ms),
-                format_size_limit(topic.retention_bytes)
+                format_size_limit(topic.retention_bytes),
+                format_cleanup(&topic)
             );
         }
         TopicCommand::List => {
@@ -139,28 +196,58 @@ fn row<const N: usize>(cells: [impl Into<String>; N]) -> Vec<String> {
 
 /// The `topic list` table.
 fn topics_table(topics: &[TopicInfo]) -> String {
-    let mut rows = vec![row(["NAME", "PARTITIONS", "RETENTION", "MAX RECORD BYTES"])];
+    let mut rows = vec![row([
+        "NAME",
+        "PARTITIONS",
+        "RETENTION",
+        "CLEANUP POLICY",
+        "MAX RECORD BYTES",
+    ])];
     rows.extend(topics.iter().map(|t| {
         row([
             t.name.clone(),
             t.partitions.to_string(),
             format_retention(t.retention_ms),
+            cleanup_policy(t).to_string(),
             t.max_record_bytes.to_string(),
         ])
     }));
     table(&rows)
 }
 
+/// A topic's cleanup policy; a broker from before cleanup policies sends none and deletes.
+fn cleanup_policy(t: &TopicInfo) -> &str {
+    if t.cleanup_policy.is_empty() {
+        "delete"
+    } else {
+        &t.cleanup_policy
+    }
+}
+
+/// `delete`, or `compact (tombstones kept 1day)` for a compacted topic.
+fn format_cleanup(t: &TopicInfo) -> String {
+    let policy = cleanup_policy(t);
+    if policy.split(',').any(|p| p.trim() == "compact") {
+        format!(
+            "{policy} (tombstones kept {})",
+            format_retention(t.delete_retention_ms)
+        )
+    } else {
+        policy.to_string()
+    }
+}
+
 /// The first line of `topic describe`.
 fn topic_line(t: &TopicInfo) -> String {
     let created = UNIX_EPOCH + Duration::from_millis(u64::try_from(t.created_at_ms).unwrap_or(0));
     format!(
-        "topic {}  id {}  partitions {}  retention {}{}  max record bytes {}  created {}",
+        "topic {}  id {}  partitions {}  retention {}{}  cleanup policy {}  max record bytes {}  created {}",
         t.name,
         t.topic_id,
         t.partitions,
         format_retention(t.retention_ms),
         format_size_limit(t.retention_bytes),
+        format_cleanup(t),
         t.max_record_bytes,
         humantime::format_rfc3339_millis(created)
     )
@@ -245,13 +332,59 @@ mod tests {
                 partitions: 1,
                 retention_ms: 3_600_000,
                 max_record_bytes: 100,
+                cleanup_policy: "compact,delete".into(),
                 ..Default::default()
             },
         ];
         let out = topics_table(&topics);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "NAME    PARTITIONS  RETENTION  MAX RECORD BYTES");
-        assert_eq!(lines[1], "events  8           forever    1048576");
-        assert_eq!(lines[2], "a       1           1h         100");
+        assert_eq!(
+            lines[0],
+            "NAME    PARTITIONS  RETENTION  CLEANUP POLICY  MAX RECORD BYTES"
+        );
+        assert_eq!(
+            lines[1],
+            "events  8           forever    delete          1048576"
+        );
+        assert_eq!(
+            lines[2],
+            "a       1           1h         compact,delete  100"
+        );
+    }
+
+    #[test]
+    fn compacted_topics_show_how_long_tombstones_stay() {
+        let topic = |policy: &str| TopicInfo {
+            cleanup_policy: policy.into(),
+            delete_retention_ms: 86_400_000,
+            ..Default::default()
+        };
+        assert_eq!(format_cleanup(&topic("delete")), "delete");
+        assert_eq!(format_cleanup(&topic("")), "delete");
+        assert_eq!(
+            format_cleanup(&topic("compact")),
+            "compact (tombstones kept 1day)"
+        );
+        assert_eq!(
+            format_cleanup(&TopicInfo {
+                delete_retention_ms: 0,
+                ..topic("compact,delete")
+            }),
+            "compact,delete (tombstones kept 0s)"
+        );
+    }
+
+    #[test]
+    fn cleanup_policy_flags_take_kafka_spellings() {
+        for (flag, policy) in [
+            ("delete", CleanupPolicy::Delete),
+            ("compact", CleanupPolicy::Compact),
+            ("compact,delete", CleanupPolicy::CompactDelete),
+            ("delete,compact", CleanupPolicy::CompactDelete),
+        ] {
+            assert_eq!(CleanupPolicy::from_str(flag, false), Ok(policy), "{flag}");
+        }
+        assert_eq!(CleanupPolicy::CompactDelete.as_str(), "compact,delete");
+        assert!(CleanupPolicy::from_str("shred", false).is_err());
     }
 }

@@ -41,7 +41,8 @@ pub(crate) struct Limits {
 #[derive(Debug, Clone)]
 pub(crate) struct PendingRecord {
     pub(crate) key: Option<Bytes>,
-    pub(crate) value: Bytes,
+    /// `None`: a null value (a tombstone).
+    pub(crate) value: Option<Bytes>,
     pub(crate) headers: Vec<(String, Option<Bytes>)>,
     pub(crate) timestamp_ms: i64,
     pub(crate) partition: Option<u32>,
@@ -51,7 +52,7 @@ impl PendingRecord {
     /// The size this record counts for in batches and buffers.
     pub(crate) fn estimated_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.len()
+            + self.value.as_ref().map_or(0, Bytes::len)
             + self
                 .headers
                 .iter()
@@ -187,7 +188,7 @@ impl Accumulator {
         let index = batch.records.len();
         batch.records.push(RecordData {
             key: record.key,
-            value: Some(record.value),
+            value: record.value,
             headers: record.headers,
             timestamp_ms: record.timestamp_ms,
         });
@@ -328,7 +329,7 @@ mod tests {
     fn record(key: Option<&str>, partition: Option<u32>, value_len: usize) -> PendingRecord {
         PendingRecord {
             key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: Bytes::from(vec![b'v'; value_len]),
+            value: Some(Bytes::from(vec![b'v'; value_len])),
             headers: Vec::new(),
             timestamp_ms: 1,
             partition,

@@ -1,10 +1,13 @@
-//! The `silt` binary against the mock broker: topic commands, a produce → consume round trip,
-//! error messages and exit codes, and the fast-path benches' JSON output.
+//! The `silt` binary against the mock broker: topic commands (cleanup policies included), a
+//! produce → consume round trip, tombstones, error messages and exit codes, and the fast-path
+//! benches' JSON output.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use silt_client::Client;
+use bytes::Bytes;
+use silt_client::{Client, PartitionReader, StartSpec};
 
 use crate::mock::{dead_url, start, start_cluster};
 
@@ -90,6 +93,141 @@ async fn topic_commands() {
         stderr(&missing).trim(),
         "error: topic 'orders' does not exist (NOT_FOUND)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_policy_flags_and_tombstones() {
+    let (_mock, client) = start().await;
+    let created = silt(
+        &client,
+        &[
+            "topic",
+            "create",
+            "kv",
+            "--partitions",
+            "1",
+            "--cleanup-policy",
+            "compact",
+            "--delete-retention-ms",
+            "60000",
+        ],
+        "",
+    )
+    .await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stdout(&created).contains("cleanup policy compact (tombstones kept 1m)"),
+        "{}",
+        stdout(&created)
+    );
+    let list = stdout(&silt(&client, &["topic", "list"], "").await);
+    assert!(
+        list.lines().next().unwrap().contains("CLEANUP POLICY"),
+        "{list}"
+    );
+    assert!(list.contains("compact"), "{list}");
+    let describe = stdout(&silt(&client, &["topic", "describe", "kv"], "").await);
+    assert!(
+        describe.contains("cleanup policy compact (tombstones kept 1m)"),
+        "{describe}"
+    );
+
+    // Kafka's other spelling of both policies.
+    let altered = silt(
+        &client,
+        &["topic", "alter", "kv", "--cleanup-policy", "delete,compact"],
+        "",
+    )
+    .await;
+    assert!(altered.status.success(), "{}", stderr(&altered));
+    assert!(
+        stdout(&altered).contains("cleanup policy compact,delete (tombstones kept 1m)"),
+        "{}",
+        stdout(&altered)
+    );
+    let nothing = silt(&client, &["topic", "alter", "kv"], "").await;
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        stderr(&nothing).contains("nothing to change")
+            && stderr(&nothing).contains("--cleanup-policy")
+            && stderr(&nothing).contains("--delete-retention-ms"),
+        "{}",
+        stderr(&nothing)
+    );
+    for bad in [
+        ["--cleanup-policy", "shred"],
+        ["--delete-retention-ms", "-1"],
+    ] {
+        let out = silt(
+            &client,
+            &[
+                "topic",
+                "create",
+                "bad",
+                "--partitions",
+                "1",
+                bad[0],
+                bad[1],
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
+        assert!(stderr(&out).contains(bad[1]), "{bad:?}: {}", stderr(&out));
+    }
+    let policies = silt(
+        &client,
+        &["topic", "create", "bad", "-p", "1", "--cleanup-policy", "x"],
+        "",
+    )
+    .await;
+    assert!(
+        stderr(&policies).contains("delete, compact, compact,delete"),
+        "the allowed policies are named: {}",
+        stderr(&policies)
+    );
+
+    // A value equal to the null marker is a tombstone.
+    let produced = silt(
+        &client,
+        &[
+            "produce",
+            "kv",
+            "--key-separator",
+            ":",
+            "--null-marker",
+            "NULL",
+        ],
+        "a:1\nb:NULLS\na:NULL\n",
+    )
+    .await;
+    assert!(produced.status.success(), "{}", stderr(&produced));
+    let mut reader = PartitionReader::new(&client, "kv", 0, StartSpec::Earliest)
+        .await
+        .unwrap();
+    let read: Vec<(Option<Bytes>, Option<Bytes>)> = reader
+        .next_batch(Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, r.value))
+        .collect();
+    let bytes = |s: &'static str| Some(Bytes::from_static(s.as_bytes()));
+    assert_eq!(
+        read,
+        [
+            (bytes("a"), bytes("1")),
+            (bytes("b"), bytes("NULLS")),
+            (bytes("a"), None)
+        ]
+    );
+
+    // A compacted topic takes no record without a key.
+    let unkeyed = silt(&client, &["produce", "kv"], "no key\n").await;
+    assert_eq!(unkeyed.status.code(), Some(1));
+    let err = stderr(&unkeyed);
+    assert!(err.contains("acknowledged 0 of 1 records"), "{err}");
+    assert!(err.contains("every record needs a key"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

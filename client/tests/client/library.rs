@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use silt_api::v1::TopicConfig;
 use silt_client::partitioner::partition_for_key;
 use silt_client::{PartitionReader, Producer, ProducerConfig, ProducerRecord, StartSpec};
 use tonic::Code;
@@ -89,6 +90,54 @@ async fn produced_records_come_back_in_order_where_they_were_acked() {
     }
     assert_eq!(read, 3000);
     producer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_read_back_as_null_values() {
+    let (_mock, client) = start().await;
+    let config = TopicConfig {
+        cleanup_policy: Some("compact".into()),
+        ..TopicConfig::default()
+    };
+    let topic = client.create_topic_with("kv", 1, config).await.unwrap();
+    assert_eq!(topic.cleanup_policy, "compact");
+    let producer = Producer::new(&client, "kv", small_batches()).await.unwrap();
+    let kept = producer
+        .send(ProducerRecord::new("v").with_key("k"))
+        .await
+        .unwrap();
+    let deleted = producer.send(ProducerRecord::tombstone("k")).await.unwrap();
+    assert_eq!(kept.await.unwrap(), (0, 0));
+    assert_eq!(deleted.await.unwrap(), (0, 1));
+
+    // Refused alone, before anything is sent: a null value with bytes, no key in a compacted
+    // topic.
+    let bad = ProducerRecord {
+        null_value: true,
+        ..ProducerRecord::new("bytes").with_key("k")
+    };
+    let err = producer.send(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.to_string()
+            .contains("a record with null_value set must have an empty value"),
+        "{err}"
+    );
+    let err = producer.send(ProducerRecord::new("v")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.to_string().contains("every record needs a key"),
+        "{err}"
+    );
+    producer.close().await.unwrap();
+
+    let mut reader = PartitionReader::new(&client, "kv", 0, StartSpec::Earliest)
+        .await
+        .unwrap();
+    let read = reader.next_batch(Duration::ZERO).await.unwrap();
+    let values: Vec<_> = read.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(values, [Some(bytes::Bytes::from_static(b"v")), None]);
+    assert!(read.iter().all(|r| r.key.as_deref() == Some(&b"k"[..])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

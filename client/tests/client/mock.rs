@@ -38,6 +38,9 @@ pub(crate) struct Partition {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) topics: HashMap<String, Vec<Partition>>,
+    /// Each topic's cleanup settings as created or altered: (cleanup_policy,
+    /// delete_retention_ms), reported as they were given (the mock does not validate them).
+    pub(crate) cleanup: HashMap<String, (String, i64)>,
     /// Record limit the mock enforces (the topic advertises 0: no client-side check).
     pub(crate) max_record_bytes: usize,
     /// Produce calls to refuse with UNAVAILABLE before accepting.
@@ -55,6 +58,20 @@ pub(crate) struct State {
     pub(crate) received: HashMap<String, Vec<u32>>,
     pub(crate) not_owner_answers: u32,
     pub(crate) cluster_status_calls: u32,
+}
+
+impl State {
+    /// `topic` with the cleanup settings the mock keeps for it.
+    fn with_cleanup(&self, topic: TopicInfo) -> TopicInfo {
+        match self.cleanup.get(&topic.name) {
+            Some((policy, ms)) => TopicInfo {
+                cleanup_policy: policy.clone(),
+                delete_retention_ms: *ms,
+                ..topic
+            },
+            None => topic,
+        }
+    }
 }
 
 /// One mock broker: the shared state and the address it answers at.
@@ -246,21 +263,50 @@ impl Admin for Mock {
             .map(|_| Partition::default())
             .collect();
         state.topics.insert(request.name.clone(), partitions);
+        let config = request.config.unwrap_or_default();
+        let cleanup = (
+            config.cleanup_policy.unwrap_or_else(|| "delete".into()),
+            config.delete_retention_ms.unwrap_or(86_400_000),
+        );
+        state.cleanup.insert(request.name.clone(), cleanup);
         let topic = TopicInfo {
             name: request.name,
             partitions: request.partitions,
             ..Default::default()
         };
-        Ok(Response::new(CreateTopicResponse { topic: Some(topic) }))
+        Ok(Response::new(CreateTopicResponse {
+            topic: Some(state.with_cleanup(topic)),
+        }))
     }
 
+    /// Alters only the cleanup settings.
     async fn alter_topic(
         &self,
-        _request: Request<silt_api::v1::AlterTopicRequest>,
+        request: Request<silt_api::v1::AlterTopicRequest>,
     ) -> Result<Response<silt_api::v1::AlterTopicResponse>, Status> {
-        Err(Status::unimplemented(
-            "the mock broker does not alter topics",
-        ))
+        let request = request.into_inner();
+        let mut state = self.state();
+        let Some(partitions) = state.topics.get(&request.name).map(Vec::len) else {
+            return Err(Status::not_found(format!(
+                "topic '{}' does not exist",
+                request.name
+            )));
+        };
+        let cleanup = state.cleanup.entry(request.name.clone()).or_default();
+        if let Some(policy) = request.cleanup_policy {
+            cleanup.0 = policy;
+        }
+        if let Some(ms) = request.delete_retention_ms {
+            cleanup.1 = ms;
+        }
+        let topic = TopicInfo {
+            name: request.name,
+            partitions: partitions as u32,
+            ..Default::default()
+        };
+        Ok(Response::new(silt_api::v1::AlterTopicResponse {
+            topic: Some(state.with_cleanup(topic)),
+        }))
     }
 
     async fn delete_topic(
@@ -282,12 +328,14 @@ impl Admin for Mock {
         let topics = state
             .topics
             .iter()
-            .map(|(name, partitions)| TopicInfo {
-                name: name.clone(),
-                partitions: partitions.len() as u32,
-                retention_ms: -1,
-                max_record_bytes: 1 << 20,
-                ..Default::default()
+            .map(|(name, partitions)| {
+                state.with_cleanup(TopicInfo {
+                    name: name.clone(),
+                    partitions: partitions.len() as u32,
+                    retention_ms: -1,
+                    max_record_bytes: 1 << 20,
+                    ..Default::default()
+                })
             })
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
@@ -303,12 +351,12 @@ impl Admin for Mock {
             .topics
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("topic '{name}' does not exist")))?;
-        let topic = TopicInfo {
+        let topic = state.with_cleanup(TopicInfo {
             name,
             partitions: partitions.len() as u32,
             max_record_bytes: 0,
             ..Default::default()
-        };
+        });
         let offsets = partitions
             .iter()
             .enumerate()

@@ -57,6 +57,8 @@ fn topic(name: &str, partitions: u32) -> TopicRecord {
         retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 5,
+        cleanup_policy: crate::codec::CleanupPolicy::Delete,
+        delete_retention_ms: crate::codec::DEFAULT_DELETE_RETENTION_MS,
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use prost::Message;
 use silt_api::v1;
-use silt_metadata::codec::{self, OwnerRecord, SegmentCommit, TopicRecord};
+use silt_metadata::codec::{self, CleanupPolicy, OwnerRecord, SegmentCommit, TopicRecord};
 use silt_storage::batch::testing::{CODECS, compress, raw_batch, zero_records};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use silt_storage::segment::SegmentWriter;
@@ -64,6 +64,8 @@ fn main() {
         retention_bytes: -1,
         max_record_bytes: 1 << 20,
         created_at_ms: 0,
+        cleanup_policy: CleanupPolicy::CompactDelete,
+        delete_retention_ms: 86_400_000,
     };
     write("metadata_values", "topic", &codec::encode_topic(&topic));
     let commit = SegmentCommit {

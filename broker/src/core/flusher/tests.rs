@@ -2,7 +2,7 @@
 
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
-use silt_metadata::codec::TopicRecord;
+use silt_metadata::codec::{CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, TopicRecord};
 use silt_metadata::{EmbeddedStore, ManualClock, MetaStore};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use silt_storage::cache::ReadCacheConfig;
@@ -72,6 +72,8 @@ async fn setup(dyn_store: Arc<dyn ObjectStore>) -> Parts {
             retention_bytes: -1,
             max_record_bytes: 1 << 20,
             created_at_ms: 0,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
         })
         .await
         .unwrap();

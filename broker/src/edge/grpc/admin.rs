@@ -5,10 +5,11 @@ use std::sync::Arc;
 use silt_api::v1 as api;
 use silt_api::v1::admin_server::Admin;
 use silt_metadata::catalog::Topic;
+use silt_metadata::codec::CleanupPolicy;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use crate::core::{Broker, TopicChange, TopicSpec};
+use crate::core::{Broker, BrokerError, TopicChange, TopicSpec};
 
 /// `silt.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -25,7 +26,19 @@ fn info(t: &Topic) -> api::TopicInfo {
         retention_bytes: t.record.retention_bytes,
         max_record_bytes: t.record.max_record_bytes,
         created_at_ms: t.record.created_at_ms,
+        cleanup_policy: t.record.cleanup_policy.to_string(),
+        delete_retention_ms: t.record.delete_retention_ms,
     }
+}
+
+/// A wire `cleanup_policy`, when given: Kafka's spellings, anything else invalid.
+fn cleanup_policy(policy: Option<&str>) -> Result<Option<CleanupPolicy>, BrokerError> {
+    policy
+        .map(|p| {
+            p.parse::<CleanupPolicy>()
+                .map_err(|e| BrokerError::invalid(e.to_string()))
+        })
+        .transpose()
 }
 
 #[tonic::async_trait]
@@ -43,6 +56,8 @@ impl Admin for AdminService {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
             max_record_bytes: config.max_record_bytes,
+            cleanup_policy: cleanup_policy(config.cleanup_policy.as_deref()).map_err(to_status)?,
+            delete_retention_ms: config.delete_retention_ms,
         };
         let topic = self.broker.create_topic(&spec).await.map_err(to_status)?;
         Ok(Response::new(api::CreateTopicResponse {
@@ -59,6 +74,8 @@ impl Admin for AdminService {
         let change = TopicChange {
             retention_ms: req.retention_ms,
             retention_bytes: req.retention_bytes,
+            cleanup_policy: cleanup_policy(req.cleanup_policy.as_deref()).map_err(to_status)?,
+            delete_retention_ms: req.delete_retention_ms,
         };
         let topic = self
             .broker
@@ -185,5 +202,29 @@ impl Admin for AdminService {
                 .collect(),
             controller: status.controller.unwrap_or_default(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_policies_take_kafka_spellings_and_an_unknown_one_is_invalid_argument() {
+        assert_eq!(cleanup_policy(None).unwrap(), None);
+        assert_eq!(
+            cleanup_policy(Some("compact")).unwrap(),
+            Some(CleanupPolicy::Compact)
+        );
+        assert_eq!(
+            cleanup_policy(Some("delete,compact")).unwrap(),
+            Some(CleanupPolicy::CompactDelete)
+        );
+        let status = to_status(cleanup_policy(Some("shred")).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            r#"unknown cleanup_policy 'shred': use "delete", "compact" or "compact,delete""#
+        );
     }
 }

@@ -40,13 +40,24 @@ impl Log for LogService {
     ) -> Result<Response<api::ProduceResponse>, Status> {
         let hop = hop(&request);
         let req = request.into_inner();
-        let records = req.records.into_iter().map(record_from_wire).collect();
-        let results = self
-            .broker
-            .produce_records(hop, &req.topic, records)
-            .await
-            .map_err(produce_status)?;
-        let results = results
+        // A record the wire cannot carry into the core fails alone; the others go on.
+        let mut records = Vec::with_capacity(req.records.len());
+        let mut refused = Vec::new();
+        for (i, r) in req.records.into_iter().enumerate() {
+            match record_from_wire(r) {
+                Ok(r) => records.push(r),
+                Err(e) => refused.push((i, e.context(format_args!("record {i}")))),
+            }
+        }
+        let stored = if records.is_empty() && !refused.is_empty() {
+            Vec::new()
+        } else {
+            self.broker
+                .produce_records(hop, &req.topic, records)
+                .await
+                .map_err(produce_status)?
+        };
+        let results = with_refused(stored, refused)
             .into_iter()
             .map(|r| api::RecordResult {
                 outcome: Some(match r {
@@ -177,15 +188,42 @@ impl Log for LogService {
     }
 }
 
-/// A wire record as the core takes it.
-pub(super) fn record_from_wire(r: api::Record) -> RecordInput {
-    RecordInput {
+/// A wire record as the core takes it; `null_value` makes the value null, and then the wire's
+/// `value` must be empty.
+pub(super) fn record_from_wire(r: api::Record) -> Result<RecordInput, BrokerError> {
+    let value = match (r.null_value, r.value.is_empty()) {
+        (false, _) => Some(r.value),
+        (true, true) => None,
+        (true, false) => {
+            return Err(BrokerError::invalid(format!(
+                "a record with null_value set must have an empty value; this one has {} bytes",
+                r.value.len()
+            )));
+        }
+    };
+    Ok(RecordInput {
         key: r.key,
-        value: r.value,
+        value,
         headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
         timestamp_ms: r.timestamp_ms,
         partition: r.partition,
+    })
+}
+
+/// The results of the records the core took, with the refused ones put back at their places
+/// in the request.
+fn with_refused<T>(
+    stored: Vec<Result<T, BrokerError>>,
+    refused: Vec<(usize, BrokerError)>,
+) -> Vec<Result<T, BrokerError>> {
+    let mut out = Vec::with_capacity(stored.len() + refused.len());
+    let mut stored = stored.into_iter();
+    for (i, e) in refused {
+        out.extend(stored.by_ref().take(i - out.len()));
+        out.push(Err(e));
     }
+    out.extend(stored);
+    out
 }
 
 fn headers_to_wire(headers: Vec<(String, Option<bytes::Bytes>)>) -> Vec<api::Header> {
@@ -199,7 +237,8 @@ fn headers_to_wire(headers: Vec<(String, Option<bytes::Bytes>)>) -> Vec<api::Hea
 pub(super) fn record_to_wire(r: RecordInput) -> api::Record {
     api::Record {
         key: r.key,
-        value: r.value,
+        null_value: r.value.is_none(),
+        value: r.value.unwrap_or_default(),
         headers: headers_to_wire(r.headers),
         timestamp_ms: r.timestamp_ms,
         partition: r.partition,
@@ -241,5 +280,77 @@ fn fetched_to_wire(r: DecodedRecord) -> api::FetchedRecord {
         key: r.key,
         value: r.value,
         headers: headers_to_wire(r.headers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::core::{ErrorKind, RecordAck};
+
+    #[test]
+    fn null_value_is_a_tombstone_and_round_trips_through_the_forwarding_hop() {
+        let wire = api::Record {
+            key: Some(Bytes::from_static(b"k")),
+            null_value: true,
+            ..api::Record::default()
+        };
+        let input = record_from_wire(wire.clone()).unwrap();
+        assert_eq!(input.value, None);
+        assert_eq!(record_to_wire(input), wire);
+        // An empty value that is not null stays an empty value.
+        let empty = api::Record {
+            key: Some(Bytes::from_static(b"k")),
+            ..api::Record::default()
+        };
+        let input = record_from_wire(empty.clone()).unwrap();
+        assert_eq!(input.value, Some(Bytes::new()));
+        assert_eq!(record_to_wire(input), empty);
+    }
+
+    #[test]
+    fn null_value_with_a_value_is_refused() {
+        let e = record_from_wire(api::Record {
+            value: Bytes::from_static(b"abc"),
+            null_value: true,
+            ..api::Record::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(
+            e.to_string()
+                .contains("a record with null_value set must have an empty value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refused_records_keep_their_places_among_the_results() {
+        let ack = |offset| {
+            Ok(RecordAck {
+                partition: 0,
+                offset,
+            })
+        };
+        let refused = |i: usize| (i, BrokerError::invalid(format!("r{i}")));
+        let merged = with_refused(
+            vec![ack(10), ack(11)],
+            vec![refused(0), refused(2), refused(4)],
+        );
+        let shape: Vec<String> = merged
+            .into_iter()
+            .map(|r| match r {
+                Ok(a) => a.offset.to_string(),
+                Err(e) => e.message,
+            })
+            .collect();
+        assert_eq!(shape, ["r0", "10", "r2", "11", "r4"]);
+        assert_eq!(with_refused(vec![ack(1)], Vec::new()).len(), 1);
+        assert_eq!(
+            with_refused::<RecordAck>(Vec::new(), vec![refused(0), refused(1)]).len(),
+            2
+        );
     }
 }
