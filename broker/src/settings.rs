@@ -100,6 +100,9 @@ pub struct Settings {
     pub compaction_bytes_per_sec: u64,
     /// How often each broker looks for partitions to compact.
     pub compaction_check_ms: u64,
+    /// Most memory key compaction's map of keys takes per run.
+    #[serde(deserialize_with = "size::de")]
+    pub key_compaction_map_bytes: u64,
     /// An object no commit references is deleted after this long unreferenced.
     pub gc_grace_ms: u64,
     /// Address other brokers and clients reach this broker at; `None` = the bound address.
@@ -167,6 +170,7 @@ impl Default for Settings {
             compaction_max_delay_ms: 600_000,
             compaction_bytes_per_sec: 32 << 20,
             compaction_check_ms: 10_000,
+            key_compaction_map_bytes: 64 << 20,
             gc_grace_ms: 300_000,
             advertise: None,
             lease_ttl_ms: 5_000,
@@ -368,6 +372,13 @@ pub struct Cli {
     #[arg(long, env = "SILT_COMPACTION_CHECK_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_check_ms: Option<u64>,
+
+    /// Most memory key compaction's map of keys (each key's bytes and about 48 more) takes in
+    /// one run; a partition with more distinct keys is compacted a stretch at a time
+    /// [default: 64MiB].
+    #[arg(long, env = "SILT_KEY_COMPACTION_MAP_BYTES", value_parser = size::parse)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_compaction_map_bytes: Option<u64>,
 
     /// How long an object stays after no commit references it (compacted, expired, or never
     /// committed) before garbage collection deletes it: readers holding an older index finish

@@ -30,6 +30,9 @@
 /// move every group.
 pub const GROUP_SLOTS: u32 = 32;
 
+/// Marks a key-compacted object's commit id (`<first>-<last>.k<written at ms>`).
+const CLEANED_MARK: &str = ".k";
+
 /// The reserved topic id under which coordinator slots are owned (`owners/0…0/<slot>`). Topic
 /// ids are creation revisions, which start at 1, so no topic has it.
 pub const GROUP_SLOTS_TOPIC_ID: u64 = 0;
@@ -249,6 +252,27 @@ impl Keys {
     /// The id of a compacted object's commit: its topic, partition and offsets.
     pub fn part_id(topic_id: u64, partition: u32, first: i64, last: i64) -> String {
         format!("{topic_id:016x}/{partition}/{first:020}-{last:020}")
+    }
+
+    /// The id of a key-compacted object's commit: [`Self::part_id`] with the instant it was
+    /// written, so a range compacted again (tombstones expiring, new keys) never reuses a key
+    /// a reader or garbage collection may still hold.
+    pub fn cleaned_part_id(
+        topic_id: u64,
+        partition: u32,
+        first: i64,
+        last: i64,
+        at_ms: i64,
+    ) -> String {
+        format!(
+            "{}{CLEANED_MARK}{at_ms:013}",
+            Self::part_id(topic_id, partition, first, last)
+        )
+    }
+
+    /// True for an id from [`Self::cleaned_part_id`].
+    pub fn is_cleaned_part(id: &str) -> bool {
+        id.contains(CLEANED_MARK)
     }
 
     /// The commit key of a compacted object, `id` from [`Self::part_id`].

@@ -191,7 +191,7 @@ impl ClusterView {
                 }
             } else if let Some(id) = keys.parse_part(&kv.key) {
                 match codec::decode_segment(&kv.key, &kv.value) {
-                    Ok(c) => parts.push((id.to_string(), c)),
+                    Ok(c) => parts.push((kv.mod_revision, id.to_string(), c)),
                     Err(e) => warn!(error = %e, "skipping an unreadable compacted commit"),
                 }
             } else if keys.parse_topic(&kv.key).is_some() {
@@ -230,6 +230,10 @@ impl ClusterView {
                 })
                 .collect()
         };
+        // Compacted commits in the order they were made, as the watch would have applied
+        // them: a later compaction of a range wins over an earlier one still listed.
+        parts.sort_by_key(|(revision, _, _)| *revision);
+        let parts = parts.into_iter().map(|(_, id, c)| (id, c)).collect();
         self.index
             .load(of_live_topics(segments), of_live_topics(parts));
         self.set_applied(revision);

@@ -132,7 +132,7 @@ impl FetchPath {
         let data = if raw {
             let mut batches = Vec::new();
             let mut served = 0i64;
-            'outer: for range in &ranges {
+            'outer: for (range, entry) in ranges.iter().zip(&entries) {
                 for item in split_batches(range) {
                     let (header, batch) =
                         item.map_err(|e| corrupt(format!("stored batch: {e}")))?;
@@ -147,19 +147,21 @@ impl FetchPath {
                     next_offset = header.last_offset() + 1;
                     batches.push(batch);
                 }
+                // The whole entry was served: move past it even where key compaction left
+                // no record at its end.
+                next_offset = next_offset.max(entry.last_offset + 1);
             }
             self.metrics
                 .fetched(topic, served.max(0) as u64, bytes as u64);
             Fetched::Batches(batches)
         } else {
             let mut records = Vec::new();
-            for range in ranges {
+            for (range, entry) in ranges.into_iter().zip(&entries) {
                 bytes += range.len();
                 let decoded = decode_batches(range, offset)
                     .map_err(|e| corrupt(format!("stored batch: {e}")))?;
-                if let Some(last) = decoded.last() {
-                    next_offset = last.offset + 1;
-                }
+                // Past the whole entry, even where key compaction left no record at its end.
+                next_offset = next_offset.max(entry.last_offset + 1);
                 records.extend(decoded);
                 if bytes >= max_bytes {
                     break;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use object_store::path::Path;
 use silt_metadata::codec::{SegmentCommit, SegmentEntry};
+use silt_metadata::keys::Keys;
 use tokio::sync::watch;
 
 /// A committed segment object.
@@ -34,6 +35,9 @@ pub struct ObjectRef {
     pub kind: ObjectKind,
     /// When the object was written (the writer's clock).
     pub created_at_ms: i64,
+    /// Written by key compaction: its records are the latest of their keys as of that
+    /// compaction (the clean section of a compacted topic's log).
+    pub cleaned: bool,
 }
 
 /// What wrote an object.
@@ -53,6 +57,7 @@ impl ObjectRef {
             len: commit.object_len,
             kind,
             created_at_ms: commit.created_at_ms,
+            cleaned: kind == ObjectKind::Part && Keys::is_cleaned_part(id),
         })
     }
 }
@@ -77,6 +82,18 @@ pub struct CompactionPolicy {
     /// ... or once its oldest object was written before this instant (ms), so a quiet
     /// partition is compacted too.
     pub overdue_before_ms: i64,
+}
+
+/// A compacted topic's partition log that key compaction should rewrite: every committed
+/// entry from the log start on, contiguous, up to the first flush segment still too young.
+#[derive(Debug, Clone)]
+pub struct CleaningRun {
+    /// The entries, oldest first.
+    pub entries: Vec<IndexEntry>,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes of entries not yet key-compacted (the dirty section).
+    pub dirty_bytes: u64,
 }
 
 /// One partition's byte range in one segment object: the committed entry, with the object it
@@ -352,6 +369,48 @@ impl PartitionLog {
             return None;
         }
         flush(&run, bytes, false)
+    }
+
+    /// The run key compaction should rewrite, if one is due under `policy`: the log from its
+    /// start up to the first flush segment written after `policy.written_before_ms`. Due when
+    /// the dirty part (entries not written by key compaction) holds at least half its bytes
+    /// (Kafka's `min.cleanable.dirty.ratio`), or its oldest object was written before
+    /// `policy.overdue_before_ms` (Kafka's `max.compaction.lag.ms`), so the cost of rewriting
+    /// the clean part is at most about the dirty bytes themselves.
+    pub fn cleaning_run(&self, policy: &CompactionPolicy) -> Option<CleaningRun> {
+        let s = self.lock();
+        let mut run = CleaningRun {
+            entries: Vec::new(),
+            bytes: 0,
+            dirty_bytes: 0,
+        };
+        let mut oldest_dirty = i64::MAX;
+        for e in s.entries.iter() {
+            if e.first_offset >= s.high_watermark {
+                break;
+            }
+            if e.last_offset < s.log_start {
+                continue;
+            }
+            let continues = run
+                .entries
+                .last()
+                .is_none_or(|last| last.last_offset + 1 == e.first_offset);
+            let settled = e.object.kind == ObjectKind::Part
+                || e.object.created_at_ms < policy.written_before_ms;
+            if !continues || !settled {
+                break;
+            }
+            run.bytes += u64::from(e.length);
+            if !e.object.cleaned {
+                run.dirty_bytes += u64::from(e.length);
+                oldest_dirty = oldest_dirty.min(e.object.created_at_ms);
+            }
+            run.entries.push(e.clone());
+        }
+        let due = run.dirty_bytes > 0
+            && (run.dirty_bytes * 2 >= run.bytes || oldest_dirty < policy.overdue_before_ms);
+        due.then_some(run)
     }
 
     /// True when `entry` of object `object_id` was copied by compaction: the index holds, at
@@ -817,5 +876,68 @@ mod tests {
         assert_eq!(log.offsets().log_start, 5);
         assert_eq!(log.entries_from(0, 1 << 20).1.len(), 1);
         assert_eq!(log.expired_end(150), None);
+    }
+
+    #[test]
+    fn key_compaction_runs_over_the_settled_log_when_the_dirty_part_is_due() {
+        let index = LogIndex::new();
+        // Segments of 100 bytes written at 1000, 2000, 3000, 4000.
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let first = i as i64 * 5;
+            let mut c = commit(name, &[(0, first, first + 4, 100)]);
+            c.created_at_ms = (i as i64 + 1) * 1000;
+            index.apply(name, &c);
+        }
+        let log = index.partition(1, 0);
+        let policy = |written_before_ms, overdue_before_ms| CompactionPolicy {
+            written_before_ms,
+            target_bytes: 1 << 20,
+            overdue_before_ms,
+        };
+        let ids = |run: &CleaningRun| {
+            run.entries
+                .iter()
+                .map(|e| e.object.id.clone())
+                .collect::<Vec<_>>()
+        };
+        // All dirty: due, up to the first segment too young.
+        let run = log.cleaning_run(&policy(3_500, 0)).unwrap();
+        assert_eq!(ids(&run), vec!["a", "b", "c"]);
+        assert_eq!((run.bytes, run.dirty_bytes), (300, 300));
+        // A key-compacted object over 0..=9 (clean), then c and d dirty.
+        let id = Keys::cleaned_part_id(1, 0, 0, 9, 5_000);
+        let mut cleaned = part(0, 9, 200);
+        cleaned.created_at_ms = 5_000;
+        index.apply_part(&id, &cleaned);
+        assert!(log.entries_from(0, 1).1[0].object.cleaned);
+        // Dirty c (100 bytes) is under half of 300 bytes: not due until it is overdue.
+        assert!(log.cleaning_run(&policy(3_500, 0)).is_none());
+        let run = log.cleaning_run(&policy(3_500, 3_500)).unwrap();
+        assert_eq!(ids(&run), vec![id.clone(), "c".into()]);
+        assert_eq!((run.bytes, run.dirty_bytes), (300, 100));
+        // With d settled too, the dirty part is half: due.
+        let run = log.cleaning_run(&policy(10_000, 0)).unwrap();
+        assert_eq!(ids(&run), vec![id.clone(), "c".into(), "d".into()]);
+        // Nothing dirty: never due.
+        let mut all = part(0, 19, 300);
+        all.created_at_ms = 6_000;
+        index.apply_part(&Keys::cleaned_part_id(1, 0, 0, 19, 6_000), &all);
+        assert!(log.cleaning_run(&policy(10_000, 10_000)).is_none());
+    }
+
+    #[test]
+    fn a_range_compacted_again_replaces_the_earlier_object() {
+        let index = LogIndex::new();
+        index.apply("a", &commit("a", &[(0, 0, 4, 100)]));
+        let first = Keys::cleaned_part_id(1, 0, 0, 4, 1_000);
+        let second = Keys::cleaned_part_id(1, 0, 0, 4, 2_000);
+        assert_ne!(first, second);
+        index.apply_part(&first, &part(0, 4, 50));
+        index.apply_part(&second, &part(0, 4, 40));
+        let log = index.partition(1, 0);
+        assert_eq!(offsets_of(&log), vec![(0, 4, second.clone())]);
+        let e = &log.entries_from(0, 1).1[0];
+        assert!(log.superseded(&e.entry, &first));
+        assert!(!log.superseded(&e.entry, &second));
     }
 }

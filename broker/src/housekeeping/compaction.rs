@@ -44,7 +44,7 @@ use crate::observe::metrics::{CompactionOutcome, Metrics};
 pub const ENTRY_BYTES: u32 = 1 << 20;
 
 /// Entry reads in flight at once during a run.
-const READ_CONCURRENCY: usize = 8;
+pub(super) const READ_CONCURRENCY: usize = 8;
 
 /// When and how fast compaction runs.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,8 @@ pub struct CompactionSettings {
     /// delete an unreferenced object once it was listed unreferenced for the grace period, so
     /// a swap must land well inside it.
     pub swap_deadline: Duration,
+    /// Most bytes key compaction's map of keys may take per run.
+    pub key_map_bytes: usize,
 }
 
 /// Compacts the partitions this broker owns.
@@ -112,18 +114,17 @@ impl Compactor {
             let Some(topic) = live.get(&topic_id) else {
                 continue;
             };
+            if topic.record.cleanup_policy.compacts() {
+                self.clean_partition(topic, partition, &mut pass, cancel)
+                    .await?;
+                continue;
+            }
             // A partition's due runs, one after the other (each swap changes what is due).
             loop {
                 if cancel.is_cancelled() {
                     return Ok(pass);
                 }
-                let now = self.clock.now_ms();
-                let policy = CompactionPolicy {
-                    written_before_ms: now.saturating_sub(self.settings.min_age.as_millis() as i64),
-                    target_bytes: self.settings.target_bytes,
-                    overdue_before_ms: now
-                        .saturating_sub(self.settings.max_delay.as_millis() as i64),
-                };
+                let policy = self.policy();
                 let log = self.index.partition(topic_id, partition);
                 let Some(run) = log.compaction_run(&policy) else {
                     break;
@@ -154,6 +155,57 @@ impl Compactor {
             );
         }
         Ok(pass)
+    }
+
+    /// Key-compacts a partition of a compacted topic if a run is due.
+    async fn clean_partition(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        pass: &mut CompactionPass,
+        cancel: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let policy = self.policy();
+        let log = self.index.partition(topic.id, partition);
+        let Some(run) = log.cleaning_run(&policy) else {
+            return Ok(());
+        };
+        match self.clean(topic, partition, &run, cancel).await {
+            Ok(Some(cleaned)) => {
+                pass.runs += cleaned.objects;
+                pass.bytes += cleaned.read;
+                self.metrics
+                    .compaction(CompactionOutcome::Committed, cleaned.read);
+                debug!(
+                    topic = %topic.record.name,
+                    partition,
+                    objects = cleaned.objects,
+                    read = cleaned.read,
+                    written = cleaned.written,
+                    dropped = cleaned.dropped,
+                    "key-compacted a partition"
+                );
+                Ok(())
+            }
+            Ok(None) => {
+                self.metrics.compaction(CompactionOutcome::Refused, 0);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.compaction(CompactionOutcome::Failed, 0);
+                Err(e)
+            }
+        }
+    }
+
+    /// When runs are due, as of now.
+    fn policy(&self) -> CompactionPolicy {
+        let now = self.clock.now_ms();
+        CompactionPolicy {
+            written_before_ms: now.saturating_sub(self.settings.min_age.as_millis() as i64),
+            target_bytes: self.settings.target_bytes,
+            overdue_before_ms: now.saturating_sub(self.settings.max_delay.as_millis() as i64),
+        }
     }
 
     /// Copies one run into a new object and swaps the index to it. `Ok(false)`: refused (the
@@ -254,7 +306,7 @@ impl Compactor {
 }
 
 /// One entry's bytes, checked against its CRC32C.
-async fn read_entry(
+pub(super) async fn read_entry(
     store: Arc<dyn ObjectStore>,
     e: IndexEntry,
 ) -> Result<(IndexEntry, bytes::Bytes), BrokerError> {

@@ -3,7 +3,10 @@
 //! - **Retention** moves each partition's log start offset past whole index entries whose newest
 //!   record is older than the topic's `retention_ms`, or past its newest `retention_bytes` of
 //!   batches per partition, and records it in metadata.
-//! - **Compaction** ([`compaction`]) copies a partition's entries into per-partition objects.
+//!   Topics whose `cleanup_policy` is `compact` alone have no retention.
+//! - **Compaction** ([`compaction`]) copies a partition's entries into per-partition objects;
+//!   in compacted topics, **key compaction** ([`key_compaction`]) does it keeping only the
+//!   latest record of each key.
 //! - **Commit GC** forgets a commit (a flush segment's or a compacted object's key) once *every*
 //!   entry in it is dead: its topic was deleted, its records are below their partition's log
 //!   start, or compaction copied them into another object the index holds.
@@ -17,6 +20,7 @@
 //!   are fenced, so their commits can never land.
 
 pub mod compaction;
+pub mod key_compaction;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -130,7 +134,9 @@ impl Housekeeper {
     ) -> Result<(), BrokerError> {
         for topic in self.topics.all() {
             let (by_time, by_size) = (topic.record.retention_ms, topic.record.retention_bytes);
-            if by_time < 0 && by_size < 0 {
+            // A compacted topic without `delete` in its policy keeps every key's latest
+            // record however old (Kafka's `cleanup.policy=compact`).
+            if by_time < 0 && by_size < 0 || !topic.record.cleanup_policy.deletes() {
                 continue;
             }
             let cutoff = (by_time >= 0).then(|| now.saturating_sub(by_time));

@@ -299,6 +299,8 @@ impl Builder {
                     max_delay: Duration::from_millis(s.compaction_max_delay_ms),
                     bytes_per_sec: s.compaction_bytes_per_sec,
                     swap_deadline: Duration::from_millis(s.gc_grace_ms / 2),
+                    key_map_bytes: usize::try_from(s.key_compaction_map_bytes)
+                        .unwrap_or(usize::MAX),
                 },
                 seq: Default::default(),
             });

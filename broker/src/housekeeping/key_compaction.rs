@@ -1,0 +1,336 @@
+//! Key compaction: in a topic whose `cleanup_policy` includes `compact`, the owner of each
+//! partition rewrites the log keeping only the latest record of each key, as Kafka's log
+//! cleaner does. Surviving records keep their offsets (gaps are allowed in compacted topics
+//! only); a record with a null value (a tombstone) deletes its key, and is itself dropped once
+//! its timestamp is older than the topic's `delete_retention_ms`, so consumers that read the
+//! old value have that long to see the delete. The tail not yet compacted reads as written.
+//!
+//! One run covers the log from its start up to the first flush segment younger than
+//! `--compaction-min-age-ms` ([`PartitionLog::cleaning_run`]), and is due when the dirty
+//! section (entries key compaction did not write) holds half its bytes or is older than
+//! `--compaction-max-delay-ms`:
+//!
+//! 1. **Map**: read the dirty entries and note the latest offset of every key. The clean
+//!    section needs no pass: each of its keys appears once, and the dirty section supersedes
+//!    it. The map is bounded by `--key-compaction-map-bytes`; when full, the run ends at the
+//!    entry that filled it and the rest waits for the next run.
+//! 2. **Rewrite**: read the run again in offset order and thin each batch
+//!    ([`retain_records`]): a record goes when a later record of its key exists, or when it is
+//!    an expired tombstone. Batches keep their base and last offsets; a stretch left with no
+//!    record keeps an empty batch spanning its offsets, so every output entry covers exactly
+//!    the input entries it replaces. Objects of about `--compaction-target-bytes` are PUT and
+//!    swapped one by one, oldest first, fenced like plain compaction
+//!    ([`Catalog::commit_part`]); a refused or failed swap ends the run, so a tombstone never
+//!    goes while an older value of its key is still in the log.
+//!
+//! Commit ids carry the compaction's instant ([`Keys::cleaned_part_id`]): a range compacted
+//! again gets a new key, and the old one is forgotten by garbage collection once superseded,
+//! like any compacted commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use silt_metadata::catalog::Topic;
+use silt_metadata::codec::SegmentCommit;
+use silt_metadata::keys::Keys;
+use silt_storage::batch::{
+    BatchHeader, KeyedRecord, Retained, empty_batch, retain_records, split_batches,
+};
+use silt_storage::segment::SegmentWriter;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::compaction::{Compactor, ENTRY_BYTES, READ_CONCURRENCY, read_entry};
+use crate::core::BrokerError;
+use crate::core::log_index::{CleaningRun, IndexEntry};
+
+/// What a key of the map costs beyond its bytes (hash table slot, offset, allocation).
+const KEY_OVERHEAD: usize = 48;
+
+/// What one key compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Objects swapped in.
+    pub objects: usize,
+    /// Bytes read (both passes).
+    pub read: u64,
+    /// Bytes written.
+    pub written: u64,
+    /// Records dropped (superseded or expired tombstones).
+    pub dropped: u64,
+}
+
+/// Paces reads to `bytes_per_sec` since `started`.
+struct Pace {
+    started: tokio::time::Instant,
+    bytes_per_sec: u64,
+    read: u64,
+}
+
+impl Pace {
+    /// Counts `bytes` read and waits until they are within the rate; false when cancelled.
+    async fn read(&mut self, bytes: usize, cancel: &CancellationToken) -> bool {
+        self.read += bytes as u64;
+        let due = Duration::from_secs_f64(self.read as f64 / self.bytes_per_sec as f64);
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep_until(self.started + due) => true,
+        }
+    }
+}
+
+impl Compactor {
+    /// Key-compacts `run` of a partition of `topic`. `Ok(None)`: nothing was swapped (the
+    /// partition moved, the topic went, or cancelled).
+    pub(super) async fn clean(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        run: &CleaningRun,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Cleaned>, BrokerError> {
+        let pid = (topic.id, partition);
+        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
+        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+            return Ok(None);
+        };
+        let mut pace = Pace {
+            started: tokio::time::Instant::now(),
+            bytes_per_sec: self.settings.bytes_per_sec,
+            read: 0,
+        };
+        let mut cleaned = Cleaned::default();
+
+        // Pass 1: the latest offset of each key in the dirty section.
+        let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut map_bytes = 0usize;
+        let mut end = run.entries.len();
+        let dirty: Vec<(usize, IndexEntry)> = run
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.object.cleaned)
+            .map(|(i, e)| (i, e.clone()))
+            .collect();
+        let first_dirty = dirty.first().map_or(0, |(i, _)| *i);
+        let mut reads = futures::stream::iter(dirty.into_iter().map(|(i, e)| {
+            let store = self.store.clone();
+            async move { read_entry(store, e).await.map(|(e, b)| (i, e, b)) }
+        }))
+        .buffered(READ_CONCURRENCY);
+        while let Some(next) = reads.next().await {
+            let (i, e, bytes) = next?;
+            if map_bytes > self.settings.key_map_bytes && i > first_dirty {
+                debug!(
+                    topic = %topic.record.name,
+                    partition,
+                    keys = latest.len(),
+                    up_to = e.first_offset,
+                    "the key map is full; this run stops here"
+                );
+                end = i;
+                break;
+            }
+            for item in split_batches(&bytes) {
+                let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
+                retain_records(&header, &batch, |r| {
+                    if let Some(key) = r.key {
+                        match latest.get_mut(key) {
+                            Some(offset) => *offset = r.offset,
+                            None => {
+                                map_bytes += key.len() + KEY_OVERHEAD;
+                                latest.insert(key.to_vec(), r.offset);
+                            }
+                        }
+                    }
+                    true
+                })
+                .map_err(|err| damaged(&e, &err))?;
+            }
+            if !pace.read(bytes.len(), cancel).await {
+                return Ok(None);
+            }
+        }
+        drop(reads);
+
+        // Pass 2: rewrite the run, oldest first, swapping each object as it fills.
+        let entries = &run.entries[..end];
+        let now = self.clock.now_ms();
+        let horizon = now.saturating_sub(topic.record.delete_retention_ms);
+        let mut dropped = 0u64;
+        let mut keep = |r: &KeyedRecord<'_>| {
+            let superseded = r
+                .key
+                .and_then(|k| latest.get(k))
+                .is_some_and(|latest| r.offset < *latest);
+            let expired = r.null_value && r.key.is_some() && r.timestamp_ms < horizon;
+            let kept = !superseded && !expired;
+            dropped += u64::from(!kept);
+            kept
+        };
+        let mut reads = futures::stream::iter(entries.iter().cloned().map(|e| {
+            let store = self.store.clone();
+            read_entry(store, e)
+        }))
+        .buffered(READ_CONCURRENCY);
+        let mut out: Option<Output> = None;
+        let mut index = 0usize;
+        while let Some(next) = reads.next().await {
+            let (e, bytes) = next?;
+            index += 1;
+            let o = out.get_or_insert_with(|| {
+                Output::new(
+                    topic.id,
+                    partition,
+                    e.first_offset,
+                    now,
+                    self.settings.target_bytes,
+                )
+            });
+            if o.entry_first.is_none() {
+                o.entry_first = Some(e.first_offset);
+            }
+            for item in split_batches(&bytes) {
+                let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
+                match retain_records(&header, &batch, &mut keep).map_err(|err| damaged(&e, &err))? {
+                    Retained::All => o.writer.push_stored_batch(&batch, &header),
+                    Retained::Some(thin) => {
+                        let h = BatchHeader::read(&thin).map_err(|err| damaged(&e, &err))?;
+                        o.writer.push_stored_batch(&thin, &h);
+                    }
+                    Retained::Nothing => {}
+                }
+            }
+            o.last = e.last_offset;
+            let last_input = index == entries.len();
+            let full = o.writer_bytes() >= self.settings.target_bytes;
+            if o.writer.open_entry_len() >= ENTRY_BYTES || full || last_input {
+                o.close_entry(e.max_timestamp);
+            }
+            if full || last_input {
+                let o = out.take().expect("an output is open");
+                let written = o.writer_bytes();
+                if !self.swap(topic, partition, &fence, o, now).await? {
+                    return Ok((cleaned.objects > 0).then_some(cleaned));
+                }
+                cleaned.objects += 1;
+                cleaned.written += written;
+            }
+            if !pace.read(bytes.len(), cancel).await {
+                return Ok((cleaned.objects > 0).then_some(cleaned));
+            }
+        }
+        cleaned.read = pace.read;
+        cleaned.dropped = dropped;
+        Ok(Some(cleaned))
+    }
+
+    /// PUTs one output object and swaps the index to it; false when refused (or too late).
+    async fn swap(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        fence: &silt_metadata::catalog::WriterFence,
+        o: Output,
+        now: i64,
+    ) -> Result<bool, BrokerError> {
+        let (first, last) = (o.first, o.last);
+        let (object, entries) = o.writer.finish();
+        let id = Keys::cleaned_part_id(topic.id, partition, first, last, now);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = Path::from(format!(
+            "parts/{id}-{}-{:016x}-{seq}.seg",
+            fence.broker_id, fence.incarnation
+        ));
+        let commit = SegmentCommit {
+            object: path.to_string(),
+            object_len: object.len() as u64,
+            created_at_ms: now,
+            entries,
+        };
+        self.store
+            .put(&path, PutPayload::from_bytes(object))
+            .await
+            .map_err(|err| {
+                BrokerError::unavailable(format!("key compaction could not write {path}: {err}"))
+            })?;
+        let put_done = tokio::time::Instant::now();
+        crate::failpoint::hit("compaction-after-put");
+        if put_done.elapsed() > self.settings.swap_deadline {
+            warn!(object = %path, "key compaction took too long to swap safely; its object is left to garbage collection");
+            return Ok(false);
+        }
+        match self.catalog.commit_part(fence, topic, &id, &commit).await {
+            Ok(Some(_)) => {
+                self.index.apply_part(&id, &commit);
+                debug!(object = %path, first, last, "key-compacted");
+                Ok(true)
+            }
+            Ok(None) => {
+                debug!(object = %path, "key compaction swap refused (partition moved or topic gone)");
+                if let Err(e) = self.store.delete(&path).await {
+                    debug!(object = %path, error = %e, "could not delete a refused compaction's object; garbage collection will");
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// One output object being written.
+struct Output {
+    writer: SegmentWriter,
+    topic_id: u64,
+    partition: u32,
+    /// Offsets the object covers so far.
+    first: i64,
+    last: i64,
+    /// First offset of the open output entry (`None`: no entry open).
+    entry_first: Option<i64>,
+}
+
+impl Output {
+    fn new(topic_id: u64, partition: u32, first: i64, now: i64, target: u64) -> Self {
+        let mut writer = SegmentWriter::new(now, target.min(256 << 20) as usize + 4096);
+        writer.begin_entry(topic_id, partition);
+        Self {
+            writer,
+            topic_id,
+            partition,
+            first,
+            last: first - 1,
+            entry_first: Some(first),
+        }
+    }
+
+    fn writer_bytes(&self) -> u64 {
+        self.writer.len() as u64
+    }
+
+    /// Ends the open entry at the last input entry's end: an entry that lost every record
+    /// keeps an empty batch spanning its offsets. The next input starts a new entry.
+    fn close_entry(&mut self, timestamp_ms: i64) {
+        let Some(first) = self.entry_first.take() else {
+            return;
+        };
+        if self.writer.open_entry_len() == 0 {
+            let empty = empty_batch(first, self.last, timestamp_ms);
+            let header = BatchHeader::read(&empty).expect("an empty batch has a header");
+            self.writer.push_stored_batch(&empty, &header);
+        }
+        self.writer.set_open_range(first, self.last);
+        self.writer.begin_entry(self.topic_id, self.partition);
+    }
+}
+
+fn damaged(e: &IndexEntry, err: &dyn std::fmt::Display) -> BrokerError {
+    BrokerError::internal(format!(
+        "key compaction found a batch of entry {}..={} of {} it cannot read, and leaves the log as it is: {err}",
+        e.first_offset, e.last_offset, e.object.path
+    ))
+}

@@ -1,0 +1,333 @@
+//! Key compaction on a real cluster (etcd + the shared object store): a topic with
+//! `cleanup_policy=compact` ends up holding exactly the latest record of each key, at the
+//! offset it was acknowledged at, as the model the test keeps says; tombstones stay for
+//! `delete_retention_ms` and then go; every read while compaction runs agrees with what was
+//! produced and never loses a key's latest record; a broker restarted from metadata alone reads
+//! the same log; records without a key are refused.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use silt_api::v1::{PartitionBatch, ProduceBatchesRequest, ProduceRequest, Record, TopicConfig};
+use silt_client::{PartitionReader, StartSpec};
+use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
+use silt_tests::{BrokerOptions, Cluster};
+
+const TTL_MS: u64 = 2_000;
+const KEYS: u64 = 40;
+
+fn fast_lifecycle(options: BrokerOptions) -> BrokerOptions {
+    options
+        .arg("--compaction-target-bytes", "64KiB")
+        .arg("--compaction-min-age-ms", 0)
+        .arg("--compaction-max-delay-ms", 300)
+        .arg("--compaction-check-ms", 100)
+        .arg("--compaction-bytes-per-sec", "64MiB")
+        .arg("--gc-grace-ms", 2_000)
+        .arg("--retention-check-ms", 200)
+}
+
+/// What a partition holds at an offset: the key and the value (`None`: a tombstone).
+type Log = BTreeMap<i64, (Bytes, Option<Bytes>)>;
+
+/// Everything produced, per partition, at the offsets the broker acknowledged.
+#[derive(Default)]
+struct Model {
+    produced: Vec<Log>,
+}
+
+impl Model {
+    fn new(partitions: u32) -> Self {
+        Self {
+            produced: vec![Log::new(); partitions as usize],
+        }
+    }
+
+    /// The log key compaction converges to: each key's latest record; its tombstone too while
+    /// tombstones are kept.
+    fn compacted(&self, partition: u32, keep_tombstones: bool) -> Log {
+        let mut latest: BTreeMap<Bytes, i64> = BTreeMap::new();
+        let log = &self.produced[partition as usize];
+        for (offset, (key, _)) in log {
+            latest.insert(key.clone(), *offset);
+        }
+        latest
+            .values()
+            .map(|o| (*o, log[o].clone()))
+            .filter(|(_, (_, value))| keep_tombstones || value.is_some())
+            .collect()
+    }
+
+    /// Checks a read taken at any time: every record read is the one produced at its offset,
+    /// and each key's latest record (but a tombstone, which may expire) is there.
+    fn check_read(&self, partition: u32, read: &Log) {
+        let produced = &self.produced[partition as usize];
+        for (offset, record) in read {
+            assert_eq!(
+                produced.get(offset),
+                Some(record),
+                "partition {partition}: offset {offset} reads a record that was not produced there"
+            );
+        }
+        for (offset, (key, value)) in self.compacted(partition, false) {
+            assert!(
+                read.contains_key(&offset),
+                "partition {partition}: key {key:?}'s latest record at {offset} ({value:?}) is missing"
+            );
+        }
+    }
+}
+
+/// Produces `rounds` requests of 50 records over `KEYS` keys, spread over the partitions;
+/// about one record in seven is a tombstone.
+async fn produce_rounds(
+    client: &silt_client::Client,
+    topic: &str,
+    partitions: u32,
+    model: &mut Model,
+    seed: u64,
+    rounds: u64,
+) {
+    let mut log = client.log();
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    for round in 0..rounds {
+        let mut records = Vec::new();
+        for i in 0..50u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = (x >> 33) % KEYS;
+            let tombstone = (x >> 20).is_multiple_of(7);
+            let value = format!(
+                "{k}@{seed}.{round}.{i}:{}",
+                "x".repeat(((x >> 40) % 200) as usize)
+            );
+            records.push(Record {
+                key: Some(Bytes::from(format!("key-{k}"))),
+                value: if tombstone {
+                    Bytes::new()
+                } else {
+                    Bytes::from(value)
+                },
+                null_value: tombstone,
+                partition: Some((k % u64::from(partitions)) as u32),
+                ..Record::default()
+            });
+        }
+        let response = log
+            .produce(ProduceRequest {
+                topic: topic.into(),
+                records: records.clone(),
+            })
+            .await
+            .expect("produce")
+            .into_inner();
+        for (record, result) in records.into_iter().zip(response.results) {
+            let Some(silt_api::v1::record_result::Outcome::Ack(ack)) = result.outcome else {
+                panic!("a record was refused: {result:?}");
+            };
+            let value = (!record.null_value).then_some(record.value);
+            model.produced[ack.partition as usize]
+                .insert(ack.offset, (record.key.expect("keyed"), value));
+        }
+    }
+}
+
+/// Every record of a partition from its log start to its high watermark.
+async fn read_log(client: &silt_client::Client, topic: &str, partition: u32) -> Log {
+    let mut reader = PartitionReader::new(client, topic, partition, StartSpec::Earliest)
+        .await
+        .expect("reader");
+    let end = reader.high_watermark();
+    let mut out = Log::new();
+    while reader.next_offset() < end {
+        for r in reader
+            .next_batch(Duration::from_millis(100))
+            .await
+            .expect("fetch")
+        {
+            if r.offset < end {
+                out.insert(
+                    r.offset,
+                    (r.key.expect("compacted records have keys"), r.value),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every partition reads as the model's compacted log, checking each read on the
+/// way.
+async fn wait_compacted(
+    client: &silt_client::Client,
+    topic: &str,
+    partitions: u32,
+    model: &Model,
+    keep_tombstones: bool,
+) {
+    for p in 0..partitions {
+        let want = model.compacted(p, keep_tombstones);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let read = read_log(client, topic, p).await;
+            model.check_read(p, &read);
+            if read == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{topic}/{p}: not compacted to the model in time: read {} records, want {} ({} produced)",
+                read.len(),
+                want.len(),
+                model.produced[p as usize].len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn compacted_config(delete_retention_ms: i64) -> TopicConfig {
+    TopicConfig {
+        retention_ms: Some(-1),
+        cleanup_policy: Some("compact".into()),
+        delete_retention_ms: Some(delete_retention_ms),
+        ..TopicConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_compaction_keeps_the_latest_record_per_key_at_its_offset() {
+    let Some(mut cluster) = Cluster::start("key-compaction", TTL_MS, 10).await else {
+        return;
+    };
+    cluster.add_broker_with(fast_lifecycle).await;
+    cluster.add_broker_with(fast_lifecycle).await;
+    let client = cluster.client().await;
+    let partitions = 2;
+    // Tombstones kept (a day) in one topic, dropped at once in the other.
+    client
+        .create_topic_with("kv", partitions, compacted_config(86_400_000))
+        .await
+        .expect("create kv");
+    client
+        .create_topic_with("kv-expiring", partitions, compacted_config(0))
+        .await
+        .expect("create kv-expiring");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    cluster
+        .wait_owned("kv-expiring", Duration::from_secs(20))
+        .await;
+
+    let mut kept = Model::new(partitions);
+    let mut expiring = Model::new(partitions);
+    produce_rounds(&client, "kv", partitions, &mut kept, 1, 40).await;
+    produce_rounds(&client, "kv-expiring", partitions, &mut expiring, 2, 40).await;
+    wait_compacted(&client, "kv", partitions, &kept, true).await;
+    wait_compacted(&client, "kv-expiring", partitions, &expiring, false).await;
+
+    // More writes over the compacted log: the next runs fold them in.
+    produce_rounds(&client, "kv", partitions, &mut kept, 3, 20).await;
+    produce_rounds(&client, "kv-expiring", partitions, &mut expiring, 4, 20).await;
+    wait_compacted(&client, "kv", partitions, &kept, true).await;
+    wait_compacted(&client, "kv-expiring", partitions, &expiring, false).await;
+
+    // A broker restarted from metadata alone (empty cache) reads the same compacted logs.
+    for slot in 0..cluster.len() {
+        assert!(cluster.terminate(slot).success());
+    }
+    for slot in 0..cluster.len() {
+        cluster.restart(slot).await;
+    }
+    cluster.wait_owned("kv", Duration::from_secs(30)).await;
+    let client = cluster.client().await;
+    for p in 0..partitions {
+        assert_eq!(read_log(&client, "kv", p).await, kept.compacted(p, true));
+        assert_eq!(
+            read_log(&client, "kv-expiring", p).await,
+            expiring.compacted(p, false)
+        );
+    }
+    // Compaction shrank the logs: far fewer records than were produced.
+    let produced: usize = kept.produced.iter().map(BTreeMap::len).sum();
+    let left: usize = (0..partitions).map(|p| kept.compacted(p, true).len()).sum();
+    assert!(
+        left <= KEYS as usize && produced >= 3_000,
+        "{left} of {produced}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compacted_topics_refuse_records_without_a_key() {
+    let Some(mut cluster) = Cluster::start("key-compaction-null-keys", TTL_MS, 10).await else {
+        return;
+    };
+    cluster.add_broker_with(fast_lifecycle).await;
+    let client = cluster.client().await;
+    client
+        .create_topic_with("kv", 1, compacted_config(1_000))
+        .await
+        .expect("create kv");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    let mut log = client.log();
+    // Record by record: the keyless one alone is refused, the keyed one stored.
+    let response = log
+        .produce(ProduceRequest {
+            topic: "kv".into(),
+            records: vec![
+                Record {
+                    value: Bytes::from_static(b"no key"),
+                    ..Record::default()
+                },
+                Record {
+                    key: Some(Bytes::from_static(b"k")),
+                    value: Bytes::from_static(b"v"),
+                    ..Record::default()
+                },
+            ],
+        })
+        .await
+        .expect("produce")
+        .into_inner();
+    let Some(silt_api::v1::record_result::Outcome::Error(e)) = &response.results[0].outcome else {
+        panic!("a keyless record was accepted: {:?}", response.results[0]);
+    };
+    assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+    assert!(e.message.contains("needs a key"), "{}", e.message);
+    assert!(matches!(
+        response.results[1].outcome,
+        Some(silt_api::v1::record_result::Outcome::Ack(_))
+    ));
+    // A client-built batch with a keyless record is refused whole.
+    let records = vec![
+        RecordData {
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            ..RecordData::default()
+        },
+        RecordData {
+            value: Some(Bytes::from_static(b"v")),
+            ..RecordData::default()
+        },
+    ];
+    let batch = encode_batch(&records, BatchCompression::None, ProducerInfo::default()).unwrap();
+    let status = log
+        .produce_batches(ProduceBatchesRequest {
+            topic: "kv".into(),
+            batches: vec![PartitionBatch {
+                partition: 0,
+                batch,
+            }],
+        })
+        .await
+        .expect_err("a batch with a keyless record is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("needs a key"),
+        "{}",
+        status.message()
+    );
+    // Nothing of it was stored: the partition holds the one keyed record.
+    assert_eq!(read_log(&client, "kv", 0).await.len(), 1);
+}
