@@ -172,6 +172,21 @@ impl Cluster {
         Some(status)
     }
 
+    /// Waits for a broker started with a `SILT_FAILPOINT` to abort at it (SIGABRT).
+    pub async fn wait_for_abort(&mut self, slot: usize) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = wait_for(
+            "a broker to crash at its failpoint",
+            Duration::from_secs(60),
+            || {
+                let status = self.exited(slot);
+                async move { status }
+            },
+        )
+        .await;
+        assert_eq!(status.signal(), Some(6), "b{slot} aborted: {status:?}");
+    }
+
     /// Every object path in the shared store under `prefix`.
     pub async fn list_objects(&self, prefix: &str) -> Vec<String> {
         use futures::TryStreamExt;

@@ -6,7 +6,6 @@
 //! collection deletes; and deleting a topic leaves no object and no key.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -321,7 +320,7 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
         .expect("b1 owns a partition of u");
     let mut log = client.log();
     let _ = produce_one_batch(&mut log, "u", on_b1).await;
-    wait_for_abort(&mut cluster, b1).await;
+    cluster.wait_for_abort(b1).await;
     // Its object is never committed; the controller deletes it after the grace period.
     wait_for(
         "the uncommitted flush object to be collected",
@@ -351,7 +350,7 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
     let b2 = cluster
         .add_broker_with(crasher("compaction-after-put"))
         .await;
-    wait_for_abort(&mut cluster, b2).await;
+    cluster.wait_for_abort(b2).await;
     let catalog = cluster.catalog().await;
     assert!(
         catalog.load_parts().await.unwrap().is_empty(),
@@ -374,20 +373,6 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
         stored.keys().copied().collect::<Vec<_>>(),
         (0..20).collect::<Vec<_>>()
     );
-}
-
-/// Waits for the broker in `slot` to abort at its failpoint (SIGABRT).
-async fn wait_for_abort(cluster: &mut Cluster, slot: usize) {
-    let status = wait_for(
-        "a broker to crash at its failpoint",
-        Duration::from_secs(60),
-        || {
-            let status = cluster.exited(slot);
-            async move { status }
-        },
-    )
-    .await;
-    assert_eq!(status.signal(), Some(6), "b{slot} aborted: {status:?}");
 }
 
 /// Sends one record to `partition` in a raw `ProduceBatches` call.

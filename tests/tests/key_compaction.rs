@@ -17,9 +17,16 @@ use silt_tests::{BrokerOptions, Cluster};
 const TTL_MS: u64 = 2_000;
 const KEYS: u64 = 40;
 
+/// Key compaction as fast as a test wants it: every committed entry settled at once, runs due
+/// after 300 ms, objects of 64 KiB, unreferenced objects gone after 2 s.
 fn fast_lifecycle(options: BrokerOptions) -> BrokerOptions {
+    lifecycle(options, "64KiB")
+}
+
+/// [`fast_lifecycle`] with objects of `target` ("0": compaction off).
+fn lifecycle(options: BrokerOptions, target: &str) -> BrokerOptions {
     options
-        .arg("--compaction-target-bytes", "64KiB")
+        .arg("--compaction-target-bytes", target)
         .arg("--compaction-min-age-ms", 0)
         .arg("--compaction-max-delay-ms", 300)
         .arg("--compaction-check-ms", 100)
@@ -330,4 +337,79 @@ async fn compacted_topics_refuse_records_without_a_key() {
     );
     // Nothing of it was stored: the partition holds the one keyed record.
     assert_eq!(read_log(&client, "kv", 0).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_map_smaller_than_the_keys_compacts_a_stretch_at_a_time() {
+    let Some(mut cluster) = Cluster::start("key-compaction-small-map", TTL_MS, 10).await else {
+        return;
+    };
+    // Room for about 15 of the 40 keys per run.
+    cluster
+        .add_broker_with(|o| fast_lifecycle(o).arg("--key-compaction-map-bytes", 800))
+        .await;
+    let client = cluster.client().await;
+    client
+        .create_topic_with("kv", 1, compacted_config(86_400_000))
+        .await
+        .expect("create kv");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    let mut model = Model::new(1);
+    produce_rounds(&client, "kv", 1, &mut model, 5, 30).await;
+    wait_compacted(&client, "kv", 1, &model, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_compaction_killed_between_put_and_swap_leaves_an_orphan_and_loses_nothing() {
+    let Some(mut cluster) = Cluster::start("key-compaction-crash", TTL_MS, 10).await else {
+        return;
+    };
+    // b0 compacts nothing; it holds the topic while the history is written.
+    cluster.add_broker_with(|o| lifecycle(o, "0")).await;
+    let client = cluster.client().await;
+    client
+        .create_topic_with("kv", 2, compacted_config(0))
+        .await
+        .expect("create kv");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    let mut model = Model::new(2);
+    produce_rounds(&client, "kv", 2, &mut model, 6, 10).await;
+
+    // b1 takes a partition over and dies right after its first key-compacted object's PUT.
+    let b1 = cluster
+        .add_broker_with(|o| {
+            let mut o = fast_lifecycle(o);
+            o.env
+                .push(("SILT_FAILPOINT".into(), "compaction-after-put".into()));
+            o
+        })
+        .await;
+    cluster.wait_for_abort(b1).await;
+    let catalog = cluster.catalog().await;
+    assert!(
+        catalog.load_parts().await.unwrap().is_empty(),
+        "no swap happened"
+    );
+    // Its object is collected; the log reads as produced, nothing compacted.
+    silt_tests::wait_for(
+        "the unswapped object to be collected",
+        Duration::from_secs(60),
+        || {
+            let cluster = &cluster;
+            async move { cluster.list_objects("parts").await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    cluster.wait_owned("kv", Duration::from_secs(30)).await;
+    for p in 0..2 {
+        let read = read_log(&client, "kv", p).await;
+        assert_eq!(read, model.produced[p as usize], "partition {p}");
+    }
+
+    // A healthy broker takes both partitions over (b0 stops) and compacts them to the model.
+    cluster.add_broker_with(fast_lifecycle).await;
+    assert!(cluster.terminate(0).success());
+    cluster.wait_owned("kv", Duration::from_secs(30)).await;
+    let client = cluster.client().await;
+    wait_compacted(&client, "kv", 2, &model, false).await;
 }
