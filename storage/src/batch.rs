@@ -537,7 +537,8 @@ fn decode_batch(
     }
     let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
     let records = stored_records(header, batch)?;
-    out.reserve(header.record_count.max(0) as usize);
+    // Never trust the count for an allocation: a record takes at least 7 bytes.
+    out.reserve((header.record_count.max(0) as usize).min(records.len() / 7 + 1));
     walk_stored(header, &records, |index, _, body, layout| {
         let offset = header.base_offset + layout.offset_delta;
         if offset < min_offset {
