@@ -18,6 +18,7 @@
 pub mod batch;
 #[cfg(feature = "objects")]
 pub mod cache;
+pub mod crc;
 mod error;
 #[cfg(feature = "objects")]
 pub mod metrics;

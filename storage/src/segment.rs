@@ -93,6 +93,9 @@ pub struct SegmentWriter {
 /// bytes from the attributes (byte 21) on, so rewriting it keeps the batch valid.
 const BASE_OFFSET_LEN: usize = 8;
 
+/// End of a RecordBatch v2's CRC32C field (bytes 17..21): what follows is what that CRC covers.
+const BATCH_CRC_END: usize = 21;
+
 impl SegmentWriter {
     /// A writer for a segment created at `created_at_ms`; `capacity_hint` pre-sizes the buffer.
     pub fn new(created_at_ms: i64, capacity_hint: usize) -> Self {
@@ -127,7 +130,10 @@ impl SegmentWriter {
     }
 
     /// Appends a copy of one validated RecordBatch v2 with its base offset set to
-    /// `base_offset`. Panics if no entry was begun (a bug in the caller).
+    /// `base_offset`. The batch's CRC32C field must be right (validation checked it): the
+    /// entry's CRC32C is derived from it rather than from a second pass over the bytes, so a
+    /// batch whose bytes changed since reads as damaged. Panics if no entry was begun (a bug in
+    /// the caller).
     pub fn push_batch(
         &mut self,
         batch: &[u8],
@@ -142,7 +148,20 @@ impl SegmentWriter {
         if batch.len() >= BASE_OFFSET_LEN {
             self.buf[start..start + BASE_OFFSET_LEN].copy_from_slice(&base_offset.to_be_bytes());
         }
-        *crc = crc32c::crc32c_append(*crc, &self.buf[start..]);
+        // The batch's own CRC32C (checked when it was produced) covers every byte from its
+        // attributes on: only the header before them is CRC'd here, and combined with it.
+        *crc = if batch.len() >= BATCH_CRC_END {
+            let head = crc32c::crc32c_append(*crc, &self.buf[start..start + BATCH_CRC_END]);
+            let own = u32::from_be_bytes([
+                batch[BATCH_CRC_END - 4],
+                batch[BATCH_CRC_END - 3],
+                batch[BATCH_CRC_END - 2],
+                batch[BATCH_CRC_END - 1],
+            ]);
+            crate::crc::crc32c_combine(head, own, batch.len() - BATCH_CRC_END)
+        } else {
+            crc32c::crc32c_append(*crc, &self.buf[start..])
+        };
         if entry.batch_count == 0 {
             entry.first_offset = base_offset;
         }
@@ -164,7 +183,7 @@ impl SegmentWriter {
         *crc = if entry.batch_count == 0 {
             source.crc32c
         } else {
-            crc32c::crc32c_combine(*crc, source.crc32c, bytes.len())
+            crate::crc::crc32c_combine(*crc, source.crc32c, bytes.len())
         };
         if entry.batch_count == 0 {
             entry.first_offset = source.first_offset;

@@ -2,9 +2,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// A fake batch of `len` bytes (≥ 8) whose bytes are `fill` after the base offset.
+/// A fake batch of `len` bytes (≥ 21) whose bytes are `fill` but its CRC32C field (bytes
+/// 17..21), which holds the CRC32C of the bytes after it, as a validated batch's does.
 fn fake_batch(len: usize, fill: u8) -> Vec<u8> {
-    vec![fill; len]
+    let mut b = vec![fill; len];
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
 }
 
 fn two_entry_segment() -> (Bytes, Vec<SegmentEntry>) {
