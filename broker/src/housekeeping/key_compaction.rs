@@ -154,6 +154,7 @@ impl Compactor {
             if !pace.read(bytes.len(), cancel).await {
                 return Ok(None);
             }
+            self.yield_to_flushes().await;
         }
         drop(reads);
 
@@ -223,6 +224,7 @@ impl Compactor {
             if !pace.read(bytes.len(), cancel).await {
                 return Ok((cleaned.objects > 0).then_some(cleaned));
             }
+            self.yield_to_flushes().await;
         }
         cleaned.read = pace.read;
         cleaned.dropped = dropped;
@@ -252,6 +254,7 @@ impl Compactor {
             created_at_ms: now,
             entries,
         };
+        self.yield_to_flushes().await;
         self.store
             .put(&path, PutPayload::from_bytes(object))
             .await
