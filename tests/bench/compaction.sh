@@ -9,11 +9,15 @@
 #   3. compaction on (64 MiB objects, unthrottled): how long it takes, MiB/s it copies; then
 #      the same keys, DB size, objects, cold read and start-up;
 #   4. produce ack latency at a moderate rate (RATE records/s, 1 KiB) with compaction idle vs
-#      while the default-throttled compaction (32 MiB/s) copies a second history.
+#      while the default-throttled compaction (32 MiB/s) copies a second history;
+#   5. key compaction: SIZE_MIB of 1 KiB records over KEYS keys into a topic with
+#      --cleanup-policy compact, written with compaction off, then compacted unthrottled: how
+#      long it takes, MiB/s it reads, what is left, and a cold read of it.
 #
 #   cargo build --release --bins --features silt-broker/etcd
 #   bash tests/bench/compaction.sh            # SIZE_MIB=1024 RATE=5000 RUNS=3
 #   ONLY=produce COMPACT_ARGS="--compaction-bytes-per-sec 8MiB" bash tests/bench/compaction.sh
+#   ONLY=keys KEYS=100000 bash tests/bench/compaction.sh   # (ONLY=history: sections 1-3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -21,6 +25,7 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RATE=${RATE:-5000}
 WRITE_RATE=${WRITE_RATE:-20000}
 RUNS=${RUNS:-3}
+KEYS=${KEYS:-100000}
 work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-compaction.XXXX")
 pids=()
 broker_pid=""
@@ -80,13 +85,14 @@ report_state() {
     echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys '') in all; etcd DB $(db_size); objects $(objects)"
 }
 cold_read() {
+    local topic=${READ_TOPIC:-history}
     for run in $(seq 1 "$RUNS"); do
         stop_broker
         start_broker "broker-read-$run.log" "$@"
         local ms=$startup_ms
         local rss; rss=$(rss_mib)
         local gets0; gets0=$(metric silt_object_store_requests_total 'op="get"')
-        local out; out=$("$BIN/silt" --broker "http://$addr" bench consume --topic history --json)
+        local out; out=$("$BIN/silt" --broker "http://$addr" bench consume --topic "$topic" --json)
         local gets1; gets1=$(metric silt_object_store_requests_total 'op="get"')
         python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" <<'PY'
 import json, sys
@@ -98,7 +104,7 @@ PY
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 records=$(( SIZE_MIB * 1024 ))
-if [ "${ONLY:-}" != produce ]; then
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = history ]; then
 start_broker broker-write.log --compaction-target-bytes 0
 "$BIN/silt" --broker "http://$addr" topic create history --partitions 8 --retention-ms -1 >/dev/null
 echo "== 1. history: $SIZE_MIB MiB of 1 KiB records at $WRITE_RATE/s, 8 partitions, linger 10 ms, compaction off"
@@ -126,6 +132,7 @@ cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
 
 fi
 
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = produce ]; then
 echo "== 4. produce at $RATE records/s (1 KiB), compaction idle vs copying a second history (default throttle 32 MiB/s; ${COMPACT_ARGS:-no other settings}) ($RUNS runs each)"
 stop_broker
 start_broker broker-write2.log --compaction-target-bytes 0
@@ -152,3 +159,26 @@ for run in $(seq 1 "$RUNS"); do
     after=$(metric silt_compaction_bytes_total '')
     echo "    compaction copied $(( (after - before) / 1048576 )) MiB meanwhile ($(metric silt_compactions_total 'outcome="refused"') runs refused, $(metric silt_compactions_total 'outcome="failed"') failed so far)"
 done
+fi
+
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = keys ]; then
+echo "== 5. key compaction: $SIZE_MIB MiB of 1 KiB records over $KEYS keys, 8 partitions, cleanup_policy compact"
+stop_broker
+start_broker broker-keys.log --compaction-target-bytes 0
+"$BIN/silt" --broker "http://$addr" topic create kv --partitions 8 --cleanup-policy compact >/dev/null
+"$BIN/silt" --broker "http://$addr" bench produce --topic kv --records "$records" --keys "$KEYS" --concurrency 4 --json >/dev/null
+report_state
+stop_broker
+t0=$(now_ms)
+start_broker broker-keys-compact.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 \
+    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB
+for _ in $(seq 1 6000); do [ "$(keys segments/)" = 0 ] && break; sleep 0.1; done
+t1=$(now_ms)
+read_bytes=$(metric silt_compaction_bytes_total '')
+echo "  key-compacted in $((t1 - t0)) ms (from broker start): read $((read_bytes / 1048576)) MiB (both passes), $(python3 -c "print(f'{$read_bytes/2**20/(($t1-$t0)/1000):.0f}')") MiB/s; $(python3 -c "print(f'{$records*1024/2**20/(($t1-$t0)/1000):.0f}')") MiB of history per second"
+sleep 3
+report_state
+echo "  compacted objects: $(find "$work/objects/parts" -name '*.seg' -printf '%s\n' | awk '{ s += $1 } END { printf "%.1f MiB", s / 1048576 }')"
+echo "== cold reads of the compacted topic ($RUNS runs)"
+READ_TOPIC=kv cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
+fi

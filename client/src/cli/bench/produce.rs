@@ -73,6 +73,10 @@ pub(crate) struct ProduceBenchArgs {
     /// possible].
     #[arg(long, conflicts_with_all = ["replay", "per_record"])]
     rate: Option<u64>,
+    /// Key the records `key-0` .. `key-{N-1}`, in turn (fast path only): a topic with
+    /// `--cleanup-policy compact` then keeps N records [default: no keys].
+    #[arg(long, conflicts_with_all = ["replay", "per_record"])]
+    keys: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -114,8 +118,8 @@ impl TaskResult {
 }
 
 pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<ExitCode> {
-    if args.concurrency == 0 || args.records == 0 || args.rate == Some(0) {
-        bail!("--concurrency, --records and --rate must be at least 1");
+    if args.concurrency == 0 || args.records == 0 || args.rate == Some(0) || args.keys == Some(0) {
+        bail!("--concurrency, --records, --rate and --keys must be at least 1");
     }
     let size = usize::try_from(args.record_size.0)?;
     let client = connect(broker).await?;
@@ -195,7 +199,14 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         for (i, producer) in producers.into_iter().enumerate() {
             let count = per_task + u64::from((i as u64) < extra);
             let pace = gap.map(|gap| (started, gap));
-            tasks.spawn(run_producer(producer, values.clone(), first, count, pace));
+            tasks.spawn(run_producer(
+                producer,
+                values.clone(),
+                first,
+                count,
+                pace,
+                args.keys,
+            ));
             first += count;
         }
         (cpu_before, started)
@@ -291,6 +302,7 @@ async fn run_producer(
     first: u64,
     count: u64,
     pace: Option<(Instant, Duration)>,
+    keys: Option<u64>,
 ) -> TaskResult {
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let collector = tokio::spawn(collect_acks(acks_rx));
@@ -305,7 +317,11 @@ async fn run_producer(
             }
             None => Instant::now(),
         };
-        match producer.send(ProducerRecord::new(value)).await {
+        let mut record = ProducerRecord::new(value);
+        if let Some(keys) = keys {
+            record = record.with_key(format!("key-{}", i % keys));
+        }
+        match producer.send(record).await {
             Ok(future) => {
                 let _ = acks_tx.send((sent_at, future));
             }
