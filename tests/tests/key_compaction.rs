@@ -357,6 +357,14 @@ async fn a_key_map_smaller_than_the_keys_compacts_a_stretch_at_a_time() {
     let mut model = Model::new(1);
     produce_rounds(&client, "kv", 1, &mut model, 5, 30).await;
     wait_compacted(&client, "kv", 1, &model, true).await;
+    // The broker counts what it removed: at least every record that is gone.
+    let removed = silt_tests::metric_sum(
+        &cluster.broker(0).scrape().await,
+        "silt_key_compaction_records_removed_total",
+        &[],
+    ) as u64;
+    let gone = (model.produced[0].len() - model.compacted(0, true).len()) as u64;
+    assert!(removed >= gone, "{removed} removed, {gone} gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

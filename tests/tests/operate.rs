@@ -13,27 +13,11 @@ use silt_client::{Client, PartitionReader, StartSpec};
 use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
 use silt_tests::load::routed_load;
 use silt_tests::{
-    Backend, BackendGuard, BrokerProcess, Checker, Cluster, read_partition, wait_for,
+    Backend, BackendGuard, BrokerProcess, Checker, Cluster, metric_sum as sum, read_partition,
+    wait_for,
 };
 
 const TTL_MS: u64 = 2_000;
-
-/// Sums the samples of `name` whose labels include `labels` in a Prometheus exposition.
-fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
 
 async fn three_brokers(name: &str) -> Option<Cluster> {
     let mut cluster = Cluster::start(name, TTL_MS, 20).await?;

@@ -182,6 +182,7 @@ impl Compactor {
                 pass.bytes += cleaned.read;
                 self.metrics
                     .compaction(CompactionOutcome::Committed, cleaned.read);
+                self.metrics.key_compaction_removed(cleaned.dropped);
                 debug!(
                     topic = %topic.record.name,
                     partition,

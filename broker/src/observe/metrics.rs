@@ -168,7 +168,12 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (
         COMPACTION_BYTES,
         Kind::Counter,
-        "Batch bytes compaction copied into per-partition objects.",
+        "Batch bytes compaction read to write per-partition objects (key compaction reads the dirty entries twice).",
+    ),
+    (
+        KEY_COMPACTION_DROPPED,
+        Kind::Counter,
+        "Records key compaction removed from compacted topics (superseded by a later record of their key, or expired tombstones).",
     ),
     (
         GC_OBJECTS_DELETED,
@@ -245,6 +250,7 @@ pub const CONTROLLER: &str = "silt_controller";
 pub const COMPACTIONS: &str = "silt_compactions_total";
 pub const COMPACTION_BYTES: &str = "silt_compaction_bytes_total";
 pub const GC_OBJECTS_DELETED: &str = "silt_gc_objects_deleted_total";
+pub const KEY_COMPACTION_DROPPED: &str = "silt_key_compaction_records_removed_total";
 pub const CLUSTER_BROKERS: &str = "silt_cluster_brokers";
 pub const READY: &str = "silt_ready";
 pub const GROUP_LAG: &str = "silt_group_lag_records";
@@ -346,6 +352,7 @@ pub struct Metrics {
     compactions: [Counter; 3],
     compaction_bytes: Counter,
     gc_objects_deleted: Counter,
+    key_compaction_dropped: Counter,
     wal_cache_bytes: Gauge,
     wal_cache_limit: Gauge,
     owned_partitions: Gauge,
@@ -430,6 +437,7 @@ impl Metrics {
                 .map(|outcome| counter(r, COMPACTIONS, &[("outcome", outcome)])),
             compaction_bytes: plain(COMPACTION_BYTES),
             gc_objects_deleted: plain(GC_OBJECTS_DELETED),
+            key_compaction_dropped: plain(KEY_COMPACTION_DROPPED),
             wal_cache_bytes: gauge(WAL_CACHE_BYTES),
             wal_cache_limit: wal_cache_limit_gauge,
             owned_partitions: gauge(OWNED_PARTITIONS),
@@ -599,6 +607,11 @@ impl Metrics {
     pub fn compaction(&self, outcome: CompactionOutcome, copied: u64) {
         self.compactions[outcome as usize].increment(1);
         self.compaction_bytes.increment(copied);
+    }
+
+    /// Key compaction removed `n` records.
+    pub fn key_compaction_removed(&self, n: u64) {
+        self.key_compaction_dropped.increment(n);
     }
 
     /// Garbage collection deleted `n` objects.

@@ -376,7 +376,10 @@ async fn a_flusher_stopped_mid_flush_answers_ambiguous_not_unstored() {
 #[tokio::test(start_paused = true)]
 async fn background_work_waits_for_a_moment_without_uploads_but_not_forever() {
     let activity = Arc::new(FlushActivity::default());
-    assert!(!activity.wait_idle(Duration::from_millis(50)).await, "idle: no wait");
+    assert!(
+        !activity.wait_idle(Duration::from_millis(50)).await,
+        "idle: no wait"
+    );
     let upload = activity.start();
     assert_eq!(activity.uploading(), 1);
     // An upload that never ends holds the waiter for the bound only.
