@@ -68,6 +68,8 @@ pub struct Settings {
     pub etcd_key: Option<PathBuf>,
     pub broker_id: String,
     pub linger_ms: u64,
+    /// How long a window waits when the broker was idle (no flush in the last linger).
+    pub idle_linger_ms: u64,
     #[serde(deserialize_with = "size::de")]
     pub flush_bytes: u64,
     #[serde(deserialize_with = "size::de")]
@@ -156,6 +158,7 @@ impl Default for Settings {
             etcd_key: None,
             broker_id: "broker-0".into(),
             linger_ms: 250,
+            idle_linger_ms: 5,
             flush_bytes: 8 << 20,
             wal_cache_bytes: 256 << 20,
             max_request_bytes: 32 << 20,
@@ -288,6 +291,14 @@ pub struct Cli {
     #[arg(long, env = "SILT_LINGER_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub linger_ms: Option<u64>,
+
+    /// Adaptive linger: when no flush happened in the last linger (an idle broker), a new
+    /// window is flushed this long after its first record instead, so a lone producer does not
+    /// wait out the whole linger; flushes still never come more often than one per linger.
+    /// Equal to --linger-ms turns it off [default: 5].
+    #[arg(long, env = "SILT_IDLE_LINGER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_linger_ms: Option<u64>,
 
     /// Flush a segment as soon as this many bytes are buffered [default: 8388608 (8 MiB)].
     #[arg(long, env = "SILT_FLUSH_BYTES", value_parser = size::parse)]

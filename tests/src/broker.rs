@@ -108,6 +108,13 @@ fn command(options: &BrokerOptions) -> Command {
     if !options.args.iter().any(|a| a == "--admin-listen") {
         command.arg("--admin-listen").arg("127.0.0.1:0");
     }
+    // Tests reason about the linger: windows wait exactly that long unless a test turns
+    // adaptive linger on itself.
+    if !options.args.iter().any(|a| a == "--idle-linger-ms") {
+        command
+            .arg("--idle-linger-ms")
+            .arg(options.linger_ms.to_string());
+    }
     command
         .arg("--data-dir")
         .arg(&options.data_dir)

@@ -198,6 +198,8 @@ pub struct Window {
     waiters: Vec<Waiter>,
     /// When the first batch arrived.
     opened_at: Option<Instant>,
+    /// When the window before it was sealed (`None`: it is the first).
+    after_seal_at: Option<Instant>,
 }
 
 impl Window {
@@ -239,6 +241,9 @@ pub struct WalCache {
     limit: usize,
     flush_bytes: usize,
     linger: Duration,
+    /// How long a window waits when the one before it was sealed at least `linger` ago (the
+    /// broker was idle): producers are waiting and nothing else may be coming.
+    idle_linger: Duration,
     closed: AtomicBool,
     closed_token: tokio_util::sync::CancellationToken,
     sealed_tx: mpsc::UnboundedSender<Window>,
@@ -266,6 +271,7 @@ impl WalCache {
             limit,
             flush_bytes,
             linger,
+            idle_linger: linger,
             closed: AtomicBool::new(false),
             closed_token: tokio_util::sync::CancellationToken::new(),
             sealed_tx,
@@ -281,6 +287,15 @@ impl WalCache {
 
     pub fn linger(&self) -> Duration {
         self.linger
+    }
+
+    /// Adaptive linger: a window opened at least `linger` after the last one was sealed (an
+    /// idle broker) is sealed `idle_linger` after its first batch instead of `linger`, so a
+    /// lone producer does not wait out the whole linger. Consecutive linger seals stay at least
+    /// `linger` apart either way, so PUTs per second never pass 1/linger because of it.
+    pub fn with_idle_linger(mut self, idle_linger: Duration) -> Self {
+        self.idle_linger = idle_linger.min(self.linger);
+        self
     }
 
     /// Adds batches (all of one request) to the open window; they flush together. The current
@@ -336,9 +351,12 @@ impl WalCache {
         if open.bytes >= self.flush_bytes || open.partitions.len() >= MAX_WINDOW_PARTITIONS {
             self.seal_locked(&mut open);
         } else if was_empty {
-            let _ = self
-                .opened_tx
-                .send((open.generation, Instant::now() + self.linger));
+            let now = Instant::now();
+            let idle = open
+                .after_seal_at
+                .is_none_or(|sealed| now.duration_since(sealed) >= self.linger);
+            let wait = if idle { self.idle_linger } else { self.linger };
+            let _ = self.opened_tx.send((open.generation, now + wait));
         }
         Ok(DurableTicket(rx))
     }
@@ -389,6 +407,7 @@ impl WalCache {
     fn seal_locked(&self, open: &mut Window) {
         let next = Window {
             generation: open.generation + 1,
+            after_seal_at: Some(Instant::now()),
             ..Window::default()
         };
         let sealed = std::mem::replace(open, next);
@@ -512,5 +531,26 @@ mod tests {
         let w = out.sealed.recv().await.unwrap();
         assert_eq!(w.generation, 1);
         assert!(start.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_broker_seals_early_but_never_more_often_than_linger() {
+        let (cache, mut out) = WalCache::new(1 << 20, 1 << 20, Duration::from_millis(250));
+        let cache = std::sync::Arc::new(cache.with_idle_linger(Duration::from_millis(2)));
+        tokio::spawn(run_linger_timer(cache.clone(), out.opened));
+        let start = Instant::now();
+        // Idle: the first window goes after 2 ms.
+        let _t = cache.append(vec![batch(0, 10)]).unwrap();
+        let _w = out.sealed.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(2));
+        // Busy: a window opened right after a seal waits the whole linger.
+        let _t = cache.append(vec![batch(0, 10)]).unwrap();
+        let _w = out.sealed.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(252));
+        // Idle again once a linger passed without a seal.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let _t = cache.append(vec![batch(0, 10)]).unwrap();
+        let _w = out.sealed.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(504));
     }
 }

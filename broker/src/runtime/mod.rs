@@ -241,7 +241,7 @@ impl Builder {
             s.flush_bytes as usize,
             Duration::from_millis(s.linger_ms),
         );
-        let wal = Arc::new(wal);
+        let wal = Arc::new(wal.with_idle_linger(Duration::from_millis(s.idle_linger_ms)));
         let _ = admin_state.wal.set(wal.clone());
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
