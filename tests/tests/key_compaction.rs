@@ -25,14 +25,7 @@ fn fast_lifecycle(options: BrokerOptions) -> BrokerOptions {
 
 /// [`fast_lifecycle`] with objects of `target` ("0": compaction off).
 fn lifecycle(options: BrokerOptions, target: &str) -> BrokerOptions {
-    options
-        .arg("--compaction-target-bytes", target)
-        .arg("--compaction-min-age-ms", 0)
-        .arg("--compaction-max-delay-ms", 300)
-        .arg("--compaction-check-ms", 100)
-        .arg("--compaction-bytes-per-sec", "64MiB")
-        .arg("--gc-grace-ms", 2_000)
-        .arg("--retention-check-ms", 200)
+    options.fast_lifecycle(target)
 }
 
 /// What a partition holds at an offset: the key and the value (`None`: a tombstone).

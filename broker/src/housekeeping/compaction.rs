@@ -26,7 +26,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::Clock;
-use silt_metadata::catalog::{Catalog, Topic};
+use silt_metadata::catalog::{Catalog, Topic, WriterFence};
 use silt_metadata::codec::SegmentCommit;
 use silt_metadata::keys::Keys;
 use silt_storage::segment::{SegmentWriter, verify_entry_range};
@@ -271,12 +271,27 @@ impl Compactor {
                 } => {}
             }
         }
-        let (object, entries) = writer.finish();
         let (first, last) = (
             run.entries[0].first_offset,
             run.entries[run.entries.len() - 1].last_offset,
         );
         let id = Keys::part_id(topic.id, partition, first, last);
+        self.put_and_swap(topic, &fence, &id, writer, now).await
+    }
+
+    /// PUTs a compacted object (`writer`'s) and swaps the index to it under commit id `id`:
+    /// true when swapped; false when refused (the partition moved, the topic went, or the range
+    /// was compacted already) or too late to swap safely, and then the object is deleted or
+    /// left to garbage collection.
+    pub(super) async fn put_and_swap(
+        &self,
+        topic: &Topic,
+        fence: &WriterFence,
+        id: &str,
+        writer: SegmentWriter,
+        now: i64,
+    ) -> Result<bool, BrokerError> {
+        let (object, entries) = writer.finish();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = Path::from(format!(
             "parts/{id}-{}-{:016x}-{seq}.seg",
@@ -303,10 +318,10 @@ impl Compactor {
             warn!(object = %path, "compaction took too long to swap safely; its object is left to garbage collection");
             return Ok(false);
         }
-        match self.catalog.commit_part(&fence, topic, &id, &commit).await {
+        match self.catalog.commit_part(fence, topic, id, &commit).await {
             Ok(Some(_)) => {
-                self.index.apply_part(&id, &commit);
-                debug!(object = %path, first, last, bytes = run.bytes, "compacted");
+                self.index.apply_part(id, &commit);
+                debug!(object = %path, "compacted");
                 Ok(true)
             }
             Ok(None) => {

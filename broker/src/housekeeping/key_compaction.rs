@@ -28,21 +28,17 @@
 //! like any compacted commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
 use silt_metadata::catalog::Topic;
-use silt_metadata::codec::SegmentCommit;
 use silt_metadata::keys::Keys;
 use silt_storage::batch::{
     BatchHeader, KeyedRecord, Retained, empty_batch, retain_records, split_batches,
 };
 use silt_storage::segment::SegmentWriter;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::compaction::{Compactor, ENTRY_BYTES, READ_CONCURRENCY, read_entry};
 use crate::core::BrokerError;
@@ -215,7 +211,8 @@ impl Compactor {
             if full || last_input {
                 let o = out.take().expect("an output is open");
                 let written = o.writer_bytes();
-                if !self.swap(topic, partition, &fence, o, now).await? {
+                let id = Keys::cleaned_part_id(topic.id, partition, o.first, o.last, now);
+                if !self.put_and_swap(topic, &fence, &id, o.writer, now).await? {
                     return Ok((cleaned.objects > 0).then_some(cleaned));
                 }
                 cleaned.objects += 1;
@@ -229,59 +226,6 @@ impl Compactor {
         cleaned.read = pace.read;
         cleaned.dropped = dropped;
         Ok(Some(cleaned))
-    }
-
-    /// PUTs one output object and swaps the index to it; false when refused (or too late).
-    async fn swap(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        fence: &silt_metadata::catalog::WriterFence,
-        o: Output,
-        now: i64,
-    ) -> Result<bool, BrokerError> {
-        let (first, last) = (o.first, o.last);
-        let (object, entries) = o.writer.finish();
-        let id = Keys::cleaned_part_id(topic.id, partition, first, last, now);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = Path::from(format!(
-            "parts/{id}-{}-{:016x}-{seq}.seg",
-            fence.broker_id, fence.incarnation
-        ));
-        let commit = SegmentCommit {
-            object: path.to_string(),
-            object_len: object.len() as u64,
-            created_at_ms: now,
-            entries,
-        };
-        self.yield_to_flushes().await;
-        self.store
-            .put(&path, PutPayload::from_bytes(object))
-            .await
-            .map_err(|err| {
-                BrokerError::unavailable(format!("key compaction could not write {path}: {err}"))
-            })?;
-        let put_done = tokio::time::Instant::now();
-        crate::failpoint::hit("compaction-after-put");
-        if put_done.elapsed() > self.settings.swap_deadline {
-            warn!(object = %path, "key compaction took too long to swap safely; its object is left to garbage collection");
-            return Ok(false);
-        }
-        match self.catalog.commit_part(fence, topic, &id, &commit).await {
-            Ok(Some(_)) => {
-                self.index.apply_part(&id, &commit);
-                debug!(object = %path, first, last, "key-compacted");
-                Ok(true)
-            }
-            Ok(None) => {
-                debug!(object = %path, "key compaction swap refused (partition moved or topic gone)");
-                if let Err(e) = self.store.delete(&path).await {
-                    debug!(object = %path, error = %e, "could not delete a refused compaction's object; garbage collection will");
-                }
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
