@@ -105,8 +105,6 @@ pub struct Settings {
     /// Most memory key compaction's map of keys takes per run.
     #[serde(deserialize_with = "size::de")]
     pub key_compaction_map_bytes: u64,
-    /// Longest compaction waits, before each read and PUT, for no flush upload in flight.
-    pub compaction_yield_ms: u64,
     /// An object no commit references is deleted after this long unreferenced.
     pub gc_grace_ms: u64,
     /// Address other brokers and clients reach this broker at; `None` = the bound address.
@@ -176,7 +174,6 @@ impl Default for Settings {
             compaction_bytes_per_sec: 32 << 20,
             compaction_check_ms: 10_000,
             key_compaction_map_bytes: 64 << 20,
-            compaction_yield_ms: 50,
             gc_grace_ms: 300_000,
             advertise: None,
             lease_ttl_ms: 5_000,
@@ -393,13 +390,6 @@ pub struct Cli {
     #[arg(long, env = "SILT_KEY_COMPACTION_MAP_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_compaction_map_bytes: Option<u64>,
-
-    /// Before each read and each object write, compaction waits up to this long for a moment
-    /// when no flush upload is in flight, so produce latency does not pay for it; 0 never
-    /// waits [default: 50].
-    #[arg(long, env = "SILT_COMPACTION_YIELD_MS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub compaction_yield_ms: Option<u64>,
 
     /// How long an object stays after no commit references it (compacted, expired, or never
     /// committed) before garbage collection deletes it: readers holding an older index finish

@@ -63,64 +63,6 @@ struct Built {
     span: tracing::Span,
 }
 
-/// How many flush uploads are in flight. Background work that competes with them for the
-/// store, the disk and the cores (compaction) waits for a moment without one, so produce
-/// latency does not pay for it.
-#[derive(Debug, Default)]
-pub struct FlushActivity {
-    uploading: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// One upload in flight, until dropped (also when its task panics or is aborted).
-struct Uploading(Arc<FlushActivity>);
-
-impl Drop for Uploading {
-    fn drop(&mut self) {
-        self.0.ended();
-    }
-}
-
-impl FlushActivity {
-    fn start(self: &Arc<Self>) -> Uploading {
-        self.uploading
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Uploading(self.clone())
-    }
-
-    fn ended(&self) {
-        if self
-            .uploading
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// Uploads in flight now.
-    pub fn uploading(&self) -> usize {
-        self.uploading.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Waits until no upload is in flight, or `at_most` passed (so a broker that always has
-    /// one does not stop background work altogether). True when it had to wait.
-    pub async fn wait_idle(&self, at_most: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + at_most;
-        let mut waited = false;
-        loop {
-            let idle = self.idle.notified();
-            if self.uploading() == 0 {
-                return waited;
-            }
-            waited = true;
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return waited;
-            }
-        }
-    }
-}
-
 /// Everything the flusher works with.
 #[derive(Debug)]
 pub struct Flusher {
@@ -133,8 +75,6 @@ pub struct Flusher {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub max_inflight: usize,
-    /// Uploads in flight, for background work that yields to them (compaction).
-    pub activity: Arc<FlushActivity>,
     next_seq: u64,
     /// The next offset of each partition, with the owner key revision it was computed under.
     next_offsets: HashMap<(u64, u32), (i64, i64)>,
@@ -164,7 +104,6 @@ impl Flusher {
             clock,
             metrics,
             max_inflight,
-            activity: Arc::default(),
             next_seq: 0,
             next_offsets: HashMap::new(),
             epoch: 0,
@@ -223,19 +162,16 @@ impl Flusher {
     /// Starts the upload of a built segment.
     fn upload(&self, built: &Built) -> JoinHandle<Result<Duration, object_store::Error>> {
         self.metrics.flush_started();
-        let uploading = self.activity.start();
         let store = self.store.clone();
         let (path, bytes) = (built.path.clone(), built.bytes.clone());
         let span = info_span!(parent: &built.span, "upload", bytes = bytes.len());
         tokio::spawn(
             async move {
                 let started = tokio::time::Instant::now();
-                let put = store
+                store
                     .put(&path, PutPayload::from(bytes))
                     .await
-                    .map(|_| started.elapsed());
-                drop(uploading);
-                put
+                    .map(|_| started.elapsed())
             }
             .instrument(span),
         )

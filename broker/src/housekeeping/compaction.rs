@@ -35,7 +35,6 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
 use crate::core::BrokerError;
-use crate::core::flusher::FlushActivity;
 use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex};
 use crate::core::topics::TopicTable;
 use crate::observe::metrics::{CompactionOutcome, Metrics};
@@ -60,9 +59,6 @@ pub struct CompactionSettings {
     pub swap_deadline: Duration,
     /// Most bytes key compaction's map of keys may take per run.
     pub key_map_bytes: usize,
-    /// Before each read and each PUT, compaction waits up to this long for a moment without a
-    /// flush upload in flight (zero: never), so produce latency does not pay for it.
-    pub yield_to_flushes: Duration,
 }
 
 /// Compacts the partitions this broker owns.
@@ -76,8 +72,6 @@ pub struct Compactor {
     pub view: Arc<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub settings: CompactionSettings,
-    /// The flusher's uploads, which compaction yields to.
-    pub flushes: Arc<FlushActivity>,
     /// Names objects uniquely within this incarnation.
     pub seq: AtomicU64,
 }
@@ -205,13 +199,6 @@ impl Compactor {
         }
     }
 
-    /// Waits (a bounded time) for a moment without a flush upload in flight.
-    pub(super) async fn yield_to_flushes(&self) {
-        if !self.settings.yield_to_flushes.is_zero() {
-            self.flushes.wait_idle(self.settings.yield_to_flushes).await;
-        }
-    }
-
     /// When runs are due, as of now.
     fn policy(&self) -> CompactionPolicy {
         let now = self.clock.now_ms();
@@ -261,14 +248,11 @@ impl Compactor {
             }
             writer.push_entry(&bytes, &e.entry);
             read += bytes.len() as u64;
-            // Throttle: never ahead of bytes_per_sec since the run began, and after flushes.
+            // Throttle: never ahead of bytes_per_sec since the run began.
             let due = Duration::from_secs_f64(read as f64 / self.settings.bytes_per_sec as f64);
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(false),
-                _ = async {
-                    tokio::time::sleep_until(started + due).await;
-                    self.yield_to_flushes().await;
-                } => {}
+                _ = tokio::time::sleep_until(started + due) => {}
             }
         }
         let (first, last) = (
@@ -303,7 +287,6 @@ impl Compactor {
             created_at_ms: now,
             entries,
         };
-        self.yield_to_flushes().await;
         self.store
             .put(&path, PutPayload::from_bytes(object))
             .await

@@ -150,7 +150,6 @@ impl Compactor {
             if !pace.read(bytes.len(), cancel).await {
                 return Ok(None);
             }
-            self.yield_to_flushes().await;
         }
         drop(reads);
 
@@ -221,7 +220,6 @@ impl Compactor {
             if !pace.read(bytes.len(), cancel).await {
                 return Ok((cleaned.objects > 0).then_some(cleaned));
             }
-            self.yield_to_flushes().await;
         }
         cleaned.read = pace.read;
         cleaned.dropped = dropped;

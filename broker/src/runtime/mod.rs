@@ -256,7 +256,6 @@ impl Builder {
             metrics.clone(),
             s.max_inflight_flushes,
         );
-        let flushes = flusher.activity.clone();
         let flusher_task = tracker.spawn(flusher.run(outputs.sealed));
         let linger_task = tokio::spawn(run_linger_timer(wal.clone(), outputs.opened));
 
@@ -302,9 +301,7 @@ impl Builder {
                     swap_deadline: Duration::from_millis(s.gc_grace_ms / 2),
                     key_map_bytes: usize::try_from(s.key_compaction_map_bytes)
                         .unwrap_or(usize::MAX),
-                    yield_to_flushes: Duration::from_millis(s.compaction_yield_ms),
                 },
-                flushes,
                 seq: Default::default(),
             });
             tracker.spawn(compactor.run(

@@ -372,31 +372,3 @@ async fn a_flusher_stopped_mid_flush_answers_ambiguous_not_unstored() {
     assert_eq!(err.kind, ErrorKind::Ambiguous, "{err:?}");
     assert!(!err.nothing_stored());
 }
-
-#[tokio::test(start_paused = true)]
-async fn background_work_waits_for_a_moment_without_uploads_but_not_forever() {
-    let activity = Arc::new(FlushActivity::default());
-    assert!(
-        !activity.wait_idle(Duration::from_millis(50)).await,
-        "idle: no wait"
-    );
-    let upload = activity.start();
-    assert_eq!(activity.uploading(), 1);
-    // An upload that never ends holds the waiter for the bound only.
-    let started = tokio::time::Instant::now();
-    assert!(activity.wait_idle(Duration::from_millis(50)).await);
-    assert_eq!(started.elapsed(), Duration::from_millis(50));
-    // The end of the last upload wakes the waiter at once.
-    let waiter = {
-        let activity = activity.clone();
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            activity.wait_idle(Duration::from_secs(10)).await;
-            started.elapsed()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    drop(upload);
-    assert_eq!(waiter.await.unwrap(), Duration::from_millis(5));
-    assert_eq!(activity.uploading(), 0);
-}
