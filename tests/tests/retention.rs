@@ -233,3 +233,62 @@ async fn retention_by_size_set_on_a_live_topic_keeps_the_newest_batches() {
     let info = client.describe_topic("sized").await.unwrap().topic.unwrap();
     assert_eq!(info.retention_bytes, -1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_only_topic_keeps_old_records_and_compact_delete_trims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        BrokerOptions::new(dir.path())
+            .arg("--retention-check-ms", 100)
+            .arg("--gc-grace-ms", 3_000),
+    )
+    .await;
+    let client = broker.client().await;
+    let mut log = client.log();
+    for (topic, policy) in [("kept", "compact"), ("trimmed", "compact,delete")] {
+        client
+            .create_topic_with(
+                topic,
+                1,
+                silt_api::v1::TopicConfig {
+                    retention_ms: Some(60_000),
+                    cleanup_policy: Some(policy.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // Keyed records stamped in 1970: far past the one-minute retention.
+        let records = (0..10)
+            .map(|i| Record {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Bytes::from(format!("old-{i}")),
+                timestamp_ms: Some(1_000 + i),
+                ..Record::default()
+            })
+            .collect();
+        log.produce(ProduceRequest {
+            topic: topic.into(),
+            records,
+        })
+        .await
+        .unwrap();
+    }
+    // One retention pass covers every topic: once it trimmed compact,delete, it has looked at
+    // the compact-only topic too.
+    wait_for(
+        "retention to trim the compact,delete topic",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let d = client.describe_topic("trimmed").await.ok()?;
+                (d.partitions[0].log_start_offset == 10).then_some(())
+            }
+        },
+    )
+    .await;
+    let kept = client.describe_topic("kept").await.unwrap();
+    assert_eq!(kept.partitions[0].log_start_offset, 0);
+    assert_eq!(kept.partitions[0].high_watermark, 10);
+}
