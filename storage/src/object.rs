@@ -21,6 +21,7 @@ use crate::metrics::{ObjectStoreMetrics, Op};
 
 pub mod conformance;
 pub mod faults;
+pub mod simulated;
 
 /// Settings of an `s3://` store; unset fields come from the standard AWS environment.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +44,8 @@ pub struct S3Options {
 }
 
 /// Opens the object store named by `url`: `file:///abs/dir`, `memory://` or
-/// `s3://bucket[/prefix]`.
+/// `s3://bucket[/prefix]`. `memory://?latency_ms=L&mib_per_s=B` is a memory store that costs
+/// what a remote one does per request ([`simulated`]), for benchmarks.
 pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let parsed = url::Url::parse(url).map_err(|e| {
         StorageError::Config(format!(
@@ -66,7 +68,13 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
                 .with_automatic_cleanup(true);
             Ok(Arc::new(store))
         }
-        "memory" => Ok(Arc::new(object_store::memory::InMemory::new())),
+        "memory" => {
+            let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            match simulated_cost(&parsed)? {
+                Some(cost) => Ok(Arc::new(simulated::SimulatedStore::new(memory, cost))),
+                None => Ok(memory),
+            }
+        }
         "s3" => {
             let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
                 StorageError::Config(format!("'{url}' names no bucket: use s3://bucket/prefix"))
@@ -120,6 +128,38 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             "object store scheme '{other}' is not supported; use file:///dir, memory:// or s3://bucket/prefix"
         ))),
     }
+}
+
+/// The per-request costs of `memory://?latency_ms=L&mib_per_s=B` (a store simulating a remote
+/// one, for benchmarks), `None` for a plain `memory://`.
+fn simulated_cost(url: &url::Url) -> Result<Option<simulated::RequestCost>, StorageError> {
+    let mut cost = simulated::RequestCost {
+        latency: std::time::Duration::ZERO,
+        bytes_per_sec: 0,
+    };
+    let mut any = false;
+    for (key, value) in url.query_pairs() {
+        let number = value
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0);
+        let Some(number) = number else {
+            return Err(StorageError::Config(format!(
+                "'{url}': {key}={value} is not a non-negative number"
+            )));
+        };
+        match key.as_ref() {
+            "latency_ms" => cost.latency = std::time::Duration::from_secs_f64(number / 1000.0),
+            "mib_per_s" => cost.bytes_per_sec = (number * 1_048_576.0) as u64,
+            other => {
+                return Err(StorageError::Config(format!(
+                    "'{url}': unknown setting '{other}'; memory:// takes latency_ms and mib_per_s (a simulated remote store)"
+                )));
+            }
+        }
+        any = true;
+    }
+    Ok(any.then_some(cost))
 }
 
 /// True when `url`'s host is a loopback address or `localhost`.
@@ -626,6 +666,22 @@ mod tests {
     fn urls_are_checked() {
         let s3 = S3Options::default();
         assert!(open_object_store("memory://", &s3).is_ok());
+        let simulated = open_object_store("memory://?latency_ms=30&mib_per_s=80", &s3).unwrap();
+        assert!(
+            simulated.to_string().starts_with("Simulated("),
+            "{simulated}"
+        );
+        for bad in [
+            "memory://?latency_ms=-1",
+            "memory://?mib_per_s=fast",
+            "memory://?bandwidth=1",
+        ] {
+            let err = open_object_store(bad, &s3).err().expect(bad).to_string();
+            assert!(
+                err.contains("latency_ms") || err.contains("number"),
+                "{err}"
+            );
+        }
         for bad in ["ftp://x/y", "not a url", "s3://"] {
             let err = open_object_store(bad, &s3).map(|_| ()).unwrap_err();
             assert!(matches!(err, StorageError::Config(_)), "{bad}: {err}");
