@@ -676,7 +676,7 @@ mod tests {
             "memory://?mib_per_s=fast",
             "memory://?bandwidth=1",
         ] {
-            let err = open_object_store(bad, &s3).err().expect(bad).to_string();
+            let err = open_object_store(bad, &s3).expect_err(bad).to_string();
             assert!(
                 err.contains("latency_ms") || err.contains("number"),
                 "{err}"
