@@ -107,6 +107,9 @@ pub struct Settings {
     pub key_compaction_map_bytes: u64,
     /// An object no commit references is deleted after this long unreferenced.
     pub gc_grace_ms: u64,
+    /// The metadata store's change history the controller keeps (older revisions are
+    /// compacted); 0 leaves compaction to the store.
+    pub metadata_history_ms: u64,
     /// Address other brokers and clients reach this broker at; `None` = the bound address.
     pub advertise: Option<String>,
     /// TTL of the broker's membership lease.
@@ -175,6 +178,7 @@ impl Default for Settings {
             compaction_check_ms: 10_000,
             key_compaction_map_bytes: 64 << 20,
             gc_grace_ms: 300_000,
+            metadata_history_ms: 300_000,
             advertise: None,
             lease_ttl_ms: 5_000,
             max_inflight_flushes: 4,
@@ -397,6 +401,15 @@ pub struct Cli {
     #[arg(long, env = "SILT_GC_GRACE_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_grace_ms: Option<u64>,
+
+    /// How much of the metadata store's change history to keep: at each retention pass the
+    /// controller compacts etcd's revisions older than this, as Kubernetes' API server does.
+    /// etcd keeps every revision until compacted, so without it every flush's commit stays in
+    /// etcd's database forever. 0 leaves it to etcd's own `--auto-compaction-retention`
+    /// [default: 300000].
+    #[arg(long, env = "SILT_METADATA_HISTORY_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_history_ms: Option<u64>,
 
     /// Address clients and other brokers reach this broker at (host:port) [default: the
     /// listen address].

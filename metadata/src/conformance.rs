@@ -22,9 +22,6 @@ pub struct Harness {
     /// Lets at least `d` of time pass for lease expiry: a manual clock moves (and the store
     /// reaps), a real store sleeps.
     pub advance: Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>,
-    /// Compacts the store's history up to a revision (etcd's Compact; the embedded store drops
-    /// its watch history below it).
-    pub compact: Box<dyn Fn(i64) -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -420,7 +417,17 @@ pub async fn watch_from_compacted_history_fails(h: &Harness) {
     let old = h.store.put(&k, b"1").await.unwrap();
     h.store.put(&k, b"2").await.unwrap();
     let now = h.store.put(&k, b"3").await.unwrap();
-    (h.compact)(now).await;
+    h.store.compact(now).await.expect("compact");
+    // Compacting again, to the same or an older revision, is not an error; to a revision the
+    // store has not reached is.
+    h.store.compact(now).await.expect("compact again");
+    h.store
+        .compact(old)
+        .await
+        .expect("compact to an older revision");
+    assert!(h.store.compact(now + 1000).await.is_err());
+    // Values stay.
+    assert_eq!(h.store.get(&k).await.unwrap().unwrap().value, b"3");
     let mut stream = h
         .store
         .watch(RangeRequest::key(k.clone()), old)

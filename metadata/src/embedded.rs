@@ -296,16 +296,6 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Forgets the watch history below `revision`, as etcd's Compact does: a watch from an older
-    /// revision then fails with `Compacted`.
-    pub fn compact(&self, revision: i64) {
-        let mut state = self.shared.lock();
-        while state.history.front().is_some_and(|r| r.revision < revision) {
-            state.history.pop_front();
-        }
-        state.history_start = state.history_start.max(revision);
-    }
-
     /// Deletes the keys of every lease whose TTL ran out (one revision per lease, as etcd).
     pub async fn expire_leases(&self) {
         if let Err(e) = self.call(Request::Expire).await {
@@ -584,6 +574,23 @@ impl MetaStore for EmbeddedStore {
             }
         });
         Ok(replayed.chain(live).boxed())
+    }
+
+    /// Forgets the watch history below `revision` (it lives in memory only, so nothing on
+    /// disk changes): a watch from an older revision then fails with `Compacted`.
+    async fn compact(&self, revision: i64) -> Result<(), MetaError> {
+        let mut state = self.shared.lock();
+        if revision > state.revision {
+            return Err(MetaError::InvalidRequest(format!(
+                "cannot compact to revision {revision}: the store is at {}",
+                state.revision
+            )));
+        }
+        while state.history.front().is_some_and(|r| r.revision < revision) {
+            state.history.pop_front();
+        }
+        state.history_start = state.history_start.max(revision);
+        Ok(())
     }
 
     fn limits(&self) -> StoreLimits {

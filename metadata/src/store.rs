@@ -334,6 +334,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn watch(&self, req: RangeRequest, start_revision: i64)
     -> Result<WatchStream, MetaError>;
 
+    /// Discards the change history before `revision`, as etcd's Compact: watches from an older
+    /// revision then fail with `Compacted`; current values are untouched. Compacting to a
+    /// revision at or below one already compacted is not an error.
+    async fn compact(&self, revision: i64) -> Result<(), MetaError>;
+
     /// The limits this store enforces on transactions.
     fn limits(&self) -> StoreLimits;
 

@@ -124,7 +124,7 @@ copied=$(metric silt_compaction_bytes_total '')
 echo "  compacted $((copied / 1048576)) MiB in $((t1 - t0)) ms (from broker start): $(python3 -c "print(f'{$copied/2**20/(($t1-$t0)/1000):.0f}')") MiB/s"
 sleep 3 # the grace period, so the flush segments' objects are gone
 report_state
-"${E[@]}" compact "$("${E[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')" >/dev/null
+"${E[@]}" compact --physical "$("${E[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')" >/dev/null
 "${E[@]}" defrag >/dev/null
 echo "  after etcd compact + defrag: DB $(db_size)"
 echo "== cold reads after compaction ($RUNS runs)"

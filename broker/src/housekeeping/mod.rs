@@ -15,6 +15,9 @@
 //!   flushes killed between PUT and commit. The commit goes first and the object after the
 //!   grace period, so a crash leaves an orphan object, never a reference to a missing one, and
 //!   a reader that picked an entry from an older index still finds its object.
+//! - **History compaction** discards the metadata store's change history older than
+//!   `--metadata-history-ms` (etcd's Compact): etcd keeps every revision of every key until
+//!   compacted, so without it each flush's commit would stay in etcd's database forever.
 //! - **Orphan cleanup**, at start, deletes objects this broker uploaded in earlier incarnations
 //!   whose commit never happened (killed between PUT and commit) at once: those incarnations
 //!   are fenced, so their commits can never land.
@@ -22,7 +25,7 @@
 pub mod compaction;
 pub mod key_compaction;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +62,59 @@ pub struct Housekeeper {
     pub gc_grace_ms: i64,
     /// Unreferenced objects by path, with when this controller first saw them so.
     pub unreferenced: Mutex<HashMap<String, i64>>,
+    /// How much metadata history to keep, and the revisions seen by recent passes.
+    pub history: HistoryCompaction,
+}
+
+/// Compaction of the metadata store's change history: each pass as controller notes the
+/// revision its view has applied; the store is compacted to the newest noted revision at least
+/// `keep_ms` old. Revisions the view applied exist in the store, so the target is never ahead
+/// of it, and a watcher that lags less than `keep_ms` never finds its history gone.
+#[derive(Debug, Default)]
+pub struct HistoryCompaction {
+    /// History to keep (ms); 0 or less: never compact.
+    keep_ms: i64,
+    /// (when, revision applied) per pass as controller, oldest first.
+    marks: Mutex<VecDeque<(i64, i64)>>,
+}
+
+impl HistoryCompaction {
+    /// Keeps `keep_ms` of history (0: compaction is left to the store).
+    pub fn keeping(keep_ms: i64) -> Self {
+        Self {
+            keep_ms,
+            marks: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(i64, i64)>> {
+        self.marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes `revision` at `now`; returns the revision to compact to, if one is due.
+    fn due(&self, now: i64, revision: i64) -> Option<i64> {
+        if self.keep_ms <= 0 {
+            return None;
+        }
+        let mut marks = self.lock();
+        if marks.back().is_none_or(|(_, r)| *r < revision) {
+            marks.push_back((now, revision));
+        }
+        let mut target = None;
+        while let Some(&(at, revision)) = marks.front() {
+            if now.saturating_sub(at) < self.keep_ms {
+                break;
+            }
+            target = Some(revision);
+            marks.pop_front();
+        }
+        target
+    }
+
+    /// A broker that is not the controller forgets its marks: a new term starts counting anew.
+    fn clear(&self) {
+        self.lock().clear();
+    }
 }
 
 /// The objects of the commits one GC pass read: kept, and forgotten by it.
@@ -98,9 +154,21 @@ impl Housekeeper {
         let Some(controller) = self.view.controller_revision_if_me() else {
             // Sightings of unreferenced objects count only over consecutive passes as controller.
             self.lock_unreferenced().clear();
+            self.history.clear();
             return Ok(pass);
         };
         let now = self.clock.now_ms();
+        if let Some(revision) = self.history.due(now, self.view.applied()) {
+            match self.catalog.store().compact(revision).await {
+                Ok(()) => {
+                    self.metrics.metadata_compacted(revision);
+                    debug!(revision, "compacted the metadata store's history");
+                }
+                Err(e) => {
+                    warn!(revision, error = %e, "could not compact the metadata store's history; retrying next pass")
+                }
+            }
+        }
         self.retention(controller, now, &mut pass).await?;
         // Objects are listed before the commits are read, so an object committed meanwhile is
         // at worst seen unreferenced once.
@@ -329,5 +397,43 @@ impl Housekeeper {
             );
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HistoryCompaction;
+
+    #[test]
+    fn history_is_compacted_to_the_newest_revision_at_least_keep_old() {
+        let history = HistoryCompaction::keeping(1_000);
+        assert_eq!(history.due(0, 10), None, "nothing is old enough yet");
+        assert_eq!(history.due(400, 20), None);
+        assert_eq!(history.due(900, 30), None);
+        // At 1 000 the revision seen at 0 is a whole `keep` old; at 1 450, the one seen at 400.
+        assert_eq!(history.due(1_000, 40), Some(10));
+        assert_eq!(history.due(1_450, 50), Some(20));
+        // Several marks aged at once: the newest of them.
+        assert_eq!(history.due(3_000, 60), Some(50));
+        // No new revision: nothing new is noted, and nothing is due until one ages.
+        assert_eq!(history.due(3_500, 60), None);
+        assert_eq!(history.due(4_000, 60), Some(60));
+        assert_eq!(history.due(9_000, 60), None);
+    }
+
+    #[test]
+    fn a_new_term_counts_from_scratch_and_zero_never_compacts() {
+        let history = HistoryCompaction::keeping(1_000);
+        history.due(0, 10);
+        history.clear();
+        assert_eq!(
+            history.due(1_500, 20),
+            None,
+            "the mark from the old term is gone"
+        );
+        assert_eq!(history.due(2_500, 30), Some(20));
+        let never = HistoryCompaction::keeping(0);
+        assert_eq!(never.due(0, 10), None);
+        assert_eq!(never.due(1_000_000, 20), None);
     }
 }

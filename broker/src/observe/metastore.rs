@@ -18,7 +18,7 @@ use super::metrics::{METADATA_ERRORS, METADATA_TXN};
 pub struct InstrumentedMeta {
     inner: Arc<dyn MetaStore>,
     txn: Histogram,
-    errors: [Counter; 4],
+    errors: [Counter; 5],
 }
 
 impl std::fmt::Debug for InstrumentedMeta {
@@ -31,13 +31,14 @@ const RANGE: usize = 0;
 const TXN: usize = 1;
 const LEASE: usize = 2;
 const WATCH: usize = 3;
+const COMPACT: usize = 4;
 
 impl InstrumentedMeta {
     pub fn wrap(inner: Arc<dyn MetaStore>, r: &dyn Recorder) -> Arc<dyn MetaStore> {
         Arc::new(Self {
             inner,
             txn: histogram(r, METADATA_TXN, &[]),
-            errors: ["range", "txn", "lease", "watch"]
+            errors: ["range", "txn", "lease", "watch", "compact"]
                 .map(|op| counter(r, METADATA_ERRORS, &[("op", op)])),
         })
     }
@@ -86,6 +87,11 @@ impl MetaStore for InstrumentedMeta {
     ) -> Result<WatchStream, MetaError> {
         let result = self.inner.watch(req, start_revision).await;
         self.count(WATCH, result)
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), MetaError> {
+        let result = self.inner.compact(revision).await;
+        self.count(COMPACT, result)
     }
 
     fn limits(&self) -> StoreLimits {

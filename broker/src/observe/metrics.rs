@@ -181,6 +181,11 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
         "Objects the controller's garbage collection deleted (no commit referenced them for the grace period).",
     ),
     (
+        METADATA_COMPACTED_REVISION,
+        Kind::Gauge,
+        "The revision up to which this controller last compacted the metadata store's change history (--metadata-history-ms).",
+    ),
+    (
         CLUSTER_BROKERS,
         Kind::Gauge,
         "Brokers this broker sees in the cluster.",
@@ -251,6 +256,7 @@ pub const COMPACTIONS: &str = "silt_compactions_total";
 pub const COMPACTION_BYTES: &str = "silt_compaction_bytes_total";
 pub const GC_OBJECTS_DELETED: &str = "silt_gc_objects_deleted_total";
 pub const KEY_COMPACTION_DROPPED: &str = "silt_key_compaction_records_removed_total";
+pub const METADATA_COMPACTED_REVISION: &str = "silt_metadata_compacted_revision";
 pub const CLUSTER_BROKERS: &str = "silt_cluster_brokers";
 pub const READY: &str = "silt_ready";
 pub const GROUP_LAG: &str = "silt_group_lag_records";
@@ -353,6 +359,7 @@ pub struct Metrics {
     compaction_bytes: Counter,
     gc_objects_deleted: Counter,
     key_compaction_dropped: Counter,
+    metadata_compacted_revision: Gauge,
     wal_cache_bytes: Gauge,
     wal_cache_limit: Gauge,
     owned_partitions: Gauge,
@@ -438,6 +445,7 @@ impl Metrics {
             compaction_bytes: plain(COMPACTION_BYTES),
             gc_objects_deleted: plain(GC_OBJECTS_DELETED),
             key_compaction_dropped: plain(KEY_COMPACTION_DROPPED),
+            metadata_compacted_revision: gauge(METADATA_COMPACTED_REVISION),
             wal_cache_bytes: gauge(WAL_CACHE_BYTES),
             wal_cache_limit: wal_cache_limit_gauge,
             owned_partitions: gauge(OWNED_PARTITIONS),
@@ -612,6 +620,11 @@ impl Metrics {
     /// Key compaction removed `n` records.
     pub fn key_compaction_removed(&self, n: u64) {
         self.key_compaction_dropped.increment(n);
+    }
+
+    /// The controller compacted the metadata store's history up to `revision`.
+    pub fn metadata_compacted(&self, revision: i64) {
+        self.metadata_compacted_revision.set(revision as f64);
     }
 
     /// Garbage collection deleted `n` objects.

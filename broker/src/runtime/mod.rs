@@ -45,8 +45,8 @@ use crate::core::topics::TopicTable;
 use crate::core::wal_cache::{WalCache, run_linger_timer};
 use crate::core::{Broker, BrokerParts, Murmur2, TopicDefaults};
 use crate::edge::grpc::{self, GrpcForwarder};
-use crate::housekeeping::Housekeeper;
 use crate::housekeeping::compaction::{CompactionSettings, Compactor};
+use crate::housekeeping::{HistoryCompaction, Housekeeper};
 use crate::observe::admin::{self, AdminSource, Readiness};
 use crate::observe::metastore::InstrumentedMeta;
 use crate::observe::metrics::{Metrics, StateSample};
@@ -271,6 +271,7 @@ impl Builder {
             metrics: metrics.clone(),
             gc_grace_ms: s.gc_grace_ms as i64,
             unreferenced: Default::default(),
+            history: HistoryCompaction::keeping(s.metadata_history_ms as i64),
         });
         {
             let hk = housekeeper.clone();

@@ -35,6 +35,9 @@ impl MetaStore for CountingStore {
     async fn watch(&self, req: RangeRequest, start: i64) -> Result<WatchStream, MetaError> {
         self.inner.watch(req, start).await
     }
+    async fn compact(&self, revision: i64) -> Result<(), MetaError> {
+        self.inner.compact(revision).await
+    }
     fn limits(&self) -> StoreLimits {
         self.inner.limits()
     }

@@ -10,12 +10,7 @@ use crate::store::OpResponse;
 
 fn harness(store: Arc<EmbeddedStore>, clock: Arc<ManualClock>) -> Harness {
     let reaper = store.clone();
-    let compactor = store.clone();
     Harness {
-        compact: Box::new(move |revision| {
-            compactor.compact(revision);
-            Box::pin(async {})
-        }),
         store,
         prefix: b"/conformance/".to_vec(),
         advance: Box::new(move |d| {
