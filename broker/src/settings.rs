@@ -53,6 +53,8 @@ pub struct Settings {
     pub s3_region: Option<String>,
     pub s3_allow_http: bool,
     pub s3_virtual_hosted_style: bool,
+    /// Sign PUT bodies with their SHA-256; `None`: only over plain http to a network host.
+    pub s3_sign_payload: Option<bool>,
     /// Create the `s3://` bucket at start if it is missing.
     pub create_bucket: bool,
     /// `embedded` (on disk under `data_dir`) or `memory`.
@@ -149,6 +151,7 @@ impl Default for Settings {
             s3_region: None,
             s3_allow_http: false,
             s3_virtual_hosted_style: false,
+            s3_sign_payload: None,
             create_bucket: false,
             metadata: "embedded".into(),
             cluster: "default".into(),
@@ -238,6 +241,14 @@ pub struct Cli {
     #[arg(long, env = "SILT_S3_VIRTUAL_HOSTED_STYLE", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3_virtual_hosted_style: Option<bool>,
+
+    /// Sign each PUT's body (SigV4 with the body's SHA-256: one more pass over every byte
+    /// uploaded) instead of sending it as UNSIGNED-PAYLOAD (alone means true) [default: only
+    /// for a plain http endpoint that is not loopback; TLS or loopback already protect the body
+    /// in transit].
+    #[arg(long, env = "SILT_S3_SIGN_PAYLOAD", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_sign_payload: Option<bool>,
 
     /// Create the bucket of an `s3://` object store at start if it does not exist (alone means
     /// true) [default: false].

@@ -41,6 +41,22 @@ pub struct S3Options {
     /// `None` keeps `object_store`'s default (10 retries within 3 minutes). Start-up checks
     /// use a short one, so a wrong endpoint is reported in seconds.
     pub retry_for: Option<std::time::Duration>,
+    /// Sign PUT bodies (SigV4's `x-amz-content-sha256` is the body's SHA-256, a pass over every
+    /// byte uploaded) or send them as `UNSIGNED-PAYLOAD` (headers still signed). `None` decides
+    /// by the endpoint ([`signs_payload`]).
+    pub sign_payload: Option<bool>,
+}
+
+/// Whether PUT bodies are signed: as set, else only over plain http to a non-loopback host.
+/// Over TLS (every AWS endpoint, any `https://` one) and on loopback the transport already
+/// protects the body in transit, so hashing it again only costs CPU; over plain http on a
+/// network the signature is the body's only integrity check in transit.
+pub fn signs_payload(s3: &S3Options) -> bool {
+    s3.sign_payload.unwrap_or_else(|| {
+        s3.endpoint
+            .as_deref()
+            .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://") && !is_loopback_url(e))
+    })
 }
 
 /// Opens the object store named by `url`: `file:///abs/dir`, `memory://` or
@@ -92,7 +108,8 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
-                .with_allow_http(s3.allow_http || plain_http);
+                .with_allow_http(s3.allow_http || plain_http)
+                .with_unsigned_payload(!signs_payload(s3));
             if let Some((key_id, secret)) = &s3.credentials {
                 builder = builder
                     .with_access_key_id(key_id)
@@ -712,6 +729,28 @@ mod tests {
             };
             assert!(open_object_store("s3://b/p", &s3).is_ok(), "{endpoint}");
         }
+    }
+
+    #[test]
+    fn payloads_are_signed_only_where_nothing_else_protects_them() {
+        let signs = |endpoint: Option<&str>, set: Option<bool>| {
+            signs_payload(&S3Options {
+                endpoint: endpoint.map(String::from),
+                sign_payload: set,
+                ..S3Options::default()
+            })
+        };
+        // TLS or loopback: the transport protects the body; no SHA-256 pass over it.
+        assert!(!signs(None, None), "AWS itself (https)");
+        assert!(!signs(Some("https://s3.example.com"), None));
+        assert!(!signs(Some("http://127.0.0.1:9000"), None));
+        assert!(!signs(Some("http://localhost:3900"), None));
+        // Plain http over a network: the signature is the only integrity check in transit.
+        assert!(signs(Some("http://minio.internal:9000"), None));
+        assert!(signs(Some("HTTP://10.0.0.7:9000"), None));
+        // As set, whatever the endpoint.
+        assert!(signs(Some("https://s3.example.com"), Some(true)));
+        assert!(!signs(Some("http://minio.internal:9000"), Some(false)));
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl GarageProcess {
             virtual_hosted_style: false,
             credentials: Some((self.key_id.clone(), self.secret.clone())),
             retry_for: None,
+            sign_payload: None,
         }
     }
 

@@ -103,6 +103,7 @@ impl MinioProcess {
             virtual_hosted_style: false,
             credentials: Some((USER.into(), PASSWORD.into())),
             retry_for: None,
+            sign_payload: None,
         }
     }
 

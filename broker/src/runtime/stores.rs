@@ -51,6 +51,7 @@ fn s3_options(s: &Settings) -> S3Options {
         virtual_hosted_style: s.s3_virtual_hosted_style,
         credentials: None,
         retry_for: None,
+        sign_payload: s.s3_sign_payload,
     }
 }
 
