@@ -230,6 +230,52 @@ async fn bench_commands_report_json() {
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert!(field(&json, "records_per_s") > 0.0);
 
+    // Put -> push-subscribe delivery: every acknowledged record reaches a subscriber, each
+    // after it was due and no sooner than its own ack could have come.
+    let out = run_cli(
+        &url,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "deliver",
+            "--records",
+            "300",
+            "--rate",
+            "600",
+            "--concurrency",
+            "2",
+            "--subscribe",
+            "--json",
+        ],
+    );
+    assert!(out.success, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(field(&json, "delivered"), 300.0, "{json}");
+    assert!(field(&json, "delivery_p50_ms") > 0.0, "{json}");
+    assert!(field(&json, "delivery_p99_ms") >= field(&json, "delivery_p50_ms"));
+    // A stamp needs 8 bytes of value; a smaller record is refused before anything is sent.
+    let out = run_cli(
+        &url,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "deliver-small",
+            "--records",
+            "10",
+            "--record-size",
+            "4",
+            "--rate",
+            "100",
+            "--subscribe",
+        ],
+    );
+    assert!(!out.success);
+    assert!(out.stderr.contains("--record-size"), "{}", out.stderr);
+    let out = run_cli(&url, &["topic", "list"]);
+    assert!(!out.stdout.contains("deliver-small"), "{}", out.stdout);
+
     let store = tempfile::tempdir().unwrap();
     let url_store = format!("file://{}", store.path().display());
     let out = run_cli(

@@ -5,6 +5,7 @@
 
 mod commits;
 mod consume;
+mod deliver;
 mod object_store;
 mod payload;
 mod produce;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Code;
 
+use super::deliver::{self, Deliveries};
 use super::payload;
 use super::replay::{Batches, ReplaySender};
 use super::{
@@ -77,6 +78,11 @@ pub(crate) struct ProduceBenchArgs {
     /// `--cleanup-policy compact` then keeps N records [default: no keys].
     #[arg(long, conflicts_with_all = ["replay", "per_record"])]
     keys: Option<u64>,
+    /// Also measure put → push-subscribe delivery: one `Subscribe` stream per partition reads
+    /// the run back as it is committed, and each record's delivery latency counts from when it
+    /// was due (needs `--rate`; record size at least 8 bytes).
+    #[arg(long, requires = "rate")]
+    subscribe: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -122,8 +128,19 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         bail!("--concurrency, --records, --rate and --keys must be at least 1");
     }
     let size = usize::try_from(args.record_size.0)?;
+    if args.subscribe && size < deliver::STAMP_BYTES {
+        bail!(
+            "--subscribe stamps each value with its send time: --record-size must be at least {} bytes",
+            deliver::STAMP_BYTES
+        );
+    }
     let client = connect(broker).await?;
     let partitions = ensure_topic(&client, &args.topic, args.partitions).await?;
+    let deliveries = if args.subscribe {
+        Some(Deliveries::open(&client, &args.topic, partitions).await?)
+    } else {
+        None
+    };
     let before = client.stats().await?;
     let values = Arc::new(payload::pool(
         size,
@@ -191,6 +208,7 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         let extra = args.records % args.concurrency as u64;
         let cpu_before = broker_cpu_seconds(&client).await?;
         let started = Instant::now();
+        let started_us = args.subscribe.then(deliver::unix_now_us);
         // Each producer sends its share of the rate, evenly spaced.
         let gap = args
             .rate
@@ -198,7 +216,11 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
         let mut first = 0u64;
         for (i, producer) in producers.into_iter().enumerate() {
             let count = per_task + u64::from((i as u64) < extra);
-            let pace = gap.map(|gap| (started, gap));
+            let pace = gap.map(|gap| Pace {
+                start: started,
+                start_us: started_us,
+                gap,
+            });
             tasks.spawn(run_producer(
                 producer,
                 values.clone(),
@@ -219,6 +241,10 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
     let elapsed = started.elapsed();
     let cpu = broker_cpu_seconds(&client).await? - cpu_before;
     let after = client.stats().await?;
+    let delivered = match deliveries {
+        Some(d) => Some(d.finish(total.acked, Duration::from_secs(30)).await?),
+        None => None,
+    };
 
     let mode = if args.replay {
         "replay"
@@ -261,8 +287,34 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
             quantile_ms(&total.latency, 0.999),
             3,
         );
+    let report = match &delivered {
+        Some(d) => report
+            .field("delivered", "records delivered to subscribers", d.records)
+            .float(
+                "delivery_p50_ms",
+                "put -> subscribe delivery p50 (ms)",
+                quantile_ms(&d.latency, 0.5),
+                3,
+            )
+            .float(
+                "delivery_p99_ms",
+                "put -> subscribe delivery p99 (ms)",
+                quantile_ms(&d.latency, 0.99),
+                3,
+            ),
+        None => report,
+    };
     let report = super::flush_breakdown(report, &before, &after);
     report.print(args.json);
+    if let Some(d) = &delivered
+        && d.records < total.acked
+    {
+        bail!(
+            "{} of {} acknowledged records reached the subscribers within 30 s",
+            d.records,
+            total.acked
+        );
+    }
     match total.first_error {
         Some(e) if total.acked < args.records => Err(anyhow::Error::new(e).context(format!(
             "{} of {} records failed",
@@ -293,26 +345,38 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
     }
 }
 
-/// One fast-path producer sending `count` values starting at pool position `first`; with
-/// `pace` = (start, gap), the k-th record is due at start + k × gap and its latency counts
-/// from then.
+/// A rate-limited producer's schedule: its k-th record is due at `start + k × gap`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: Instant,
+    /// `start` in µs since the Unix epoch, when values carry their due time (`--subscribe`).
+    start_us: Option<u64>,
+    gap: Duration,
+}
+
+/// One fast-path producer sending `count` values starting at pool position `first`; with a
+/// `pace`, the k-th record is due at its slot and its latency counts from then.
 async fn run_producer(
     producer: Producer,
     values: Arc<Vec<Bytes>>,
     first: u64,
     count: u64,
-    pace: Option<(Instant, Duration)>,
+    pace: Option<Pace>,
     keys: Option<u64>,
 ) -> TaskResult {
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let collector = tokio::spawn(collect_acks(acks_rx));
     let mut refused = TaskResult::new();
     for (k, i) in (first..first + count).enumerate() {
-        let value = values[(i % values.len() as u64) as usize].clone();
+        let mut value = values[(i % values.len() as u64) as usize].clone();
         let sent_at = match pace {
-            Some((start, gap)) => {
-                let due = start + gap.mul_f64(k as f64);
+            Some(pace) => {
+                let offset = pace.gap.mul_f64(k as f64);
+                let due = pace.start + offset;
                 tokio::time::sleep_until(due.into()).await;
+                if let Some(start_us) = pace.start_us {
+                    value = deliver::stamped(&value, start_us + offset.as_micros() as u64);
+                }
                 due
             }
             None => Instant::now(),
