@@ -395,3 +395,86 @@ fn one_batch() -> Bytes {
     };
     encode_batch(&[record], BatchCompression::None, ProducerInfo::default()).unwrap()
 }
+
+/// A partition whose compaction fails (its flushed object is gone: a damaged store) is retried
+/// every pass and reported as failed, while the partitions after it are still compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_cannot_be_compacted_does_not_stop_the_others() {
+    use silt_tests::{BrokerProcess, metric_sum};
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects").join("segments");
+    let list = || -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![objects.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "seg") {
+                    found.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let broker = BrokerProcess::start(BrokerOptions::new(dir.path()).fast_lifecycle("0")).await;
+    let client = broker.client().await;
+    client.create_topic("t", 2, None, None).await.unwrap();
+    // Partition 0, then partition 1, each acked before the next: separate flush objects.
+    let send = |partition: u32, n: usize| {
+        let client = client.clone();
+        async move {
+            let records = (0..n)
+                .map(|i| Record {
+                    value: Bytes::from(format!("p{partition}-{i}")),
+                    partition: Some(partition),
+                    ..Record::default()
+                })
+                .collect();
+            client
+                .log()
+                .produce(ProduceRequest {
+                    topic: "t".into(),
+                    records,
+                })
+                .await
+                .expect("produce");
+        }
+    };
+    send(0, 50).await;
+    let first = list();
+    assert!(!first.is_empty(), "partition 0 was flushed");
+    send(1, 50).await;
+    assert!(
+        list().len() > first.len(),
+        "partition 1 was flushed on its own"
+    );
+    broker.kill9();
+    for path in &first {
+        std::fs::remove_file(path).unwrap();
+    }
+    let broker =
+        BrokerProcess::start(BrokerOptions::new(dir.path()).fast_lifecycle("256KiB")).await;
+    let counted = |text: &str, outcome: &str| {
+        metric_sum(text, "silt_compactions_total", &[("outcome", outcome)])
+    };
+    wait_for(
+        "partition 1 compacted and partition 0 failing",
+        Duration::from_secs(30),
+        || {
+            let broker = &broker;
+            async move {
+                let text = broker.scrape().await;
+                (counted(&text, "committed") >= 1.0 && counted(&text, "failed") >= 2.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let client = broker.client().await;
+    let stored = read_partition(&client, "t", 1).await;
+    assert_eq!(stored.len(), 50);
+    assert_eq!(stored.get(&49), Some(&Bytes::from("p1-49")));
+}

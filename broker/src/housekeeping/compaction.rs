@@ -110,13 +110,21 @@ impl Compactor {
             .collect();
         owned.sort_unstable();
         let live = self.topics.live_ids();
+        // A partition that fails (a damaged or missing object, the store down) is reported and
+        // retried next pass; the partitions after it are still compacted.
+        let mut first_error = None;
         for (topic_id, partition) in owned {
             let Some(topic) = live.get(&topic_id) else {
                 continue;
             };
             if topic.record.cleanup_policy.compacts() {
-                self.clean_partition(topic, partition, &mut pass, cancel)
-                    .await?;
+                if let Err(e) = self
+                    .clean_partition(topic, partition, &mut pass, cancel)
+                    .await
+                {
+                    warn!(topic = %topic.record.name, partition, error = %e, "key compaction failed; retrying next pass");
+                    first_error.get_or_insert(e);
+                }
                 continue;
             }
             // A partition's due runs, one after the other (each swap changes what is due).
@@ -142,7 +150,9 @@ impl Compactor {
                     }
                     Err(e) => {
                         self.metrics.compaction(CompactionOutcome::Failed, 0);
-                        return Err(e);
+                        warn!(topic = %topic.record.name, partition, error = %e, "compaction failed; retrying next pass");
+                        first_error.get_or_insert(e);
+                        break;
                     }
                 }
             }
@@ -154,7 +164,10 @@ impl Compactor {
                 "compacted entries into per-partition objects"
             );
         }
-        Ok(pass)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(pass),
+        }
     }
 
     /// Key-compacts a partition of a compacted topic if a run is due.

@@ -153,8 +153,19 @@ impl Compactor {
         }
         drop(reads);
 
-        // Pass 2: rewrite the run, oldest first, swapping each object as it fills.
-        let entries = &run.entries[..end];
+        // Pass 2: rewrite the run, oldest first, swapping each object as it fills. Entries that
+        // retention put below the log start meanwhile (in a `compact,delete` topic) are left to
+        // GC: their objects may be gone once the grace period after pass 1 began has passed.
+        let log_start = self
+            .index
+            .partition(topic.id, partition)
+            .offsets()
+            .log_start;
+        let expired = run.entries[..end]
+            .iter()
+            .take_while(|e| e.last_offset < log_start)
+            .count();
+        let entries = &run.entries[expired..end];
         let now = self.clock.now_ms();
         let horizon = now.saturating_sub(topic.record.delete_retention_ms);
         let mut dropped = 0u64;
