@@ -17,7 +17,6 @@ use silt_api::v1::admin_server::AdminServer;
 use silt_api::v1::groups_server::GroupsServer;
 use silt_api::v1::log_server::LogServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Broker;
@@ -75,7 +74,13 @@ pub async fn serve(
         )
         .add_service(AdminServer::new(admin).max_decoding_message_size(max_message))
         .add_service(GroupsServer::new(groups).max_decoding_message_size(max_message))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        // TCP_NODELAY on every accepted connection: acks and subscription messages are small
+        // writes, and with Nagle's algorithm each waited for the peer's delayed ACK (tens of
+        // ms). tonic sets it only on listeners it binds itself.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        )
         .await?;
     Ok(())
 }
