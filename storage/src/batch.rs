@@ -310,21 +310,23 @@ fn parse_record(
         return Err(bad("it is empty".into()));
     }
     let mut pos = 1; // attributes
-    let varint = |what: &str, pos: &mut usize| -> Result<i64, BatchError> {
+    // `what` and `suffix` name the field for an error only: the message is built when a
+    // record is refused, never for a valid one (this runs for every record produced).
+    let varint = |what: &str, suffix: &str, pos: &mut usize| -> Result<i64, BatchError> {
         let (v, width) = body
             .get(*pos..)
             .and_then(read_varint)
-            .ok_or_else(|| bad(format!("its {what} is not a valid varint")))?;
+            .ok_or_else(|| bad(format!("its {what}{suffix} is not a valid varint")))?;
         *pos += width;
         Ok(v)
     };
-    let timestamp_delta = varint("timestamp delta", &mut pos)?;
+    let timestamp_delta = varint("timestamp delta", "", &mut pos)?;
     if base_timestamp.checked_add(timestamp_delta).is_none() {
         return Err(bad(format!(
             "its timestamp delta {timestamp_delta} overflows the batch's base timestamp"
         )));
     }
-    let offset_delta = varint("offset delta", &mut pos)?;
+    let offset_delta = varint("offset delta", "", &mut pos)?;
     if !deltas.contains(&offset_delta) {
         return Err(bad(if deltas.start() == deltas.end() {
             format!(
@@ -340,7 +342,7 @@ fn parse_record(
     }
     // A length-prefixed field: -1 (null) or a length within the body.
     let field = |what: &str, nullable: bool, pos: &mut usize| {
-        let len = varint(&format!("{what} length"), pos)?;
+        let len = varint(what, " length", pos)?;
         if len == -1 && nullable {
             return Ok(None);
         }
@@ -356,7 +358,7 @@ fn parse_record(
     };
     let key = field("key", true, &mut pos)?;
     let value = field("value", true, &mut pos)?;
-    let count = varint("header count", &mut pos)?;
+    let count = varint("header count", "", &mut pos)?;
     if count < 0 || count as usize > body.len() {
         return Err(bad(format!("its header count is {count}")));
     }
