@@ -2,7 +2,8 @@
 # etcd's database under a long run of tiny flushes, with and without the controller's history
 # compaction (BENCHMARKS.md, "etcd's history"). One broker on etcd metadata (a fresh etcd per
 # case, on free loopback ports) and a local object directory, --linger-ms 10, with compaction of
-# objects on, produces 1 KiB records at RATE records/s for MINUTES minutes; every SAMPLE_S
+# objects on (4 MiB objects, due after 10 s, so flush keys come and go as in a long run),
+# produces 1 KiB records at RATE records/s for MINUTES minutes; every SAMPLE_S
 # seconds the script prints etcd's revision, key count and database size (file and in use).
 #
 #   cargo build --release --bins --features silt-broker/etcd
@@ -51,6 +52,7 @@ run() {
     "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$dir/broker" \
         --linger-ms 10 --metadata "etcd://127.0.0.1:$port" --cluster bench \
         --retention-check-ms 5000 --gc-grace-ms 10000 --compaction-min-age-ms 10000 \
+        --compaction-max-delay-ms 10000 --compaction-target-bytes 4MiB \
         --metadata-history-ms "$history" 2> "$dir/broker.log" &
     local broker_pid=$!
     pids+=("$broker_pid")

@@ -9,6 +9,10 @@
 #
 #   cargo build --release --bins --features silt-broker/etcd
 #   bash tests/bench/instructions.sh          # RECORDS=40000 RUNS=1
+#
+# STORE_ARGS replaces the store flags, e.g. a local MinIO, signed and unsigned uploads:
+#   STORE_ARGS="--metadata memory --object-store s3://silt/i --s3-endpoint http://127.0.0.1:9000
+#     --s3-region us-east-1 --create-bucket --s3-sign-payload true" bash tests/bench/instructions.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -27,9 +31,10 @@ trap cleanup EXIT
 # instructions N: the broker's total user-space instructions for a run of N records.
 instructions() {
     local n=$1 log="$work/broker-$1.log" out="$work/callgrind-$1.out"
+    # shellcheck disable=SC2086 # STORE_ARGS is a list of flags
     valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN/silt-broker" \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$work/data-$n" \
-        --metadata memory --object-store memory:// > /dev/null 2> "$log" &
+        ${STORE_ARGS:---metadata memory --object-store memory://} > /dev/null 2> "$log" &
     broker_pid=$!
     local addr=""
     for _ in $(seq 1 1200); do

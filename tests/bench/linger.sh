@@ -6,7 +6,7 @@
 # one producer, client linger 5 ms); PUTs are the broker's object-store PUT counter.
 #
 #   cargo build --release --bins --features silt-broker/etcd
-#   bash tests/bench/linger.sh        # RATES="4 1000 10000" DURATION=15 LINGER_MS=250
+#   bash tests/bench/linger.sh        # RATES="4 1000 10000" DURATION=15 LINGER_MS=250 CONCURRENCY=1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -47,7 +47,7 @@ for idle in 5 "$LINGER_MS"; do
         p0=$(puts)
         t0=$(date +%s%3N)
         out=$("$BIN/silt" --broker "http://$addr" bench produce --topic "$topic" --records $(( rate * DURATION )) \
-            --rate "$rate" --concurrency 1 --linger-ms 5 --json)
+            --rate "$rate" --concurrency "${CONCURRENCY:-1}" --linger-ms 5 --json)
         t1=$(date +%s%3N)
         p1=$(puts)
         python3 - "$out" "$rate" "$((p1 - p0))" "$((t1 - t0))" <<'PY'

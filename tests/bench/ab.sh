@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# A/B of two broker configurations on the produce path (BENCHMARKS.md, e.g. "Unsigned uploads"):
+# one broker on etcd metadata and a local MinIO (deploy/local/etcd-minio.sh) per run, started
+# with A_ARGS or B_ARGS (alternating, so the box's drift hits both alike), fed by
+# `silt bench produce --replay` (RECORDS x 1 KiB, 8 senders, batches encoded before the run, so
+# the client costs little); prints each run's MiB/s and MiB per broker CPU-second, then medians.
+#
+#   cargo build --release --bins --features silt-broker/etcd
+#   bash deploy/local/etcd-minio.sh start
+#   A_ARGS="--s3-sign-payload true" B_ARGS="--s3-sign-payload false" bash tests/bench/ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-target/release}
+RUNS=${RUNS:-3}
+RECORDS=${RECORDS:-200000}
+A_ARGS=${A_ARGS:-}
+B_ARGS=${B_ARGS:-}
+LOCAL=${SILT_LOCAL_DIR:-./silt-local}
+[ -f "$LOCAL/credentials" ] || { echo "no MinIO credentials in $LOCAL: bash deploy/local/etcd-minio.sh start" >&2; exit 1; }
+# shellcheck disable=SC1091
+source "$LOCAL/credentials"
+work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-ab.XXXX")
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# one NAME ARGS: a run on a fresh broker; prints "mib_per_s mib_per_cpu_s".
+one() {
+    local name=$1 args=$2 dir cluster addr
+    dir=$(mktemp -d "$work/$name.XXXX")
+    cluster="bench-ab-$name-$RANDOM-$$"
+    # shellcheck disable=SC2086 # the args are a list of flags
+    "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$dir" \
+        --metadata etcd://127.0.0.1:2379 --cluster "$cluster" --object-store "s3://silt/$cluster" \
+        --s3-endpoint http://127.0.0.1:9000 --s3-region us-east-1 --create-bucket $args 2> "$dir/broker.log" &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
+    addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
+    [ -n "$addr" ] || { cat "$dir/broker.log" >&2; exit 1; }
+    "$BIN/silt" --broker "http://$addr" bench produce --topic b --records "$RECORDS" --record-size 1KiB \
+        --concurrency 8 --replay --json |
+        python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["mib_per_s"], r["mib_per_broker_cpu_second"])'
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+}
+
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); A: '${A_ARGS}' B: '${B_ARGS}'"
+results=()
+for run in $(seq 1 "$RUNS"); do
+    a=$(one a "$A_ARGS"); b=$(one b "$B_ARGS")
+    echo "  run $run: A $a, B $b (MiB/s, MiB per broker CPU-second)"
+    results+=("$a $b")
+done
+printf '%s\n' "${results[@]}" | python3 -c '
+import statistics, sys
+rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
+med = [statistics.median(r[i] for r in rows) for i in range(4)]
+print(f"medians of {len(rows)}: A {med[0]:.1f} MiB/s, {med[1]:.1f} MiB per broker CPU-second; B {med[2]:.1f} MiB/s, {med[3]:.1f} MiB per broker CPU-second; B/A per CPU-second {med[3] / med[1]:.2f}")'
