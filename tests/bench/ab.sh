@@ -16,17 +16,10 @@ RECORDS=${RECORDS:-200000}
 A_ARGS=${A_ARGS:-}
 B_ARGS=${B_ARGS:-}
 LOCAL=${SILT_LOCAL_DIR:-./silt-local}
-[ -f "$LOCAL/credentials" ] || { echo "no MinIO credentials in $LOCAL: bash deploy/local/etcd-minio.sh start" >&2; exit 1; }
-# shellcheck disable=SC1091
-source "$LOCAL/credentials"
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-ab.XXXX")
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+need_local_store "$LOCAL" minio
+bench_init ab
 
 # one NAME ARGS: a run on a fresh broker; prints "mib_per_s mib_per_cpu_s".
 one() {
@@ -38,16 +31,14 @@ one() {
         --metadata etcd://127.0.0.1:2379 --cluster "$cluster" --object-store "s3://silt/$cluster" \
         --s3-endpoint http://127.0.0.1:9000 --s3-region us-east-1 --create-bucket $args 2> "$dir/broker.log" &
     pid=$!
-    for _ in $(seq 1 600); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
-    addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
-    [ -n "$addr" ] || { cat "$dir/broker.log" >&2; exit 1; }
+    addr=$(broker_addr "$dir/broker.log")
     "$BIN/silt" --broker "http://$addr" bench produce --topic b --records "$RECORDS" --record-size 1KiB \
         --concurrency 8 --replay --json |
         python3 -c 'import json, sys; r = json.load(sys.stdin); print(r["mib_per_s"], r["mib_per_broker_cpu_second"])'
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); A: '${A_ARGS}' B: '${B_ARGS}'"
+echo "== machine: $(machine_line); A: '${A_ARGS}' B: '${B_ARGS}'"
 results=()
 for run in $(seq 1 "$RUNS"); do
     a=$(one a "$A_ARGS"); b=$(one b "$B_ARGS")

@@ -19,14 +19,9 @@ BIN=${BIN:-target/release}
 RECORDS=${RECORDS:-40000}
 RUNS=${RUNS:-1}
 command -v valgrind >/dev/null || { echo "this benchmark needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-instructions.XXXX")
-broker_pid=""
-cleanup() {
-    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+bench_init instructions
 
 # instructions N: the broker's total user-space instructions for a run of N records.
 instructions() {
@@ -53,7 +48,7 @@ instructions() {
     awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "== machine: $(machine_line)"
 for run in $(seq 1 "$RUNS"); do
     base=$(instructions 1)
     full=$(instructions "$RECORDS")

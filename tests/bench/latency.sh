@@ -21,20 +21,13 @@ CLIENT_LINGER_MS=${CLIENT_LINGER_MS:-5}
 OUT=${OUT:-/tmp/silt-bench-latency.jsonl}
 LOCAL=${SILT_LOCAL_DIR:-./silt-local}
 [ -x "$BIN/silt-broker" ] || { echo "no $BIN/silt-broker: cargo build --release --bins --features silt-broker/etcd" >&2; exit 1; }
-[ -f "$LOCAL/credentials" ] || { echo "no MinIO credentials in $LOCAL: bash deploy/local/etcd-minio.sh start" >&2; exit 1; }
-# shellcheck disable=SC1091
-source "$LOCAL/credentials"
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-latency.XXXX")
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+need_local_store "$LOCAL" minio
+bench_init latency
 : > "$OUT"
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); linger $LINGER_MS ms, $CONCURRENCY producers (linger $CLIENT_LINGER_MS ms), ${DURATION} s per run"
+echo "== machine: $(machine_line); linger $LINGER_MS ms, $CONCURRENCY producers (linger $CLIENT_LINGER_MS ms), ${DURATION} s per run"
 for run in $(seq 1 "$RUNS"); do
     for rate in $RATES; do
         dir=$(mktemp -d "$work/run.XXXX")
@@ -44,9 +37,7 @@ for run in $(seq 1 "$RUNS"); do
             --object-store "s3://silt/$cluster" --s3-endpoint http://127.0.0.1:9000 \
             --s3-region us-east-1 --create-bucket 2> "$dir/broker.log" &
         pid=$!
-        for _ in $(seq 1 600); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
-        addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
-        [ -n "$addr" ] || { cat "$dir/broker.log" >&2; exit 1; }
+        addr=$(broker_addr "$dir/broker.log")
         out=$("$BIN/silt" --broker "http://$addr" bench produce --topic l --partitions 8 \
             --records $(( rate * DURATION )) --rate "$rate" --concurrency "$CONCURRENCY" \
             --linger-ms "${CLIENT_LINGER_MS:-5}" --subscribe --json)

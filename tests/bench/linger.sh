@@ -13,14 +13,9 @@ BIN=${BIN:-target/release}
 RATES=${RATES:-4 1000 10000}
 DURATION=${DURATION:-15}
 LINGER_MS=${LINGER_MS:-250}
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-linger.XXXX")
-broker_pid=""
-cleanup() {
-    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+bench_init linger
 
 start_broker() {
     local log="$work/$1"; shift
@@ -36,7 +31,7 @@ start_broker() {
 stop_broker() { kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""; }
 puts() { curl -s "http://$admin/metrics" | awk 'index($0, "silt_object_store_requests_total") == 1 && index($0, "op=\"put\"") { s += $NF } END { printf "%.0f\n", s }'; }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); linger $LINGER_MS ms"
+echo "== machine: $(machine_line); linger $LINGER_MS ms"
 for idle in 5 "$LINGER_MS"; do
     label=$([ "$idle" = "$LINGER_MS" ] && echo "adaptive linger off" || echo "adaptive linger on (--idle-linger-ms $idle)")
     echo "== $label"

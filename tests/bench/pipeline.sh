@@ -15,17 +15,12 @@ cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
 STORES=${STORES:-30:20 30:64}
 RUNS=${RUNS:-3}
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-pipeline.XXXX")
-broker_pid=""
-cleanup() {
-    [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+bench_init pipeline
 field() { python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])"; }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "== machine: $(machine_line)"
 for store in $STORES; do
     latency=${store%%:*}; bandwidth=${store##*:}
     url="memory://?latency_ms=$latency&mib_per_s=$bandwidth"

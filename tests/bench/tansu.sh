@@ -38,7 +38,9 @@ venv=$cache/bench-venv
 garage_bin=${SILT_GARAGE_BIN:-$(command -v garage || echo "$cache/tools/bin/garage")}
 
 [ -x "$BIN/silt-broker" ] || { echo "no $BIN/silt-broker: cargo build --release --bins --features silt-broker/etcd" >&2; exit 1; }
-[ -f "$LOCAL/credentials" ] || { echo "no Garage credentials in $LOCAL: bash deploy/local/etcd-garage.sh start" >&2; exit 1; }
+# shellcheck source=tests/bench/lib.sh
+source tests/bench/lib.sh
+need_local_store "$LOCAL" garage
 if [ ! -x "$tansu" ]; then
     echo "== installing Tansu $TANSU_VERSION into $cache/tools/tansu (once, ~12 min)" >&2
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
@@ -49,18 +51,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import confluent_kafk
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet confluent-kafka >&2
 fi
-# shellcheck disable=SC1091
-source "$LOCAL/credentials"
 g() { "$garage_bin" -c "$LOCAL/garage.toml" "$@"; }
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-tansu.XXXX")
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_init tansu
 : > "$OUT"
 
 # cpu_ticks PID: the process's user + system clock ticks so far.
@@ -156,9 +149,7 @@ silt_run() {
         --object-store "s3://silt/$cluster" --s3-endpoint http://127.0.0.1:3900 --s3-region garage \
         --s3-allow-http true --s3-sign-payload "$silt_sign" 2> "$dir/broker.log" &
     pid=$!
-    for _ in $(seq 1 600); do grep -q "serving gRPC on" "$dir/broker.log" && break; sleep 0.05; done
-    addr=$(grep -o "serving gRPC on [0-9.:]*" "$dir/broker.log" | awk '{print $4}')
-    [ -n "$addr" ] || { cat "$dir/broker.log" >&2; exit 1; }
+    addr=$(broker_addr "$dir/broker.log")
     "$BIN/silt" --broker "http://$addr" topic create b --partitions 8 >/dev/null
     # Warm-up, not counted: one record through the whole path.
     "$BIN/silt" --broker "http://$addr" bench produce --topic b --records 1 --record-size 1KiB >/dev/null
@@ -170,7 +161,7 @@ silt_run() {
     python3 -c "import json,sys; r = json.loads(sys.argv[1]); print(r['elapsed_s'], $c1 - $c0)" "$out"
 }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); silt $(git rev-parse --short HEAD 2>/dev/null || echo '?'), tansu $TANSU_VERSION; $RECORDS x 1 KiB, linger $LINGER_MS ms, signed payloads: $SIGNED"
+echo "== machine: $(machine_line), tansu $TANSU_VERSION; $RECORDS x 1 KiB, linger $LINGER_MS ms, signed payloads: $SIGNED"
 for run in $(seq 1 "$RUNS"); do
     # shellcheck disable=SC2046
     record tansu "$run" "$RECORDS" $(tansu_run "$run")
