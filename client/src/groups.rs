@@ -336,6 +336,9 @@ pub struct GroupConsumer {
     next_commit: Instant,
     cursor: usize,
     events: Vec<Rebalance>,
+    /// An assignment change was applied but not yet reported to the coordinator: it is, at the
+    /// next `poll`, once the caller has had the change's events.
+    report_pending: bool,
 }
 
 impl GroupConsumer {
@@ -370,6 +373,7 @@ impl GroupConsumer {
             next_commit,
             cursor: 0,
             events: Vec::new(),
+            report_pending: false,
         })
     }
 
@@ -404,7 +408,17 @@ impl GroupConsumer {
     /// Applies assignment changes, commits when due, and returns the next records (possibly
     /// none after about `max_wait`).
     pub async fn poll(&mut self) -> Result<Vec<GroupRecord>, ClientError> {
-        self.apply_assignment().await?;
+        if std::mem::take(&mut self.report_pending) {
+            // The caller has seen the last change (its `Revoked` event came back with the poll
+            // that made it): only now may the coordinator hand the partitions to others.
+            self.lock().owned = self.readers.keys().cloned().collect();
+            self.wake.notify_one();
+        }
+        if self.apply_assignment().await? {
+            // Return at once: the caller learns of the change before any wait for records,
+            // and before the coordinator does.
+            return Ok(Vec::new());
+        }
         if Instant::now() >= self.next_commit {
             match self.commit().await {
                 // Fenced: the partitions are someone else's now; drop them (the next
@@ -522,8 +536,9 @@ impl GroupConsumer {
         }
     }
 
-    /// Applies the latest assignment: revoke (commit, stop reading), then assign.
-    async fn apply_assignment(&mut self) -> Result<(), ClientError> {
+    /// Applies the latest assignment: revoke (commit, stop reading), then assign. Returns whether
+    /// the partitions read changed; the change is reported to the coordinator at the next poll.
+    async fn apply_assignment(&mut self) -> Result<bool, ClientError> {
         let (target, lost, fatal) = {
             let mut m = self.lock();
             (
@@ -546,16 +561,16 @@ impl GroupConsumer {
                 self.events.push(Rebalance::Lost(dropped));
             }
             self.wake.notify_one();
-            return Ok(());
+            return Ok(true);
         }
         let Some(target) = target else {
-            return Ok(());
+            return Ok(false);
         };
         let owned: BTreeSet<TopicPartition> = self.readers.keys().cloned().collect();
         let revoked: BTreeSet<TopicPartition> = owned.difference(&target).cloned().collect();
         let added: BTreeSet<TopicPartition> = target.difference(&owned).cloned().collect();
         if revoked.is_empty() && added.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if !revoked.is_empty() {
             let due: BTreeMap<TopicPartition, i64> = revoked
@@ -604,10 +619,10 @@ impl GroupConsumer {
             }
             self.events.push(Rebalance::Assigned(starts));
         }
-        self.lock().owned = self.readers.keys().cloned().collect();
-        // Report the release (and the new partitions) now rather than at the next interval.
-        self.wake.notify_one();
-        Ok(())
+        // Reported at the next poll (not at the next heartbeat interval), after the caller saw
+        // the events: a partition is never handed on before its `Revoked` reached the caller.
+        self.report_pending = true;
+        Ok(true)
     }
 
     /// Commits what was returned, leaves the group (its partitions move at once) and stops.
