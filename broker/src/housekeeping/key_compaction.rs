@@ -44,8 +44,11 @@ use super::compaction::{Compactor, ENTRY_BYTES, READ_CONCURRENCY, read_entry};
 use crate::core::BrokerError;
 use crate::core::log_index::{CleaningRun, IndexEntry};
 
-/// What a key of the map costs beyond its bytes (hash table slot, offset, allocation).
-const KEY_OVERHEAD: usize = 48;
+/// What a key of the map costs beyond its bytes, counted high so the bound holds: its table
+/// slot (the key's `Vec` and its offset, 32 bytes, at up to 7/8 load, and old and new tables both
+/// alive while the table grows) and the key's own allocation (at least 32 bytes with malloc's
+/// header and rounding).
+const KEY_OVERHEAD: usize = 96;
 
 /// What one key compaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -120,23 +123,20 @@ impl Compactor {
         .buffered(READ_CONCURRENCY);
         while let Some(next) = reads.next().await {
             let (i, e, bytes) = next?;
-            if map_bytes > self.settings.key_map_bytes && i > first_dirty {
-                debug!(
-                    topic = %topic.record.name,
-                    partition,
-                    keys = latest.len(),
-                    up_to = e.first_offset,
-                    "the key map is full; this run stops here"
-                );
-                end = i;
-                break;
-            }
+            // The bound is checked at every new key, not only between entries: one entry of
+            // small, compressible records can hold millions of keys. Past it (except in the
+            // first dirty entry, which the run must take whole to make progress) no key is
+            // added; the run then ends before this entry. The keys of this entry mapped so far
+            // are harmless: their latest records stay, outside the run.
+            let limit = self.settings.key_map_bytes;
+            let mut full = false;
             for item in split_batches(&bytes) {
                 let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
                 retain_records(&header, &batch, |r| {
                     if let Some(key) = r.key {
                         match latest.get_mut(key) {
                             Some(offset) => *offset = r.offset,
+                            None if map_bytes > limit && i > first_dirty => full = true,
                             None => {
                                 map_bytes += key.len() + KEY_OVERHEAD;
                                 latest.insert(key.to_vec(), r.offset);
@@ -146,6 +146,20 @@ impl Compactor {
                     true
                 })
                 .map_err(|err| damaged(&e, &err))?;
+                if full {
+                    break;
+                }
+            }
+            if full {
+                debug!(
+                    topic = %topic.record.name,
+                    partition,
+                    keys = latest.len(),
+                    up_to = e.first_offset,
+                    "the key map is full; this run stops here"
+                );
+                end = i;
+                break;
             }
             if !pace.read(bytes.len(), cancel).await {
                 return Ok(None);
