@@ -8,15 +8,20 @@ use silt_api::v1::{FetchRequest, ProduceRequest, Record};
 use silt_tests::{BrokerOptions, BrokerProcess, wait_for};
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_records_are_trimmed_and_fetch_below_log_start_is_out_of_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(
-        BrokerOptions::new(dir.path())
+/// A broker whose retention runs every 100 ms and whose GC grace period is 3 s.
+async fn fast_retention_broker(dir: &std::path::Path) -> BrokerProcess {
+    BrokerProcess::start(
+        BrokerOptions::new(dir)
             .arg("--retention-check-ms", 100)
             .arg("--gc-grace-ms", 3_000),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_are_trimmed_and_fetch_below_log_start_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = fast_retention_broker(dir.path()).await;
     let client = broker.client().await;
     client
         .create_topic("old", 1, Some(60_000), None)
@@ -237,12 +242,7 @@ async fn retention_by_size_set_on_a_live_topic_keeps_the_newest_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_only_topic_keeps_old_records_and_compact_delete_trims_them() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(
-        BrokerOptions::new(dir.path())
-            .arg("--retention-check-ms", 100)
-            .arg("--gc-grace-ms", 3_000),
-    )
-    .await;
+    let broker = fast_retention_broker(dir.path()).await;
     let client = broker.client().await;
     let mut log = client.log();
     for (topic, policy) in [("kept", "compact"), ("trimmed", "compact,delete")] {
