@@ -6,6 +6,13 @@
 //! concurrent readers of the same missing chunk share that GET (foyer's `get_or_fetch`). Every
 //! flush inserts its new segment whole ([`SegmentCache::insert_object`]), so readers at the tail
 //! never wait on the object store. Objects are immutable, so a cached chunk is never stale.
+//!
+//! A flushed segment is laid out without copying its large batches (see
+//! [`crate::segment::SegmentWriter`]), so its chunks go into the cache as the pieces they are
+//! made of, which keep the produce requests' buffers alive. The first read of such a chunk joins
+//! it into one buffer and caches that instead: data nobody reads at the tail is never copied,
+//! data read at the tail is copied once, as the flush used to. Until then a chunk weighs twice
+//! its length, the most the request buffers it holds can take (a buffer grows by doubling).
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -56,6 +63,64 @@ struct ChunkKey {
     chunk: u64,
 }
 
+/// One cached chunk: one buffer, or until first read the pieces a flush wrote it from.
+#[derive(Debug, Clone)]
+struct Chunk(Arc<[Bytes]>);
+
+impl Chunk {
+    fn whole(bytes: Bytes) -> Self {
+        Self(Arc::from([bytes]))
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Memory the chunk holds, at most: its pieces may keep request buffers up to twice their
+    /// length alive.
+    fn weight(&self) -> usize {
+        if self.0.len() > 1 {
+            2 * self.len()
+        } else {
+            self.len()
+        }
+    }
+
+    /// The chunk in one buffer, and whether that took a copy.
+    fn joined(&self) -> (Bytes, bool) {
+        match &*self.0 {
+            [] => (Bytes::new(), false),
+            [one] => (one.clone(), false),
+            pieces => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for piece in pieces {
+                    out.extend_from_slice(piece);
+                }
+                (out.freeze(), true)
+            }
+        }
+    }
+}
+
+/// Stored as one buffer (the layout foyer gives `Bytes`).
+impl Code for Chunk {
+    fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
+        self.len().encode(writer)?;
+        for piece in self.0.iter() {
+            writer.write_all(piece).map_err(foyer::Error::io_error)?;
+        }
+        Ok(())
+    }
+
+    fn decode(reader: &mut impl Read) -> foyer::Result<Self> {
+        Bytes::decode(reader).map(Self::whole)
+    }
+
+    fn estimated_size(&self) -> usize {
+        std::mem::size_of::<usize>() + self.len()
+    }
+}
+
 impl Code for ChunkKey {
     fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
         self.chunk.encode(writer)?;
@@ -76,7 +141,7 @@ impl Code for ChunkKey {
 /// Segment bytes, cached in chunks in front of an object store.
 pub struct SegmentCache {
     store: Arc<dyn ObjectStore>,
-    cache: HybridCache<ChunkKey, Bytes>,
+    cache: HybridCache<ChunkKey, Chunk>,
     chunk_bytes: u64,
     metrics: CacheMetrics,
 }
@@ -111,7 +176,7 @@ impl SegmentCache {
             .with_name("silt-segments")
             .with_policy(HybridCachePolicy::WriteOnEviction)
             .memory(config.memory_bytes.max(1))
-            .with_weighter(|k: &ChunkKey, v: &Bytes| k.object.len() + v.len() + 64)
+            .with_weighter(|k: &ChunkKey, v: &Chunk| k.object.len() + v.weight() + 64)
             .storage();
         let builder = match (&config.disk_dir, config.disk_bytes) {
             (Some(dir), bytes) if bytes > 0 => {
@@ -191,7 +256,11 @@ impl SegmentCache {
         };
         if let Some(entry) = self.cache.memory().get(&key) {
             self.metrics.memory_hit.increment(1);
-            return Ok(entry.value().clone());
+            let (bytes, copied) = entry.value().joined();
+            if copied {
+                self.cache.insert(key, Chunk::whole(bytes.clone()));
+            }
+            return Ok(bytes);
         }
         let start = chunk * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(object_len);
@@ -210,7 +279,7 @@ impl SegmentCache {
                         bytes.len()
                     )));
                 }
-                Ok::<_, FetchError>(bytes)
+                Ok::<_, FetchError>(Chunk::whole(bytes))
             })
             .await
             .map_err(|e| StorageError::Cache(format!("reading {}: {e}", key.object)))?;
@@ -221,26 +290,39 @@ impl SegmentCache {
             // fetch, which that reader counts as its miss).
             self.metrics.disk_hit.increment(1);
         }
-        Ok(entry.value().clone())
+        Ok(entry.value().joined().0)
     }
 
-    /// Inserts a whole object (just written), chunk by chunk, without copying.
-    pub fn insert_object(&self, path: &Path, bytes: &Bytes) {
+    /// Inserts a whole object (just written, in `pieces`), chunk by chunk, without copying.
+    pub fn insert_object(&self, path: &Path, pieces: &[Bytes]) {
         let object = path.to_string();
+        let chunk_bytes = self.chunk_bytes as usize;
         let mut chunk = 0u64;
-        let mut start = 0usize;
-        while start < bytes.len() {
-            let end = (start + self.chunk_bytes as usize).min(bytes.len());
-            self.cache.insert(
-                ChunkKey {
-                    object: object.clone(),
-                    chunk,
-                },
-                bytes.slice(start..end),
-            );
-            chunk += 1;
-            start = end;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut filled = 0usize;
+        for piece in pieces {
+            let mut at = 0;
+            while at < piece.len() {
+                let take = (chunk_bytes - filled).min(piece.len() - at);
+                parts.push(piece.slice(at..at + take));
+                (at, filled) = (at + take, filled + take);
+                if filled == chunk_bytes {
+                    self.insert_chunk(&object, chunk, std::mem::take(&mut parts));
+                    (chunk, filled) = (chunk + 1, 0);
+                }
+            }
         }
+        if !parts.is_empty() {
+            self.insert_chunk(&object, chunk, parts);
+        }
+    }
+
+    fn insert_chunk(&self, object: &str, chunk: u64, parts: Vec<Bytes>) {
+        let key = ChunkKey {
+            object: object.to_string(),
+            chunk,
+        };
+        self.cache.insert(key, Chunk(Arc::from(parts)));
     }
 
     /// Drops an object's chunks (its segment was deleted).
@@ -342,7 +424,7 @@ mod tests {
         };
         let (store, cache, bytes, _) = setup(config).await;
         let fresh = Path::from("segments/b/y.seg");
-        cache.insert_object(&fresh, &bytes);
+        cache.insert_object(&fresh, std::slice::from_ref(&bytes));
         let got = cache.read_range(&fresh, 100..900, 1000).await.unwrap();
         assert_eq!(got, bytes.slice(100..900));
         assert_eq!(store.gets(), 0);
@@ -351,6 +433,32 @@ mod tests {
             cache.read_range(&fresh, 0..10, 1000).await.is_err(),
             "removed and not in the store"
         );
+    }
+
+    #[tokio::test]
+    async fn objects_inserted_in_pieces_read_back_whole() {
+        let config = ReadCacheConfig {
+            chunk_bytes: 64,
+            ..ReadCacheConfig::default()
+        };
+        let (store, cache, bytes, _) = setup(config).await;
+        let fresh = Path::from("segments/b/z.seg");
+        // Pieces of every size around the chunk size, as a flush lays large batches out.
+        let cuts = [0, 3, 64, 65, 200, 201, 202, 460, 700, 1000];
+        let pieces: Vec<Bytes> = cuts.windows(2).map(|w| bytes.slice(w[0]..w[1])).collect();
+        cache.insert_object(&fresh, &pieces);
+        for round in 0..2 {
+            for range in [0..1, 0..64, 60..70, 3..200, 190..210, 460..1000, 0..1000] {
+                let got = cache.read_range(&fresh, range.clone(), 1000).await.unwrap();
+                let want = bytes.slice(range.start as usize..range.end as usize);
+                assert_eq!(got, want, "round {round}, {range:?}");
+            }
+        }
+        assert_eq!(store.gets(), 0);
+        // Once read, a chunk is one buffer: a read inside it is a slice, not a copy.
+        let a = cache.read_range(&fresh, 130..140, 1000).await.unwrap();
+        let b = cache.read_range(&fresh, 128..192, 1000).await.unwrap();
+        assert_eq!(a.as_ptr(), b[2..].as_ptr());
     }
 
     #[tokio::test]

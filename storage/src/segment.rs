@@ -16,6 +16,11 @@
 //! the partition it wants; the same entries are committed to metadata, so the index and footer
 //! are needed only to inspect or recover an object without metadata. Every decoder here returns
 //! an error, never panics, on any input.
+//!
+//! The writer does not copy large batches: a segment is a list of pieces, each large batch's
+//! bytes after its base offset a slice of the buffer it arrived in, and the base offsets,
+//! header, small batches, index and footer written into the writer's own buffer. An object
+//! store takes the pieces as one upload (`PutPayload` of many `Bytes`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -84,10 +89,19 @@ pub struct DecodedSegment {
 /// Lays batches out as a segment object.
 #[derive(Debug)]
 pub struct SegmentWriter {
+    /// The object's pieces so far, in order; `buf` follows them.
+    pieces: Vec<Bytes>,
+    /// Bytes written by the writer itself since the last borrowed piece.
     buf: BytesMut,
+    /// Bytes of `pieces`.
+    sealed: usize,
     entries: Vec<SegmentEntry>,
     open: Option<(SegmentEntry, u32)>,
 }
+
+/// Batches at least this long are referenced, not copied, by [`SegmentWriter::push_batch`]:
+/// below it a copy costs less than one more piece to carry and send.
+pub const BORROW_MIN: usize = 8 << 10;
 
 /// Base offset field of a RecordBatch v2 (big-endian i64 at byte 0); the batch CRC covers only
 /// bytes from the attributes (byte 21) on, so rewriting it keeps the batch valid.
@@ -105,9 +119,20 @@ impl SegmentWriter {
         buf.put_u16_le(0);
         buf.put_i64_le(created_at_ms);
         Self {
+            pieces: Vec::new(),
             buf,
+            sealed: 0,
             entries: Vec::new(),
             open: None,
+        }
+    }
+
+    /// Ends the writer's own bytes so far as a piece, so a borrowed one can follow.
+    fn seal(&mut self) {
+        if !self.buf.is_empty() {
+            let piece = self.buf.split().freeze();
+            self.sealed += piece.len();
+            self.pieces.push(piece);
         }
     }
 
@@ -122,36 +147,50 @@ impl SegmentWriter {
             last_offset: 0,
             min_timestamp: i64::MAX,
             max_timestamp: i64::MIN,
-            position: self.buf.len() as u64,
+            position: self.len() as u64,
             length: 0,
             crc32c: 0,
         };
         self.open = Some((entry, 0));
     }
 
-    /// Appends a copy of one validated RecordBatch v2 with its base offset set to
-    /// `base_offset`. The batch's CRC32C field must be right (validation checked it): the
-    /// entry's CRC32C is derived from it rather than from a second pass over the bytes, so a
-    /// batch whose bytes changed since reads as damaged. Panics if no entry was begun (a bug in
-    /// the caller).
+    /// Appends one validated RecordBatch v2 with its base offset set to `base_offset`: a
+    /// batch of [`BORROW_MIN`] bytes or more is referenced from its base offset on (no copy),
+    /// a smaller one copied. The batch's CRC32C field must be right (validation checked it):
+    /// the entry's CRC32C is derived from it rather than from a second pass over the bytes, so
+    /// a batch whose bytes changed since reads as damaged. Panics if no entry was begun (a bug
+    /// in the caller).
     pub fn push_batch(
         &mut self,
-        batch: &[u8],
+        batch: &Bytes,
         base_offset: i64,
         record_count: u32,
         max_timestamp: i64,
         first_timestamp: i64,
     ) {
-        let (entry, crc) = self.open.as_mut().expect("push_batch before begin_entry");
-        let start = self.buf.len();
-        self.buf.put_slice(batch);
-        if batch.len() >= BASE_OFFSET_LEN {
-            self.buf[start..start + BASE_OFFSET_LEN].copy_from_slice(&base_offset.to_be_bytes());
+        assert!(self.open.is_some(), "push_batch before begin_entry");
+        let offset = base_offset.to_be_bytes();
+        if batch.len() >= BORROW_MIN.max(BATCH_CRC_END) {
+            self.buf.put_slice(&offset);
+            self.seal();
+            let rest = batch.slice(BASE_OFFSET_LEN..);
+            self.sealed += rest.len();
+            self.pieces.push(rest);
+        } else {
+            let start = self.buf.len();
+            self.buf.put_slice(batch);
+            if batch.len() >= BASE_OFFSET_LEN {
+                self.buf[start..start + BASE_OFFSET_LEN].copy_from_slice(&offset);
+            }
         }
+        let Some((entry, crc)) = self.open.as_mut() else {
+            return;
+        };
         // The batch's own CRC32C (checked when it was produced) covers every byte from its
         // attributes on: only the header before them is CRC'd here, and combined with it.
         *crc = if batch.len() >= BATCH_CRC_END {
-            let head = crc32c::crc32c_append(*crc, &self.buf[start..start + BATCH_CRC_END]);
+            let head = crc32c::crc32c_append(*crc, &offset);
+            let head = crc32c::crc32c_append(head, &batch[BASE_OFFSET_LEN..BATCH_CRC_END]);
             let own = u32::from_be_bytes([
                 batch[BATCH_CRC_END - 4],
                 batch[BATCH_CRC_END - 3],
@@ -159,8 +198,11 @@ impl SegmentWriter {
                 batch[BATCH_CRC_END - 1],
             ]);
             crate::crc::crc32c_combine(head, own, batch.len() - BATCH_CRC_END)
+        } else if batch.len() >= BASE_OFFSET_LEN {
+            let head = crc32c::crc32c_append(*crc, &offset);
+            crc32c::crc32c_append(head, &batch[BASE_OFFSET_LEN..])
         } else {
-            crc32c::crc32c_append(*crc, &self.buf[start..])
+            crc32c::crc32c_append(*crc, batch)
         };
         if entry.batch_count == 0 {
             entry.first_offset = base_offset;
@@ -231,12 +273,12 @@ impl SegmentWriter {
 
     /// Bytes written so far (header and batches).
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.sealed + self.buf.len()
     }
 
     /// True before anything but the header was written.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() <= HEADER_LEN
+        self.len() <= HEADER_LEN
     }
 
     /// Bytes of batches in the entry being written (0 when none is open).
@@ -253,16 +295,16 @@ impl SegmentWriter {
         }
     }
 
-    /// Writes the index and footer; returns the object bytes and its entries.
-    pub fn finish(mut self) -> (Bytes, Vec<SegmentEntry>) {
+    /// Writes the index and footer; returns the object as its pieces, and its entries.
+    pub fn finish(mut self) -> (Vec<Bytes>, Vec<SegmentEntry>) {
         self.close_entry();
-        let index_position = self.buf.len() as u64;
+        let index_position = self.len() as u64;
         let index_start = self.buf.len();
         for e in &self.entries {
             encode_entry(&mut self.buf, e);
         }
         let index_crc = crc32c::crc32c(&self.buf[index_start..]);
-        let object_length = (self.buf.len() + FOOTER_LEN) as u64;
+        let object_length = (self.len() + FOOTER_LEN) as u64;
         let footer_start = self.buf.len();
         self.buf.put_u64_le(index_position);
         self.buf.put_u32_le(self.entries.len() as u32);
@@ -271,8 +313,28 @@ impl SegmentWriter {
         self.buf.put_slice(&SEGMENT_MAGIC);
         let footer_crc = crc32c::crc32c(&self.buf[footer_start..]);
         self.buf.put_u32_le(footer_crc);
-        (self.buf.freeze(), self.entries)
+        self.seal();
+        (self.pieces, self.entries)
     }
+
+    /// [`SegmentWriter::finish`] with the object in one buffer (copied only when it was laid
+    /// out in several pieces).
+    pub fn finish_bytes(self) -> (Bytes, Vec<SegmentEntry>) {
+        let (pieces, entries) = self.finish();
+        (concat(pieces), entries)
+    }
+}
+
+/// The pieces of an object in one buffer: the piece itself when there is one.
+pub fn concat(mut pieces: Vec<Bytes>) -> Bytes {
+    if pieces.len() == 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for piece in &pieces {
+        out.put_slice(piece);
+    }
+    out.freeze()
 }
 
 fn encode_entry(buf: &mut BytesMut, e: &SegmentEntry) {

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::catalog::{Catalog, WriterFence};
@@ -50,7 +49,8 @@ const COMMIT_RETRY_FOR: Duration = Duration::from_secs(10);
 struct Built {
     object_id: String,
     path: Path,
-    bytes: Bytes,
+    /// The object's pieces: mostly slices of the produce requests' own buffers.
+    bytes: PutPayload,
     commit: SegmentCommit,
     producers: Producers,
     held: usize,
@@ -164,14 +164,11 @@ impl Flusher {
         self.metrics.flush_started();
         let store = self.store.clone();
         let (path, bytes) = (built.path.clone(), built.bytes.clone());
-        let span = info_span!(parent: &built.span, "upload", bytes = bytes.len());
+        let span = info_span!(parent: &built.span, "upload", bytes = bytes.content_length());
         tokio::spawn(
             async move {
                 let started = tokio::time::Instant::now();
-                store
-                    .put(&path, PutPayload::from(bytes))
-                    .await
-                    .map(|_| started.elapsed())
+                store.put(&path, bytes).await.map(|_| started.elapsed())
             }
             .instrument(span),
         )
@@ -211,9 +208,11 @@ impl Flusher {
         };
         let (path, object_id) = (name.path(), name.id());
         let created_at_ms = self.clock.now_ms();
+        // Large batches are referenced, not copied: the writer's own buffer holds the small
+        // ones, the base offsets and the index.
         let mut writer = SegmentWriter::new(
             created_at_ms,
-            window.bytes() + 64 * (window.partitions().count() + 1),
+            window.bytes().min(1 << 20) + 64 * (window.partitions().count() + 1),
         );
         let mut acks = Vec::new();
         for ((topic_id, partition), batches) in window.partitions() {
@@ -293,14 +292,15 @@ impl Flusher {
         // From here the segment may reach the store: a producer left unanswered after this
         // point (the flusher stopped) hears that its records may be stored.
         producers.mark_written();
-        let (bytes, entries) = writer.finish();
-        let span = info_span!(parent: None, "flush", segment = object_id.as_str(), bytes = bytes.len(),
+        let (pieces, entries) = writer.finish();
+        let bytes = PutPayload::from_iter(pieces);
+        let span = info_span!(parent: None, "flush", segment = object_id.as_str(), bytes = bytes.content_length(),
             partitions = entries.len(), producers = tracing::field::Empty,
             outcome = tracing::field::Empty, error = tracing::field::Empty);
         crate::observe::logs::link_producers(&span, producers.spans());
         let commit = SegmentCommit {
             object: path.to_string(),
-            object_len: bytes.len() as u64,
+            object_len: bytes.content_length() as u64,
             created_at_ms,
             entries,
         };
@@ -367,10 +367,10 @@ impl Flusher {
                     ack: built.opened_at.elapsed(),
                 };
                 self.metrics
-                    .flush_committed(built.bytes.len(), metadata_bytes, &times);
-                self.cache.insert_object(&built.path, &built.bytes);
+                    .flush_committed(built.bytes.content_length(), metadata_bytes, &times);
+                self.cache.insert_object(&built.path, built.bytes.as_ref());
                 self.index.apply(&built.object_id, &built.commit);
-                debug!(object = %built.path, bytes = built.bytes.len(), partitions = built.commit.entries.len(), "segment committed");
+                debug!(object = %built.path, bytes = built.bytes.content_length(), partitions = built.commit.entries.len(), "segment committed");
                 built.producers.ack();
                 if let Some(revision) = revision {
                     self.measure_watch_lag(revision);

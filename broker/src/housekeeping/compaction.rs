@@ -289,6 +289,7 @@ impl Compactor {
         now: i64,
     ) -> Result<bool, BrokerError> {
         let (object, entries) = writer.finish();
+        let object = PutPayload::from_iter(object);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = Path::from(format!(
             "parts/{id}-{}-{:016x}-{seq}.seg",
@@ -296,16 +297,13 @@ impl Compactor {
         ));
         let commit = SegmentCommit {
             object: path.to_string(),
-            object_len: object.len() as u64,
+            object_len: object.content_length() as u64,
             created_at_ms: now,
             entries,
         };
-        self.store
-            .put(&path, PutPayload::from_bytes(object))
-            .await
-            .map_err(|err| {
-                BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
-            })?;
+        self.store.put(&path, object).await.map_err(|err| {
+            BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
+        })?;
         // Garbage collection can see the object (list it) only once its PUT ended, so its
         // grace period starts then at the earliest; the swap must be sent well within it.
         let put_done = tokio::time::Instant::now();

@@ -4,11 +4,11 @@ use super::*;
 
 /// A fake batch of `len` bytes (≥ 21) whose bytes are `fill` but its CRC32C field (bytes
 /// 17..21), which holds the CRC32C of the bytes after it, as a validated batch's does.
-fn fake_batch(len: usize, fill: u8) -> Vec<u8> {
+fn fake_batch(len: usize, fill: u8) -> Bytes {
     let mut b = vec![fill; len];
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
+    Bytes::from(b)
 }
 
 fn two_entry_segment() -> (Bytes, Vec<SegmentEntry>) {
@@ -19,7 +19,7 @@ fn two_entry_segment() -> (Bytes, Vec<SegmentEntry>) {
     w.begin_entry(7, 3); // empty entry: dropped
     w.begin_entry(9, 1);
     w.push_batch(&fake_batch(64, 0xcc), 0, 1, 5, 5);
-    w.finish()
+    w.finish_bytes()
 }
 
 /// The exact bytes of format v1 for `two_entry_segment`. If this test fails, the format
@@ -97,10 +97,10 @@ fn entries_copied_whole_combine_their_crcs() {
     let mut next = SegmentWriter::new(0, 0);
     next.begin_entry(7, 0);
     next.push_batch(&fake_batch(70, 0xdd), 105, 4, 1_200, 1_150);
-    let (b, b_entries) = next.finish();
+    let (b, b_entries) = next.finish_bytes();
     w.push_entry(&range(&b, &b_entries[0]), &b_entries[0]);
     assert_eq!(w.open_entry_len(), 122 + 70);
-    let (bytes, entries) = w.finish();
+    let (bytes, entries) = w.finish_bytes();
     assert_eq!(entries.len(), 1);
     let e = &entries[0];
     assert_eq!((e.topic_id, e.partition, e.batch_count), (7, 0, 3));
@@ -158,7 +158,7 @@ fn corruption_is_detected() {
 
 #[test]
 fn empty_segment_is_valid() {
-    let (bytes, entries) = SegmentWriter::new(5, 0).finish();
+    let (bytes, entries) = SegmentWriter::new(5, 0).finish_bytes();
     assert!(entries.is_empty());
     assert_eq!(bytes.len(), HEADER_LEN + FOOTER_LEN);
     assert_eq!(decode_segment(&bytes).unwrap().entries, vec![]);
@@ -190,18 +190,60 @@ proptest! {
     }
 
     #[test]
-    fn writer_and_decoder_agree(parts in proptest::collection::vec((0u64..4, 0u32..4, proptest::collection::vec((8usize..200, 1u32..50), 1..4)), 0..6)) {
+    fn writer_and_decoder_agree(parts in proptest::collection::vec((0u64..4, 0u32..4, proptest::collection::vec((prop_oneof![8usize..200, BORROW_MIN - 2..BORROW_MIN + 300], 1u32..50, any::<u8>()), 1..4)), 0..6)) {
         let mut w = SegmentWriter::new(1, 0);
         let mut offset = 0i64;
+        let mut expected = Vec::new();
         for (topic, partition, batches) in &parts {
             w.begin_entry(*topic, *partition);
-            for (len, count) in batches {
-                w.push_batch(&vec![1u8; *len], offset, *count, 10, 5);
+            for (len, count, fill) in batches {
+                let batch = if *len >= 21 { fake_batch(*len, *fill) } else { Bytes::from(vec![*fill; *len]) };
+                w.push_batch(&batch, offset, *count, 10, 5);
+                let mut laid = batch.to_vec();
+                laid[..8].copy_from_slice(&offset.to_be_bytes());
+                expected.push(laid);
                 offset += i64::from(*count);
             }
         }
-        let (bytes, entries) = w.finish();
+        let (pieces, entries) = w.finish();
+        let bytes = concat(pieces);
         prop_assert_eq!(entries.len(), parts.len());
-        prop_assert_eq!(decode_segment(&bytes).unwrap().entries, entries);
+        prop_assert_eq!(&decode_segment(&bytes).unwrap().entries, &entries);
+        // Borrowed or copied, every batch reads back with its offset, under its entry's CRC.
+        let batches: Vec<u8> = expected.concat();
+        prop_assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + batches.len()], &batches[..]);
+        for e in &entries {
+            let range = e.position as usize..(e.position + u64::from(e.length)) as usize;
+            prop_assert!(verify_entry_range(e, &bytes[range]).is_ok());
+        }
     }
+}
+
+#[test]
+fn large_batches_are_referenced_not_copied() {
+    let big = fake_batch(BORROW_MIN + 100, 0x5a);
+    let small = fake_batch(100, 0x33);
+    let mut w = SegmentWriter::new(3, 0);
+    w.begin_entry(1, 0);
+    w.push_batch(&small, 10, 2, 7, 7);
+    w.push_batch(&big, 12, 5, 8, 8);
+    w.push_batch(&big, 17, 5, 9, 9);
+    let (pieces, entries) = w.finish();
+    // header + small + first offset | big after its offset | second offset | big | index + footer
+    assert_eq!(pieces.len(), 5);
+    let inside = |p: &Bytes| {
+        let (at, end) = (big.as_ptr() as usize, big.as_ptr() as usize + big.len());
+        (at..end).contains(&(p.as_ptr() as usize))
+    };
+    assert!(inside(&pieces[1]) && inside(&pieces[3]));
+    assert_eq!(pieces[1].len(), big.len() - 8);
+    let bytes = concat(pieces);
+    let e = &entries[0];
+    assert_eq!((e.first_offset, e.last_offset, e.batch_count), (10, 21, 3));
+    let range = e.position as usize..(e.position + u64::from(e.length)) as usize;
+    verify_entry_range(e, &bytes[range.clone()]).unwrap();
+    let second = range.start + small.len() + big.len();
+    assert_eq!(&bytes[second..second + 8], &17i64.to_be_bytes());
+    assert_eq!(&bytes[second + 8..range.end], &big[8..]);
+    assert_eq!(decode_segment(&bytes).unwrap().entries, entries);
 }

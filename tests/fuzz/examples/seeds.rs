@@ -46,7 +46,7 @@ fn main() {
     writer.push_batch(&plain, 0, 3, 1_700_000_000_002, 1_700_000_000_000);
     writer.begin_entry(7, 1);
     writer.push_batch(&plain, 10, 3, 1_700_000_000_002, 1_700_000_000_000);
-    let (segment, entries) = writer.finish();
+    let (segment, entries) = writer.finish_bytes();
     write("segment", "two-entries", &segment);
     let first = &entries[0];
     let stored =
