@@ -32,6 +32,9 @@ pub const GROUP_SLOTS: u32 = 32;
 
 /// Marks a key-compacted object's commit id (`<first>-<last>.k<written at ms>`).
 const CLEANED_MARK: &str = ".k";
+/// Follows it when the object keeps tombstones: the earliest of their delete horizons
+/// (`….k<written at ms>.h<horizon ms>`), when key compaction must run again to drop them.
+const HORIZON_MARK: &str = ".h";
 
 /// The reserved topic id under which coordinator slots are owned (`owners/0…0/<slot>`). Topic
 /// ids are creation revisions, which start at 1, so no topic has it.
@@ -256,16 +259,19 @@ impl Keys {
 
     /// The id of a key-compacted object's commit: [`Self::part_id`] with the instant it was
     /// written, so a range compacted again (tombstones expiring, new keys) never reuses a key
-    /// a reader or garbage collection may still hold.
+    /// a reader or garbage collection may still hold; and, when the object keeps tombstones,
+    /// the earliest delete horizon among them.
     pub fn cleaned_part_id(
         topic_id: u64,
         partition: u32,
         first: i64,
         last: i64,
         at_ms: i64,
+        horizon_ms: Option<i64>,
     ) -> String {
+        let horizon = horizon_ms.map_or(String::new(), |h| format!("{HORIZON_MARK}{h:013}"));
         format!(
-            "{}{CLEANED_MARK}{at_ms:013}",
+            "{}{CLEANED_MARK}{at_ms:013}{horizon}",
             Self::part_id(topic_id, partition, first, last)
         )
     }
@@ -273,6 +279,12 @@ impl Keys {
     /// True for an id from [`Self::cleaned_part_id`].
     pub fn is_cleaned_part(id: &str) -> bool {
         id.contains(CLEANED_MARK)
+    }
+
+    /// The earliest delete horizon of the tombstones a key-compacted object keeps, from its id.
+    pub fn cleaned_part_horizon(id: &str) -> Option<i64> {
+        let (_, cleaned) = id.split_once(CLEANED_MARK)?;
+        cleaned.split_once(HORIZON_MARK)?.1.parse().ok()
     }
 
     /// The commit key of a compacted object, `id` from [`Self::part_id`].

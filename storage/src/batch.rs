@@ -42,6 +42,9 @@ const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+/// KIP-534: the base timestamp holds the batch's delete horizon, the instant from which key
+/// compaction may drop its tombstones (record timestamps stay base + delta).
+const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// Limits a batch must respect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,20 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// The delete horizon key compaction stamped on the batch (KIP-534), if any.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & ATTR_DELETE_HORIZON != 0).then_some(self.base_timestamp)
+    }
+
+    /// The earliest record timestamp the header tells: the base timestamp, unless it holds a
+    /// delete horizon (then only the max timestamp is known).
+    pub fn min_timestamp(&self) -> i64 {
+        match self.delete_horizon() {
+            Some(_) => self.max_timestamp,
+            None => self.base_timestamp.min(self.max_timestamp),
+        }
     }
 
     /// The offset of the batch's last record.
@@ -394,6 +411,16 @@ fn record_payload_len(record: &Record) -> usize {
             .sum::<usize>()
 }
 
+/// Appends `value` as a zigzag varint (Kafka's varint).
+fn put_varint(out: &mut BytesMut, value: i64) {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    while raw >= 0x80 {
+        out.extend_from_slice(&[(raw as u8) | 0x80]);
+        raw >>= 7;
+    }
+    out.extend_from_slice(&[raw as u8]);
+}
+
 /// Reads a zigzag varint (Kafka's varint); returns the value and its width in bytes.
 fn read_varint(buf: &[u8]) -> Option<(i64, usize)> {
     let mut raw: u64 = 0;
@@ -677,6 +704,15 @@ pub struct KeyedRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// A null value: a tombstone in a compacted topic.
     pub null_value: bool,
+    /// The batch's delete horizon, if key compaction stamped one (KIP-534).
+    pub delete_horizon: Option<i64>,
+}
+
+impl KeyedRecord<'_> {
+    /// A tombstone: a keyed record with a null value.
+    pub fn is_tombstone(&self) -> bool {
+        self.null_value && self.key.is_some()
+    }
 }
 
 /// What [`retain_records`] left of a batch.
@@ -696,19 +732,28 @@ pub enum Retained {
 /// as they were (its offset delta is relative to the unchanged base offset); the record count,
 /// length and CRC32C recomputed. Control batches and empty batches are kept whole and `keep` is
 /// not called for them.
+///
+/// `stamp`: the delete horizon to set (KIP-534) on a batch that keeps a tombstone and has
+/// none yet. The base timestamp then holds the horizon and each record's timestamp delta is
+/// rewritten against it, so every record keeps its timestamp. The caller drops a tombstone
+/// only once its batch's horizon passed: a tombstone stays at least the delete retention after
+/// the compaction that first saw it, however old its own timestamp.
 pub fn retain_records(
     header: &BatchHeader,
     batch: &Bytes,
+    stamp: Option<i64>,
     mut keep: impl FnMut(&KeyedRecord<'_>) -> bool,
 ) -> Result<Retained, BatchError> {
     if header.is_control() || header.record_count == 0 {
         return Ok(Retained::All);
     }
     let log_append_time = header.attributes & ATTR_LOG_APPEND_TIME != 0;
+    let delete_horizon = header.delete_horizon();
     let records = stored_records(header, batch)?;
     let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
     let mut count = 0i32;
     let mut dropped = false;
+    let mut kept_tombstone = false;
     walk_stored(header, &records, |_, whole, body, layout| {
         let record = KeyedRecord {
             offset: header.base_offset + layout.offset_delta,
@@ -719,9 +764,11 @@ pub fn retain_records(
             },
             key: layout.key.as_ref().map(|k| &body[k.clone()]),
             null_value: layout.value.is_none(),
+            delete_horizon,
         };
         if keep(&record) {
             count += 1;
+            kept_tombstone |= record.is_tombstone();
             // Adjacent kept records are one range: copied in one go below.
             match kept.last_mut() {
                 Some(last) if last.end == whole.start => last.end = whole.end,
@@ -732,24 +779,81 @@ pub fn retain_records(
         }
         Ok(())
     })?;
-    if !dropped {
+    let stamp = stamp.filter(|_| kept_tombstone && delete_horizon.is_none());
+    if !dropped && stamp.is_none() {
         return Ok(Retained::All);
     }
     if kept.is_empty() {
         return Ok(Retained::Nothing);
     }
     let mut plain = BytesMut::with_capacity(kept.iter().map(|r| r.len()).sum());
-    for range in &kept {
-        plain.extend_from_slice(&records[range.clone()]);
+    match stamp {
+        Some(horizon) if !log_append_time => {
+            for range in &kept {
+                let kept = &records[range.clone()];
+                rebase_records(kept, header.base_timestamp, horizon, &mut plain)?;
+            }
+        }
+        _ => {
+            for range in &kept {
+                plain.extend_from_slice(&records[range.clone()]);
+            }
+        }
     }
     let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + plain.len());
     out.extend_from_slice(&batch[..BATCH_HEADER_LEN]);
+    if let Some(horizon) = stamp {
+        let attributes = header.attributes | ATTR_DELETE_HORIZON;
+        out[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attributes.to_be_bytes());
+        out[BASE_TIMESTAMP_POS..BASE_TIMESTAMP_POS + 8].copy_from_slice(&horizon.to_be_bytes());
+    }
     match header.compression() {
         Some(Compression::None) | None => out.extend_from_slice(&plain),
         Some(codec) => compress_into(codec, &plain, &mut out)?,
     }
     finish_header(&mut out, count);
     Ok(Retained::Some(out.freeze()))
+}
+
+/// Appends `records` (whole records, length prefixes included, parsed already) with each one's
+/// timestamp delta moved from base `from` to base `to`, so its timestamp stays the same.
+fn rebase_records(
+    mut records: &[u8],
+    from: i64,
+    to: i64,
+    out: &mut BytesMut,
+) -> Result<(), BatchError> {
+    let undecodable = || BatchError::Undecodable("a record changed after it was parsed".into());
+    while !records.is_empty() {
+        let (len, width) = read_varint(records).ok_or_else(undecodable)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| width.checked_add(len))
+            .filter(|end| *end <= records.len())
+            .ok_or_else(undecodable)?;
+        let body = &records[width..end];
+        let (delta, delta_width) = body
+            .get(1..)
+            .and_then(read_varint)
+            .ok_or_else(undecodable)?;
+        let rebased = from
+            .checked_add(delta)
+            .and_then(|timestamp| timestamp.checked_sub(to))
+            .ok_or_else(|| {
+                BatchError::Undecodable(format!(
+                    "a record's timestamp cannot be written against the delete horizon {to}"
+                ))
+            })?;
+        let mut field = BytesMut::with_capacity(10);
+        put_varint(&mut field, rebased);
+        let rest = &body[1 + delta_width..];
+        put_varint(out, (1 + field.len() + rest.len()) as i64);
+        out.extend_from_slice(&body[..1]);
+        out.extend_from_slice(&field);
+        out.extend_from_slice(rest);
+        records = &records[end..];
+    }
+    Ok(())
 }
 
 /// Compresses `plain` records with `codec` onto `out`.

@@ -253,10 +253,7 @@ impl SegmentWriter {
         }
         entry.batch_count += 1;
         entry.last_offset = header.last_offset();
-        entry.min_timestamp = entry
-            .min_timestamp
-            .min(header.base_timestamp)
-            .min(header.max_timestamp);
+        entry.min_timestamp = entry.min_timestamp.min(header.min_timestamp());
         entry.max_timestamp = entry.max_timestamp.max(header.max_timestamp);
         entry.length += batch.len() as u32;
     }

@@ -414,3 +414,99 @@ async fn a_key_compaction_killed_between_put_and_swap_leaves_an_orphan_and_loses
     let client = cluster.client().await;
     wait_compacted(&client, "kv", 2, &model, false).await;
 }
+
+/// KIP-534: a tombstone stays `delete_retention_ms` after the compaction that first kept it,
+/// however old its own timestamp, so a consumer that read the old value sees the delete. (With
+/// expiry counted from the record's timestamp, a backfilled tombstone went in the very run that
+/// dropped the value it deletes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backfilled_tombstone_stays_for_the_delete_retention() {
+    let Some(mut cluster) = Cluster::start("key-compaction-backfill", TTL_MS, 10).await else {
+        return;
+    };
+    cluster.add_broker_with(fast_lifecycle).await;
+    let client = cluster.client().await;
+    client
+        .create_topic_with("kv", 1, compacted_config(86_400_000))
+        .await
+        .expect("create kv");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    let record =
+        |key: &'static [u8], value: Option<&'static [u8]>, timestamp_ms: Option<i64>| Record {
+            key: Some(Bytes::from_static(key)),
+            value: Bytes::from_static(value.unwrap_or_default()),
+            null_value: value.is_none(),
+            timestamp_ms,
+            partition: Some(0),
+            ..Record::default()
+        };
+    let mut log = client.log();
+    for records in [
+        vec![
+            record(b"k", Some(b"v"), None),
+            record(b"other", Some(b"1"), None),
+        ],
+        // A day and more old: its own timestamp is long past the delete retention.
+        vec![record(b"k", None, Some(1_000))],
+        vec![record(b"other", Some(b"2"), None)],
+    ] {
+        let response = log
+            .produce(ProduceRequest {
+                topic: "kv".into(),
+                records,
+            })
+            .await
+            .expect("produce")
+            .into_inner();
+        assert!(response.results.iter().all(|r| matches!(
+            r.outcome,
+            Some(silt_api::v1::record_result::Outcome::Ack(_))
+        )));
+    }
+    // Compaction drops the superseded records (offsets 0 and 1) and keeps the tombstone.
+    let want: Log = [
+        (2, (Bytes::from_static(b"k"), None)),
+        (
+            3,
+            (Bytes::from_static(b"other"), Some(Bytes::from_static(b"2"))),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = read_log(&client, "kv", 0).await;
+        if !read.contains_key(&0) {
+            assert_eq!(
+                read, want,
+                "the backfilled tombstone went with the value it deletes"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never compacted: {read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Later runs (new writes make them due) keep it too: its horizon is a day away.
+    log.produce(ProduceRequest {
+        topic: "kv".into(),
+        records: vec![record(b"other", Some(b"3"), None)],
+    })
+    .await
+    .expect("produce");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = read_log(&client, "kv", 0).await;
+        if !read.contains_key(&3) {
+            assert_eq!(read.get(&2), Some(&(Bytes::from_static(b"k"), None)));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never compacted again: {read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -38,6 +38,9 @@ pub struct ObjectRef {
     /// Written by key compaction: its records are the latest of their keys as of that
     /// compaction (the clean section of a compacted topic's log).
     pub cleaned: bool,
+    /// The earliest delete horizon of the tombstones a key-compacted object keeps: from then on
+    /// key compaction is due again, to drop them.
+    pub tombstone_horizon: Option<i64>,
 }
 
 /// What wrote an object.
@@ -58,6 +61,10 @@ impl ObjectRef {
             kind,
             created_at_ms: commit.created_at_ms,
             cleaned: kind == ObjectKind::Part && Keys::is_cleaned_part(id),
+            tombstone_horizon: match kind {
+                ObjectKind::Part => Keys::cleaned_part_horizon(id),
+                ObjectKind::Segment => None,
+            },
         })
     }
 }
@@ -82,6 +89,8 @@ pub struct CompactionPolicy {
     /// ... or once its oldest object was written before this instant (ms), so a quiet
     /// partition is compacted too.
     pub overdue_before_ms: i64,
+    /// Now (ms): key compaction is due when a tombstone's delete horizon passed.
+    pub now_ms: i64,
 }
 
 /// A compacted topic's partition log that key compaction should rewrite: every committed
@@ -385,6 +394,7 @@ impl PartitionLog {
             dirty_bytes: 0,
         };
         let mut oldest_dirty = i64::MAX;
+        let mut horizon = i64::MAX;
         for e in s.entries.iter() {
             if e.first_offset >= s.high_watermark {
                 break;
@@ -402,14 +412,16 @@ impl PartitionLog {
                 break;
             }
             run.bytes += u64::from(e.length);
+            horizon = horizon.min(e.object.tombstone_horizon.unwrap_or(i64::MAX));
             if !e.object.cleaned {
                 run.dirty_bytes += u64::from(e.length);
                 oldest_dirty = oldest_dirty.min(e.object.created_at_ms);
             }
             run.entries.push(e.clone());
         }
-        let due = run.dirty_bytes > 0
-            && (run.dirty_bytes * 2 >= run.bytes || oldest_dirty < policy.overdue_before_ms);
+        let due = (run.dirty_bytes > 0
+            && (run.dirty_bytes * 2 >= run.bytes || oldest_dirty < policy.overdue_before_ms))
+            || horizon <= policy.now_ms;
         due.then_some(run)
     }
 
@@ -769,6 +781,7 @@ mod tests {
             written_before_ms,
             target_bytes,
             overdue_before_ms,
+            now_ms: 0,
         };
         let ids = |run: Option<CompactionRun>| {
             run.map(|r| {
@@ -889,10 +902,14 @@ mod tests {
             index.apply(name, &c);
         }
         let log = index.partition(1, 0);
-        let policy = |written_before_ms, overdue_before_ms| CompactionPolicy {
+        let policy_at = |written_before_ms, overdue_before_ms, now_ms| CompactionPolicy {
             written_before_ms,
             target_bytes: 1 << 20,
             overdue_before_ms,
+            now_ms,
+        };
+        let policy = |written_before_ms, overdue_before_ms| {
+            policy_at(written_before_ms, overdue_before_ms, 0)
         };
         let ids = |run: &CleaningRun| {
             run.entries
@@ -905,7 +922,7 @@ mod tests {
         assert_eq!(ids(&run), vec!["a", "b", "c"]);
         assert_eq!((run.bytes, run.dirty_bytes), (300, 300));
         // A key-compacted object over 0..=9 (clean), then c and d dirty.
-        let id = Keys::cleaned_part_id(1, 0, 0, 9, 5_000);
+        let id = Keys::cleaned_part_id(1, 0, 0, 9, 5_000, None);
         let mut cleaned = part(0, 9, 200);
         cleaned.created_at_ms = 5_000;
         index.apply_part(&id, &cleaned);
@@ -921,16 +938,28 @@ mod tests {
         // Nothing dirty: never due.
         let mut all = part(0, 19, 300);
         all.created_at_ms = 6_000;
-        index.apply_part(&Keys::cleaned_part_id(1, 0, 0, 19, 6_000), &all);
+        index.apply_part(&Keys::cleaned_part_id(1, 0, 0, 19, 6_000, None), &all);
         assert!(log.cleaning_run(&policy(10_000, 10_000)).is_none());
+        // ... unless it keeps tombstones whose delete horizon passed.
+        let id = Keys::cleaned_part_id(1, 0, 0, 19, 7_000, Some(20_000));
+        index.apply_part(&id, &all);
+        assert_eq!(
+            log.entries_from(0, 1).1[0].object.tombstone_horizon,
+            Some(20_000)
+        );
+        assert!(log.cleaning_run(&policy(10_000, 10_000)).is_none());
+        let run = log
+            .cleaning_run(&policy_at(10_000, 10_000, 20_000))
+            .unwrap();
+        assert_eq!((ids(&run), run.dirty_bytes), (vec![id], 0));
     }
 
     #[test]
     fn a_range_compacted_again_replaces_the_earlier_object() {
         let index = LogIndex::new();
         index.apply("a", &commit("a", &[(0, 0, 4, 100)]));
-        let first = Keys::cleaned_part_id(1, 0, 0, 4, 1_000);
-        let second = Keys::cleaned_part_id(1, 0, 0, 4, 2_000);
+        let first = Keys::cleaned_part_id(1, 0, 0, 4, 1_000, None);
+        let second = Keys::cleaned_part_id(1, 0, 0, 4, 2_000, Some(3_000));
         assert_ne!(first, second);
         index.apply_part(&first, &part(0, 4, 50));
         index.apply_part(&second, &part(0, 4, 40));

@@ -219,6 +219,7 @@ impl Compactor {
             written_before_ms: now.saturating_sub(self.settings.min_age.as_millis() as i64),
             target_bytes: self.settings.target_bytes,
             overdue_before_ms: now.saturating_sub(self.settings.max_delay.as_millis() as i64),
+            now_ms: now,
         }
     }
 

@@ -2,13 +2,16 @@
 //! partition rewrites the log keeping only the latest record of each key, as Kafka's log
 //! cleaner does. Surviving records keep their offsets (gaps are allowed in compacted topics
 //! only); a record with a null value (a tombstone) deletes its key, and is itself dropped once
-//! its timestamp is older than the topic's `delete_retention_ms`, so consumers that read the
-//! old value have that long to see the delete. The tail not yet compacted reads as written.
+//! the topic's `delete_retention_ms` passed since the compaction that first kept it (its
+//! batch's delete horizon, KIP-534), so a consumer that read the old value has that long to
+//! see the delete, however old the tombstone's own timestamp. The tail not yet compacted
+//! reads as written.
 //!
 //! One run covers the log from its start up to the first flush segment younger than
 //! `--compaction-min-age-ms` ([`PartitionLog::cleaning_run`]), and is due when the dirty
 //! section (entries key compaction did not write) holds half its bytes or is older than
-//! `--compaction-max-delay-ms`:
+//! `--compaction-max-delay-ms`, or when a tombstone's delete horizon passed (the commit id of
+//! an object keeping tombstones carries the earliest of their horizons):
 //!
 //! 1. **Map**: read the dirty entries and note the latest offset of every key. The clean
 //!    section needs no pass: each of its keys appears once, and the dirty section supersedes
@@ -16,7 +19,8 @@
 //!    entry that filled it and the rest waits for the next run.
 //! 2. **Rewrite**: read the run again in offset order and thin each batch
 //!    ([`retain_records`]): a record goes when a later record of its key exists, or when it is
-//!    an expired tombstone. Batches keep their base and last offsets; a stretch left with no
+//!    a tombstone whose batch's delete horizon passed; a batch keeping a tombstone without a
+//!    horizon gets one, now + `delete_retention_ms`. Batches keep their base and last offsets; a stretch left with no
 //!    record keeps an empty batch spanning its offsets, so every output entry covers exactly
 //!    the input entries it replaces. Objects of about `--compaction-target-bytes` are PUT and
 //!    swapped one by one, oldest first, fenced like plain compaction
@@ -28,6 +32,7 @@
 //! like any compacted commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -132,7 +137,7 @@ impl Compactor {
             let mut full = false;
             for item in split_batches(&bytes) {
                 let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
-                retain_records(&header, &batch, |r| {
+                retain_records(&header, &batch, None, |r| {
                     if let Some(key) = r.key {
                         match latest.get_mut(key) {
                             Some(offset) => *offset = r.offset,
@@ -181,15 +186,22 @@ impl Compactor {
             .count();
         let entries = &run.entries[expired..end];
         let now = self.clock.now_ms();
-        let horizon = now.saturating_sub(topic.record.delete_retention_ms);
+        let stamp = now.saturating_add(topic.record.delete_retention_ms.max(0));
         let mut dropped = 0u64;
+        // The earliest delete horizon of the tombstones the open output keeps.
+        // (i64::MAX: none; an atomic because the closure is held across awaits.)
+        let kept_horizon = AtomicI64::new(i64::MAX);
         let mut keep = |r: &KeyedRecord<'_>| {
             let superseded = r
                 .key
                 .and_then(|k| latest.get(k))
                 .is_some_and(|latest| r.offset < *latest);
-            let expired = r.null_value && r.key.is_some() && r.timestamp_ms < horizon;
+            let expired = r.is_tombstone() && r.delete_horizon.is_some_and(|h| h <= now);
             let kept = !superseded && !expired;
+            if kept && r.is_tombstone() {
+                let h = r.delete_horizon.unwrap_or(stamp);
+                kept_horizon.fetch_min(h, Ordering::Relaxed);
+            }
             dropped += u64::from(!kept);
             kept
         };
@@ -217,7 +229,9 @@ impl Compactor {
             }
             for item in split_batches(&bytes) {
                 let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
-                match retain_records(&header, &batch, &mut keep).map_err(|err| damaged(&e, &err))? {
+                match retain_records(&header, &batch, Some(stamp), &mut keep)
+                    .map_err(|err| damaged(&e, &err))?
+                {
                     Retained::All => o.writer.push_stored_batch(&batch, &header),
                     Retained::Some(thin) => {
                         let h = BatchHeader::read(&thin).map_err(|err| damaged(&e, &err))?;
@@ -235,7 +249,9 @@ impl Compactor {
             if full || last_input {
                 let o = out.take().expect("an output is open");
                 let written = o.writer_bytes();
-                let id = Keys::cleaned_part_id(topic.id, partition, o.first, o.last, now);
+                let horizon =
+                    Some(kept_horizon.swap(i64::MAX, Ordering::Relaxed)).filter(|h| *h != i64::MAX);
+                let id = Keys::cleaned_part_id(topic.id, partition, o.first, o.last, now, horizon);
                 if !self.put_and_swap(topic, &fence, &id, o.writer, now).await? {
                     return Ok((cleaned.objects > 0).then_some(cleaned));
                 }

@@ -39,8 +39,9 @@ enum TopicCommand {
         /// key (compact; every record then needs a key), or both [default: delete].
         #[arg(long, value_enum)]
         cleanup_policy: Option<CleanupPolicy>,
-        /// How long a compacted topic keeps a tombstone (a record with a null value), in ms,
-        /// so consumers see the key's deletion [default: 86400000, one day].
+        /// How long a compacted topic keeps a tombstone (a record with a null value) after
+        /// compaction first kept it, in ms, so consumers see the key's deletion [default:
+        /// 86400000, one day].
         #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         delete_retention_ms: Option<i64>,
     },

@@ -504,7 +504,7 @@ fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
         let header = BatchHeader::read(&b).unwrap();
         let mut seen = Vec::new();
         // Keep the even offsets and the last record.
-        let out = retain_records(&header, &b, |r| {
+        let out = retain_records(&header, &b, None, |r| {
             seen.push((
                 r.offset,
                 r.key.map(<[u8]>::to_vec),
@@ -548,7 +548,7 @@ fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
         let from = decode_batches(thin.clone(), 103).unwrap();
         assert_eq!(from[0].offset, 104);
         // Thinning again works on gaps, and keeping everything keeps the batch.
-        let again = retain_records(&h, &thin, |r| r.offset != 104).unwrap();
+        let again = retain_records(&h, &thin, None, |r| r.offset != 104).unwrap();
         let Retained::Some(again) = again else {
             panic!("expected a rewritten batch");
         };
@@ -558,19 +558,91 @@ fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
             .map(|r| r.offset)
             .collect();
         assert_eq!(offsets, vec![100, 102, 106, 108, 109]);
-        assert_eq!(retain_records(&h, &thin, |_| true).unwrap(), Retained::All);
         assert_eq!(
-            retain_records(&h, &thin, |_| false).unwrap(),
+            retain_records(&h, &thin, None, |_| true).unwrap(),
+            Retained::All
+        );
+        assert_eq!(
+            retain_records(&h, &thin, None, |_| false).unwrap(),
             Retained::Nothing
         );
     }
 }
 
 #[test]
+fn a_kept_tombstone_stamps_the_delete_horizon_and_records_keep_their_timestamps() {
+    let recs = keyed_records(10);
+    let horizon = 1_800_000_000_000;
+    for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let mut raw = encode_batch(&recs, codec, ProducerInfo::default())
+            .unwrap()
+            .to_vec();
+        set_base_offset(&mut raw, 100);
+        let b = Bytes::from(raw);
+        let header = BatchHeader::read(&b).unwrap();
+        assert_eq!(header.delete_horizon(), None);
+        // Everything kept, a tombstone among it: the batch is rewritten to carry the horizon.
+        let Retained::Some(stamped) = retain_records(&header, &b, Some(horizon), |_| true).unwrap()
+        else {
+            panic!("{codec:?}: a batch keeping a tombstone is stamped");
+        };
+        let h = BatchHeader::read(&stamped).unwrap();
+        assert_eq!(h.delete_horizon(), Some(horizon));
+        assert_eq!(h.compression(), Some(codec));
+        assert_eq!(
+            (h.record_count, h.max_timestamp),
+            (10, header.max_timestamp)
+        );
+        assert_eq!(h.min_timestamp(), header.max_timestamp);
+        let crc = u32::from_be_bytes(stamped[CRC_POS..CRC_POS + 4].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&stamped[ATTRIBUTES_POS..]));
+        let decoded = decode_batches(stamped.clone(), 0).unwrap();
+        assert_eq!(decoded.len(), 10);
+        for r in &decoded {
+            let i = (r.offset - 100) as usize;
+            assert_eq!(r.timestamp_ms, recs[i].timestamp_ms, "{codec:?}");
+            assert_eq!((&r.key, &r.value), (&recs[i].key, &recs[i].value));
+        }
+        // Kafka's decoder reads the same timestamps (base + delta, deltas now negative).
+        let theirs = RecordBatchDecoder::decode(&mut stamped.clone()).unwrap();
+        for (r, want) in theirs.records.iter().zip(&recs) {
+            assert_eq!(r.timestamp, want.timestamp_ms, "{codec:?}");
+        }
+        // Records of a stamped batch see its horizon; it is stamped once, not moved.
+        let mut horizons = Vec::new();
+        let again = retain_records(&h, &stamped, Some(horizon + 1), |r| {
+            horizons.push(r.delete_horizon);
+            true
+        })
+        .unwrap();
+        assert_eq!(again, Retained::All);
+        assert!(horizons.iter().all(|x| *x == Some(horizon)));
+        // Thinning a stamped batch keeps its horizon and timestamps.
+        let Retained::Some(thin) =
+            retain_records(&h, &stamped, Some(horizon + 1), |r| r.offset % 2 == 1).unwrap()
+        else {
+            panic!("expected a rewritten batch");
+        };
+        let t = BatchHeader::read(&thin).unwrap();
+        assert_eq!(t.delete_horizon(), Some(horizon));
+        for r in decode_batches(thin, 0).unwrap() {
+            assert_eq!(r.timestamp_ms, recs[(r.offset - 100) as usize].timestamp_ms);
+        }
+    }
+    // No tombstone kept: no horizon, and a batch kept whole stays as it is.
+    let b = batch(3);
+    let header = BatchHeader::read(&b).unwrap();
+    assert_eq!(
+        retain_records(&header, &b, Some(horizon), |_| true).unwrap(),
+        Retained::All
+    );
+}
+
+#[test]
 fn stored_offset_deltas_must_increase_within_the_batch() {
     let b = batch(3);
     let header = BatchHeader::read(&b).unwrap();
-    let Retained::Some(thin) = retain_records(&header, &b, |r| r.offset != 1).unwrap() else {
+    let Retained::Some(thin) = retain_records(&header, &b, None, |r| r.offset != 1).unwrap() else {
         panic!("expected a rewritten batch");
     };
     // Claiming a last offset delta below a record's offset delta is refused.
