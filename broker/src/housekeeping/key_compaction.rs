@@ -229,6 +229,12 @@ impl Compactor {
             }
             for item in split_batches(&bytes) {
                 let (header, batch) = item.map_err(|err| damaged(&e, &err))?;
+                // An empty batch an earlier run left is not carried on: the output entry's
+                // range says which offsets it covers, and `close_entry` adds one again only to
+                // an entry left with no batch at all.
+                if header.record_count == 0 && !header.is_control() {
+                    continue;
+                }
                 match retain_records(&header, &batch, Some(stamp), &mut keep)
                     .map_err(|err| damaged(&e, &err))?
                 {
