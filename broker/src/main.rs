@@ -12,6 +12,7 @@ use silt_broker::observe::logs;
 use silt_broker::{Builder, Cli, Settings};
 
 fn main() -> anyhow::Result<ExitCode> {
+    keep_freed_memory();
     let cli = Cli::parse();
     let settings = Settings::load(&cli).map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,5 +56,37 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Produced bytes arrive in request buffers of up to a few MiB that the flush and the read
+/// cache hold for a while, then free. With glibc's defaults such buffers go back to the kernel
+/// (`munmap`, or a trimmed heap), so new requests faulted fresh pages in: most of the broker's
+/// page faults at 100+ MiB/s. Keeping freed memory for reuse (allocations under 64 MiB from the
+/// heap, up to 256 MiB of free heap kept) cut page faults by a third and CPU per byte by about
+/// an eighth (BENCHMARKS.md). Glibc reads these settings only at start, so the broker starts
+/// itself again once with them in `GLIBC_TUNABLES` (same pid, arguments and environment). A
+/// `GLIBC_TUNABLES` already set, even empty, is left alone: that is also how to opt out.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+        // `exec` returns only when it failed: then run on with glibc's defaults.
+        let _failed = std::process::Command::new(exe)
+            .arg0(arg0)
+            .args(args)
+            .env(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456",
+            )
+            .exec();
     }
 }

@@ -189,6 +189,9 @@ pub fn validate_batch(batch: &[u8], limits: &BatchLimits) -> Result<ValidBatch, 
     if header.is_control() {
         return Err(BatchError::ControlBatch);
     }
+    if header.delete_horizon().is_some() {
+        return Err(BatchError::DeleteHorizonSet);
+    }
     let count = header.record_count;
     if count < 1 {
         return Err(BatchError::BadRecordCount {

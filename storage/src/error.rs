@@ -38,6 +38,10 @@ pub enum BatchError {
     DecompressedTooLarge { limit: u64, budget: u64 },
     #[error("control batches cannot be produced by clients")]
     ControlBatch,
+    #[error(
+        "the batch has its delete-horizon attribute (bit 6) set: only key compaction sets it, clients must leave it clear"
+    )]
+    DeleteHorizonSet,
     #[error("batch records could not be decoded: {0}")]
     Undecodable(String),
 }

@@ -7,6 +7,11 @@ use silt_tests::{BrokerOptions, BrokerProcess, bin_path};
 
 /// Starts a broker, returns its "serving gRPC" log line, and kills it.
 fn serving_line(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    serving(dir, env, args).0
+}
+
+/// [`serving_line`], with the `GLIBC_TUNABLES` the broker runs with once it serves.
+fn serving(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (String, Option<String>) {
     let mut child = Command::new(bin_path("silt-broker"))
         .args([
             "--listen",
@@ -30,9 +35,41 @@ fn serving_line(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> S
         .map_while(Result::ok)
         .inspect(|l| eprintln!("{l}"))
         .find(|l| l.contains("serving gRPC on"));
+    let tunables = std::fs::read(format!("/proc/{}/environ", child.id()))
+        .ok()
+        .and_then(|environ| {
+            environ
+                .split(|b| *b == 0)
+                .find_map(|var| var.strip_prefix(b"GLIBC_TUNABLES="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
     let _ = child.kill();
     let _ = child.wait();
-    line.expect("the broker logs the address it serves")
+    (
+        line.expect("the broker logs the address it serves"),
+        tunables,
+    )
+}
+
+/// The broker starts itself again once so glibc keeps freed memory for reuse (settings glibc
+/// reads only at start), unless `GLIBC_TUNABLES` is set already, even empty.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_broker_keeps_freed_memory_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tunables) = serving(dir.path(), &[], &[]);
+    let tunables = tunables.expect("the broker runs with GLIBC_TUNABLES");
+    // glibc cuts the string at its first separator once parsed: the first setting is what shows.
+    assert!(
+        tunables.starts_with("glibc.malloc.mmap_threshold=67108864"),
+        "{tunables}"
+    );
+    let (_, tunables) = serving(dir.path(), &[("GLIBC_TUNABLES", "")], &[]);
+    assert_eq!(
+        tunables.as_deref(),
+        Some(""),
+        "an operator's choice is kept"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use silt_storage::batch::{
     BatchCompression, BatchHeader, BatchLimits, ProducerInfo, RecordData, encode_batch,
     validate_batch,
 };
+use silt_storage::segment::BORROW_MIN;
 
 use crate::core::error::BrokerError;
 use crate::core::topics::{TopicTable, check_partition};
@@ -120,7 +121,27 @@ fn check_batches(
             bytes: batch,
         });
     }
+    own_small_shares(&mut append);
     Ok((append, records, bytes))
+}
+
+/// A flush references batches of [`BORROW_MIN`] bytes or more instead of copying them, and the
+/// read cache keeps those references until first read, holding the whole buffer the request
+/// arrived in. The cache weighs them at twice their length, which bounds that buffer only when
+/// they are at least half the request: otherwise (a few large batches among many small ones)
+/// they are copied out here, so a request's buffer is never held for a small part of it.
+fn own_small_shares(append: &mut [AppendBatch]) {
+    let total: usize = append.iter().map(|b| b.bytes.len()).sum();
+    let borrowed: usize = append
+        .iter()
+        .map(|b| b.bytes.len())
+        .filter(|len| *len >= BORROW_MIN)
+        .sum();
+    if borrowed > 0 && borrowed * 2 < total {
+        for b in append.iter_mut().filter(|b| b.bytes.len() >= BORROW_MIN) {
+            b.bytes = Bytes::copy_from_slice(&b.bytes);
+        }
+    }
 }
 
 /// A record without a key sent to a compacted topic: Kafka's INVALID_RECORD, here
@@ -346,5 +367,50 @@ impl ProducePath {
             }
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches(buffer: &Bytes, cuts: &[usize]) -> Vec<AppendBatch> {
+        cuts.windows(2)
+            .map(|w| AppendBatch {
+                topic_id: 1,
+                partition: 0,
+                bytes: buffer.slice(w[0]..w[1]),
+                record_count: 1,
+                first_timestamp: 0,
+                max_timestamp: 0,
+            })
+            .collect()
+    }
+
+    fn inside(buffer: &Bytes, b: &AppendBatch) -> bool {
+        let start = buffer.as_ptr() as usize;
+        (start..start + buffer.len()).contains(&(b.bytes.as_ptr() as usize))
+    }
+
+    #[test]
+    fn large_batches_keep_their_request_buffer_only_when_they_are_most_of_it() {
+        let buffer = Bytes::from(vec![7u8; 64 * BORROW_MIN]);
+        // One large batch among many small ones: copied out, with the same bytes.
+        let mut cuts = vec![0, BORROW_MIN];
+        cuts.extend((1..=120).map(|i| BORROW_MIN + i * (BORROW_MIN / 4)));
+        let mut append = batches(&buffer, &cuts);
+        let before: Vec<Bytes> = append.iter().map(|b| b.bytes.clone()).collect();
+        own_small_shares(&mut append);
+        assert!(!inside(&buffer, &append[0]));
+        assert!(append[1..].iter().all(|b| inside(&buffer, b)));
+        let after: Vec<Bytes> = append.iter().map(|b| b.bytes.clone()).collect();
+        assert_eq!(before, after);
+        // Large batches that are most of the request stay references.
+        let mut append = batches(
+            &buffer,
+            &[0, 40 * BORROW_MIN, 41 * BORROW_MIN, 64 * BORROW_MIN],
+        );
+        own_small_shares(&mut append);
+        assert!(append.iter().all(|b| inside(&buffer, b)));
     }
 }

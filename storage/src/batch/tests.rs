@@ -209,6 +209,18 @@ fn control_batches_are_refused() {
 }
 
 #[test]
+fn a_produced_batch_cannot_carry_a_delete_horizon() {
+    // Set by a client, it would decide when key compaction drops the batch's tombstones.
+    let mut b = batch(1).to_vec();
+    b[ATTRIBUTES_POS + 1] |= ATTR_DELETE_HORIZON as u8;
+    fix_crc(&mut b);
+    assert_eq!(
+        validate_batch(&b, &LIMITS),
+        Err(BatchError::DeleteHorizonSet)
+    );
+}
+
+#[test]
 fn unknown_codec_is_refused() {
     let mut b = batch(1).to_vec();
     b[ATTRIBUTES_POS + 1] |= 0x07;
