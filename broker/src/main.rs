@@ -62,16 +62,23 @@ async fn wait_for_signal() {
 /// Produced bytes arrive in request buffers of up to a few MiB that the flush and the read
 /// cache hold for a while, then free. With glibc's defaults such buffers go back to the kernel
 /// (`munmap`, or a trimmed heap), so new requests faulted fresh pages in: most of the broker's
-/// page faults at 100+ MiB/s. Keeping freed memory for reuse (allocations under 64 MiB from the
-/// heap, up to 256 MiB of free heap kept) cut page faults by a third and CPU per byte by about
-/// an eighth (BENCHMARKS.md). Glibc reads these settings only at start, so the broker starts
-/// itself again once with them in `GLIBC_TUNABLES` (same pid, arguments and environment). A
-/// `GLIBC_TUNABLES` already set, even empty, is left alone: that is also how to opt out.
+/// page faults at 100+ MiB/s. Keeping freed memory for reuse (allocations under 32 MiB, the
+/// most glibc accepts, from the heap; up to 256 MiB of free heap kept) cut page faults by a
+/// third (BENCHMARKS.md). Glibc reads these settings only at start, so the broker starts itself
+/// again once with them in `GLIBC_TUNABLES` (same pid, arguments and environment). It does not
+/// when `GLIBC_TUNABLES` is already set, even empty (that is how to opt out), when it already
+/// did (`SILT_MALLOC_TUNED`: glibc drops `GLIBC_TUNABLES` for privileged processes), or under
+/// valgrind (the second start would run outside it).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        const TUNED: &str = "SILT_MALLOC_TUNED";
+        let under_valgrind = std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload"));
+        if std::env::var_os("GLIBC_TUNABLES").is_some()
+            || std::env::var_os(TUNED).is_some()
+            || under_valgrind
+        {
             return;
         }
         let Ok(exe) = std::env::current_exe() else {
@@ -85,8 +92,9 @@ fn keep_freed_memory() {
             .args(args)
             .env(
                 "GLIBC_TUNABLES",
-                "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456",
+                "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456",
             )
+            .env(TUNED, "1")
             .exec();
     }
 }

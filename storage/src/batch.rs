@@ -740,7 +740,9 @@ pub enum Retained {
 /// none yet. The base timestamp then holds the horizon and each record's timestamp delta is
 /// rewritten against it, so every record keeps its timestamp. The caller drops a tombstone
 /// only once its batch's horizon passed: a tombstone stays at least the delete retention after
-/// the compaction that first saw it, however old its own timestamp.
+/// the compaction that first saw it, however old its own timestamp. The caller reads the
+/// horizon a batch ends up with from its header: a batch whose timestamps cannot be written
+/// against the horizon (beyond the i64 range) is left unstamped.
 pub fn retain_records(
     header: &BatchHeader,
     batch: &Bytes,
@@ -782,25 +784,30 @@ pub fn retain_records(
         }
         Ok(())
     })?;
-    let stamp = stamp.filter(|_| kept_tombstone && delete_horizon.is_none());
-    if !dropped && stamp.is_none() {
-        return Ok(Retained::All);
-    }
+    let mut stamp = stamp.filter(|_| kept_tombstone && delete_horizon.is_none());
     if kept.is_empty() {
         return Ok(Retained::Nothing);
     }
     let mut plain = BytesMut::with_capacity(kept.iter().map(|r| r.len()).sum());
-    match stamp {
-        Some(horizon) if !log_append_time => {
-            for range in &kept {
-                let kept = &records[range.clone()];
-                rebase_records(kept, header.base_timestamp, horizon, &mut plain)?;
+    if let Some(horizon) = stamp {
+        // Every record's delta moves to the horizon (a log-append-time batch's deltas too, so
+        // none overflows the new base). A timestamp too far from the horizon to be written
+        // against it leaves the batch unstamped: its tombstones then stay.
+        for range in &kept {
+            let kept = &records[range.clone()];
+            if rebase_records(kept, header.base_timestamp, horizon, &mut plain).is_err() {
+                plain.clear();
+                stamp = None;
+                break;
             }
         }
-        _ => {
-            for range in &kept {
-                plain.extend_from_slice(&records[range.clone()]);
-            }
+    }
+    if stamp.is_none() {
+        if !dropped {
+            return Ok(Retained::All);
+        }
+        for range in &kept {
+            plain.extend_from_slice(&records[range.clone()]);
         }
     }
     let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + plain.len());

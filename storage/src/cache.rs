@@ -63,34 +63,41 @@ struct ChunkKey {
     chunk: u64,
 }
 
-/// One cached chunk: one buffer, or until first read the pieces a flush wrote it from.
+/// One cached chunk: one buffer of its own, or until first read the pieces a flush wrote it
+/// from (`borrowed`: slices of produce requests' buffers, even when there is one piece).
 #[derive(Debug, Clone)]
-struct Chunk(Arc<[Bytes]>);
+struct Chunk {
+    pieces: Arc<[Bytes]>,
+    borrowed: bool,
+}
 
 impl Chunk {
     fn whole(bytes: Bytes) -> Self {
-        Self(Arc::from([bytes]))
+        Self {
+            pieces: Arc::from([bytes]),
+            borrowed: false,
+        }
     }
 
     fn len(&self) -> usize {
-        self.0.iter().map(Bytes::len).sum()
+        self.pieces.iter().map(Bytes::len).sum()
     }
 
-    /// Memory the chunk holds, at most: its pieces may keep request buffers up to twice their
-    /// length alive.
+    /// Memory the chunk holds, at most: borrowed pieces may keep request buffers up to twice
+    /// their length alive.
     fn weight(&self) -> usize {
-        if self.0.len() > 1 {
+        if self.borrowed {
             2 * self.len()
         } else {
             self.len()
         }
     }
 
-    /// The chunk in one buffer, and whether that took a copy.
+    /// The chunk in one buffer of its own, and whether that took a copy.
     fn joined(&self) -> (Bytes, bool) {
-        match &*self.0 {
+        match &*self.pieces {
             [] => (Bytes::new(), false),
-            [one] => (one.clone(), false),
+            [one] if !self.borrowed => (one.clone(), false),
             pieces => {
                 let mut out = BytesMut::with_capacity(self.len());
                 for piece in pieces {
@@ -106,7 +113,7 @@ impl Chunk {
 impl Code for Chunk {
     fn encode(&self, writer: &mut impl Write) -> foyer::Result<()> {
         self.len().encode(writer)?;
-        for piece in self.0.iter() {
+        for piece in self.pieces.iter() {
             writer.write_all(piece).map_err(foyer::Error::io_error)?;
         }
         Ok(())
@@ -322,7 +329,11 @@ impl SegmentCache {
             object: object.to_string(),
             chunk,
         };
-        self.cache.insert(key, Chunk(Arc::from(parts)));
+        let chunk = Chunk {
+            pieces: Arc::from(parts),
+            borrowed: true,
+        };
+        self.cache.insert(key, chunk);
     }
 
     /// Drops an object's chunks (its segment was deleted).
@@ -428,6 +439,11 @@ mod tests {
         let got = cache.read_range(&fresh, 100..900, 1000).await.unwrap();
         assert_eq!(got, bytes.slice(100..900));
         assert_eq!(store.gets(), 0);
+        // Read chunks were copied out of the inserted buffer (a produce request's, in a
+        // broker), even those that were one slice of it: the cache lets go of that buffer.
+        let at = bytes.as_ptr() as usize;
+        let got = cache.read_range(&fresh, 130..140, 1000).await.unwrap();
+        assert!(!(at..at + bytes.len()).contains(&(got.as_ptr() as usize)));
         cache.remove_object(&fresh, 1000);
         assert!(
             cache.read_range(&fresh, 0..10, 1000).await.is_err(),

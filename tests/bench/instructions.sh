@@ -20,7 +20,7 @@ RECORDS=${RECORDS:-40000}
 RUNS=${RUNS:-1}
 # The broker starts itself again with these glibc settings unless GLIBC_TUNABLES is set (see
 # ARCHITECTURE, "Memory reuse"); under valgrind that second start would run outside it.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456}
 command -v valgrind >/dev/null || { echo "this benchmark needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # shellcheck source=tests/bench/lib.sh
 source tests/bench/lib.sh

@@ -61,7 +61,7 @@ fn the_broker_keeps_freed_memory_unless_told_otherwise() {
     let tunables = tunables.expect("the broker runs with GLIBC_TUNABLES");
     // glibc cuts the string at its first separator once parsed: the first setting is what shows.
     assert!(
-        tunables.starts_with("glibc.malloc.mmap_threshold=67108864"),
+        tunables.starts_with("glibc.malloc.mmap_threshold=33554432"),
         "{tunables}"
     );
     let (_, tunables) = serving(dir.path(), &[("GLIBC_TUNABLES", "")], &[]);

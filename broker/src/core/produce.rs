@@ -121,25 +121,25 @@ fn check_batches(
             bytes: batch,
         });
     }
-    own_small_shares(&mut append);
     Ok((append, records, bytes))
 }
 
 /// A flush references batches of [`BORROW_MIN`] bytes or more instead of copying them, and the
 /// read cache keeps those references until first read, holding the whole buffer the request
-/// arrived in. The cache weighs them at twice their length, which bounds that buffer only when
-/// they are at least half the request: otherwise (a few large batches among many small ones)
-/// they are copied out here, so a request's buffer is never held for a small part of it.
-fn own_small_shares(append: &mut [AppendBatch]) {
-    let total: usize = append.iter().map(|b| b.bytes.len()).sum();
-    let borrowed: usize = append
+/// arrived in (`request_bytes` long, including the parts of it other brokers store). The cache
+/// weighs them at twice their length, which bounds that buffer only when they are at least half
+/// the request: otherwise (a few large batches among many small ones, or a small local part of
+/// a request mostly forwarded) they are copied out here, so a request's buffer is never held
+/// for a small part of it.
+pub(crate) fn own_small_shares(batches: &mut [(u32, Bytes)], request_bytes: usize) {
+    let borrowed: usize = batches
         .iter()
-        .map(|b| b.bytes.len())
+        .map(|(_, b)| b.len())
         .filter(|len| *len >= BORROW_MIN)
         .sum();
-    if borrowed > 0 && borrowed * 2 < total {
-        for b in append.iter_mut().filter(|b| b.bytes.len() >= BORROW_MIN) {
-            b.bytes = Bytes::copy_from_slice(&b.bytes);
+    if borrowed > 0 && borrowed * 2 < request_bytes {
+        for (_, b) in batches.iter_mut().filter(|(_, b)| b.len() >= BORROW_MIN) {
+            *b = Bytes::copy_from_slice(b);
         }
     }
 }
@@ -374,22 +374,15 @@ impl ProducePath {
 mod tests {
     use super::*;
 
-    fn batches(buffer: &Bytes, cuts: &[usize]) -> Vec<AppendBatch> {
+    fn batches(buffer: &Bytes, cuts: &[usize]) -> Vec<(u32, Bytes)> {
         cuts.windows(2)
-            .map(|w| AppendBatch {
-                topic_id: 1,
-                partition: 0,
-                bytes: buffer.slice(w[0]..w[1]),
-                record_count: 1,
-                first_timestamp: 0,
-                max_timestamp: 0,
-            })
+            .map(|w| (0, buffer.slice(w[0]..w[1])))
             .collect()
     }
 
-    fn inside(buffer: &Bytes, b: &AppendBatch) -> bool {
+    fn inside(buffer: &Bytes, b: &Bytes) -> bool {
         let start = buffer.as_ptr() as usize;
-        (start..start + buffer.len()).contains(&(b.bytes.as_ptr() as usize))
+        (start..start + buffer.len()).contains(&(b.as_ptr() as usize))
     }
 
     #[test]
@@ -398,19 +391,22 @@ mod tests {
         // One large batch among many small ones: copied out, with the same bytes.
         let mut cuts = vec![0, BORROW_MIN];
         cuts.extend((1..=120).map(|i| BORROW_MIN + i * (BORROW_MIN / 4)));
-        let mut append = batches(&buffer, &cuts);
-        let before: Vec<Bytes> = append.iter().map(|b| b.bytes.clone()).collect();
-        own_small_shares(&mut append);
-        assert!(!inside(&buffer, &append[0]));
-        assert!(append[1..].iter().all(|b| inside(&buffer, b)));
-        let after: Vec<Bytes> = append.iter().map(|b| b.bytes.clone()).collect();
-        assert_eq!(before, after);
-        // Large batches that are most of the request stay references.
-        let mut append = batches(
+        let mut local = batches(&buffer, &cuts);
+        let before = local.clone();
+        own_small_shares(&mut local, *cuts.last().unwrap());
+        assert!(!inside(&buffer, &local[0].1));
+        assert!(local[1..].iter().all(|(_, b)| inside(&buffer, b)));
+        assert_eq!(before, local);
+        // Large batches that are most of the request stay references...
+        let mut local = batches(
             &buffer,
             &[0, 40 * BORROW_MIN, 41 * BORROW_MIN, 64 * BORROW_MIN],
         );
-        own_small_shares(&mut append);
-        assert!(append.iter().all(|b| inside(&buffer, b)));
+        own_small_shares(&mut local, buffer.len());
+        assert!(local.iter().all(|(_, b)| inside(&buffer, b)));
+        // ... unless they are a small local part of a request mostly stored elsewhere.
+        let mut local = batches(&buffer, &[0, 4 * BORROW_MIN]);
+        own_small_shares(&mut local, buffer.len());
+        assert!(!inside(&buffer, &local[0].1));
     }
 }

@@ -24,7 +24,7 @@ use futures::future::join_all;
 use crate::cluster::{ClusterView, Owner};
 use crate::core::error::BrokerError;
 use crate::core::partitioner::Partitioner;
-use crate::core::produce::{ProducePath, RecordAck, RecordInput};
+use crate::core::produce::{ProducePath, RecordAck, RecordInput, own_small_shares};
 use crate::core::wal_cache::BatchAck;
 
 /// How a produce reached this broker.
@@ -142,6 +142,7 @@ impl Router {
         batches: Vec<(u32, Bytes)>,
     ) -> Result<Vec<BatchAck>, BrokerError> {
         let topic_meta = self.produce.topics.require(topic)?;
+        let request_bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
         // Each target's batches, with their place in the request.
         type Part = Vec<(usize, (u32, Bytes))>;
         let mut groups: BTreeMap<Target, Part> = BTreeMap::new();
@@ -170,9 +171,12 @@ impl Router {
         }
         let total: usize = groups.values().map(Vec::len).sum();
         let parts = groups.into_iter().map(|(target, batches)| async move {
-            let (idx, batches): (Vec<usize>, Vec<(u32, Bytes)>) = batches.into_iter().unzip();
+            let (idx, mut batches): (Vec<usize>, Vec<(u32, Bytes)>) = batches.into_iter().unzip();
             let result = match target {
-                Target::Local => self.produce.produce_batches(topic, batches).await,
+                Target::Local => {
+                    own_small_shares(&mut batches, request_bytes);
+                    self.produce.produce_batches(topic, batches).await
+                }
                 Target::Remote(address) => {
                     self.forwarder
                         .produce_batches(&address, topic, batches)

@@ -32,7 +32,7 @@
 //! like any compacted commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -186,11 +186,20 @@ impl Compactor {
             .count();
         let entries = &run.entries[expired..end];
         let now = self.clock.now_ms();
+        // Horizons are rounded up to the max delay, so the runs they make due (each rewrites the
+        // clean log) come at most once per max delay however steady the tombstones are.
+        let round = (self.settings.max_delay.as_millis() as i64).max(1);
         let stamp = now.saturating_add(topic.record.delete_retention_ms.max(0));
+        let stamp = (stamp / round)
+            .saturating_add(i64::from(stamp % round != 0))
+            .saturating_mul(round);
         let mut dropped = 0u64;
-        // The earliest delete horizon of the tombstones the open output keeps.
-        // (i64::MAX: none; an atomic because the closure is held across awaits.)
-        let kept_horizon = AtomicI64::new(i64::MAX);
+        // The earliest delete horizon of the tombstones the open output keeps, read from the
+        // batches written (a batch whose timestamps cannot take a horizon stays unstamped).
+        let mut kept_horizon: Option<i64> = None;
+        // Whether the batch being thinned keeps a tombstone (an atomic: the closure is held
+        // across awaits).
+        let batch_keeps_tombstone = AtomicBool::new(false);
         let mut keep = |r: &KeyedRecord<'_>| {
             let superseded = r
                 .key
@@ -199,8 +208,7 @@ impl Compactor {
             let expired = r.is_tombstone() && r.delete_horizon.is_some_and(|h| h <= now);
             let kept = !superseded && !expired;
             if kept && r.is_tombstone() {
-                let h = r.delete_horizon.unwrap_or(stamp);
-                kept_horizon.fetch_min(h, Ordering::Relaxed);
+                batch_keeps_tombstone.store(true, Ordering::Relaxed);
             }
             dropped += u64::from(!kept);
             kept
@@ -235,15 +243,22 @@ impl Compactor {
                 if header.record_count == 0 && !header.is_control() {
                     continue;
                 }
-                match retain_records(&header, &batch, Some(stamp), &mut keep)
+                let written = match retain_records(&header, &batch, Some(stamp), &mut keep)
                     .map_err(|err| damaged(&e, &err))?
                 {
-                    Retained::All => o.writer.push_stored_batch(&batch, &header),
+                    Retained::All => Some((batch, header)),
                     Retained::Some(thin) => {
                         let h = BatchHeader::read(&thin).map_err(|err| damaged(&e, &err))?;
-                        o.writer.push_stored_batch(&thin, &h);
+                        Some((thin, h))
                     }
-                    Retained::Nothing => {}
+                    Retained::Nothing => None,
+                };
+                let keeps_tombstone = batch_keeps_tombstone.swap(false, Ordering::Relaxed);
+                if let Some((bytes, h)) = written {
+                    if let Some(horizon) = h.delete_horizon().filter(|_| keeps_tombstone) {
+                        kept_horizon = Some(kept_horizon.map_or(horizon, |k| k.min(horizon)));
+                    }
+                    o.writer.push_stored_batch(&bytes, &h);
                 }
             }
             o.last = e.last_offset;
@@ -255,8 +270,7 @@ impl Compactor {
             if full || last_input {
                 let o = out.take().expect("an output is open");
                 let written = o.writer_bytes();
-                let horizon =
-                    Some(kept_horizon.swap(i64::MAX, Ordering::Relaxed)).filter(|h| *h != i64::MAX);
+                let horizon = kept_horizon.take();
                 let id = Keys::cleaned_part_id(topic.id, partition, o.first, o.last, now, horizon);
                 if !self.put_and_swap(topic, &fence, &id, o.writer, now).await? {
                     return Ok((cleaned.objects > 0).then_some(cleaned));

@@ -641,6 +641,50 @@ fn a_kept_tombstone_stamps_the_delete_horizon_and_records_keep_their_timestamps(
             assert_eq!(r.timestamp_ms, recs[(r.offset - 100) as usize].timestamp_ms);
         }
     }
+    // A timestamp the horizon cannot be written against: the batch stays unstamped, whole.
+    let mut far = encode_batch(
+        &keyed_records(4),
+        Compression::None,
+        ProducerInfo::default(),
+    )
+    .unwrap()
+    .to_vec();
+    far[BASE_TIMESTAMP_POS..BASE_TIMESTAMP_POS + 8].copy_from_slice(&(i64::MIN + 10).to_be_bytes());
+    fix_crc(&mut far);
+    let b = Bytes::from(far);
+    let header = BatchHeader::read(&b).unwrap();
+    assert_eq!(
+        retain_records(&header, &b, Some(horizon), |_| true).unwrap(),
+        Retained::All
+    );
+    let Retained::Some(thin) =
+        retain_records(&header, &b, Some(horizon), |r| r.offset != 0).unwrap()
+    else {
+        panic!("expected a rewritten batch");
+    };
+    assert_eq!(BatchHeader::read(&thin).unwrap().delete_horizon(), None);
+    // A log-append-time batch is stamped with its deltas moved too, so none overflows.
+    let mut lat = encode_batch(&recs, Compression::None, ProducerInfo::default())
+        .unwrap()
+        .to_vec();
+    lat[ATTRIBUTES_POS + 1] |= ATTR_LOG_APPEND_TIME as u8;
+    fix_crc(&mut lat);
+    let lat = Bytes::from(lat);
+    let header = BatchHeader::read(&lat).unwrap();
+    let Retained::Some(stamped) = retain_records(&header, &lat, Some(horizon), |_| true).unwrap()
+    else {
+        panic!("a log-append-time batch keeping a tombstone is stamped");
+    };
+    assert_eq!(
+        BatchHeader::read(&stamped).unwrap().delete_horizon(),
+        Some(horizon)
+    );
+    let decoded = decode_batches(stamped, 0).unwrap();
+    assert!(
+        decoded
+            .iter()
+            .all(|r| r.timestamp_ms == header.max_timestamp)
+    );
     // No tombstone kept: no horizon, and a batch kept whole stays as it is.
     let b = batch(3);
     let header = BatchHeader::read(&b).unwrap();
