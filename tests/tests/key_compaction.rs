@@ -188,6 +188,23 @@ async fn wait_compacted(
     }
 }
 
+/// One fast-compacting broker and a compacted topic "kv" of one partition it owns (`None`:
+/// the cluster's tools are missing, as [`Cluster::start`] says).
+async fn one_compacted_partition(
+    name: &str,
+    delete_retention_ms: i64,
+) -> Option<(Cluster, silt_client::Client)> {
+    let mut cluster = Cluster::start(name, TTL_MS, 10).await?;
+    cluster.add_broker_with(fast_lifecycle).await;
+    let client = cluster.client().await;
+    client
+        .create_topic_with("kv", 1, compacted_config(delete_retention_ms))
+        .await
+        .expect("create kv");
+    cluster.wait_owned("kv", Duration::from_secs(20)).await;
+    Some((cluster, client))
+}
+
 fn compacted_config(delete_retention_ms: i64) -> TopicConfig {
     TopicConfig {
         retention_ms: Some(-1),
@@ -260,16 +277,10 @@ async fn key_compaction_keeps_the_latest_record_per_key_at_its_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compacted_topics_refuse_records_without_a_key() {
-    let Some(mut cluster) = Cluster::start("key-compaction-null-keys", TTL_MS, 10).await else {
+    let Some((_cluster, client)) = one_compacted_partition("key-compaction-null-keys", 1_000).await
+    else {
         return;
     };
-    cluster.add_broker_with(fast_lifecycle).await;
-    let client = cluster.client().await;
-    client
-        .create_topic_with("kv", 1, compacted_config(1_000))
-        .await
-        .expect("create kv");
-    cluster.wait_owned("kv", Duration::from_secs(20)).await;
     let mut log = client.log();
     // Record by record: the keyless one alone is refused, the keyed one stored.
     let response = log
@@ -421,16 +432,11 @@ async fn a_key_compaction_killed_between_put_and_swap_leaves_an_orphan_and_loses
 /// dropped the value it deletes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backfilled_tombstone_stays_for_the_delete_retention() {
-    let Some(mut cluster) = Cluster::start("key-compaction-backfill", TTL_MS, 10).await else {
+    let Some((_cluster, client)) =
+        one_compacted_partition("key-compaction-backfill", 86_400_000).await
+    else {
         return;
     };
-    cluster.add_broker_with(fast_lifecycle).await;
-    let client = cluster.client().await;
-    client
-        .create_topic_with("kv", 1, compacted_config(86_400_000))
-        .await
-        .expect("create kv");
-    cluster.wait_owned("kv", Duration::from_secs(20)).await;
     let record =
         |key: &'static [u8], value: Option<&'static [u8]>, timestamp_ms: Option<i64>| Record {
             key: Some(Bytes::from_static(key)),

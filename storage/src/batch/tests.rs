@@ -498,6 +498,17 @@ fn null_keys_are_counted_by_validation() {
     assert_eq!(validate_batch(&batch(3), &LIMITS).unwrap().null_keys, 0);
 }
 
+/// `records` encoded with `codec` as stored at `base_offset`, and its header.
+fn stored_at(records: &[RecordData], codec: Compression, base_offset: i64) -> (Bytes, BatchHeader) {
+    let mut raw = encode_batch(records, codec, ProducerInfo::default())
+        .unwrap()
+        .to_vec();
+    set_base_offset(&mut raw, base_offset);
+    let b = Bytes::from(raw);
+    let header = BatchHeader::read(&b).unwrap();
+    (b, header)
+}
+
 #[test]
 fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
     let recs = keyed_records(10);
@@ -508,12 +519,7 @@ fn retain_records_thins_a_batch_keeping_offsets_timestamps_and_codec() {
         Compression::Lz4,
         Compression::Zstd,
     ] {
-        let mut raw = encode_batch(&recs, codec, ProducerInfo::default())
-            .unwrap()
-            .to_vec();
-        set_base_offset(&mut raw, 100);
-        let b = Bytes::from(raw);
-        let header = BatchHeader::read(&b).unwrap();
+        let (b, header) = stored_at(&recs, codec, 100);
         let mut seen = Vec::new();
         // Keep the even offsets and the last record.
         let out = retain_records(&header, &b, None, |r| {
@@ -586,12 +592,7 @@ fn a_kept_tombstone_stamps_the_delete_horizon_and_records_keep_their_timestamps(
     let recs = keyed_records(10);
     let horizon = 1_800_000_000_000;
     for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
-        let mut raw = encode_batch(&recs, codec, ProducerInfo::default())
-            .unwrap()
-            .to_vec();
-        set_base_offset(&mut raw, 100);
-        let b = Bytes::from(raw);
-        let header = BatchHeader::read(&b).unwrap();
+        let (b, header) = stored_at(&recs, codec, 100);
         assert_eq!(header.delete_horizon(), None);
         // Everything kept, a tombstone among it: the batch is rewritten to carry the horizon.
         let Retained::Some(stamped) = retain_records(&header, &b, Some(horizon), |_| true).unwrap()
