@@ -3,6 +3,7 @@
 #
 #   bash deploy/local/etcd-garage.sh start   # starts both, creates bucket "silt", prints the broker command
 #   bash deploy/local/etcd-garage.sh stop
+#   bash deploy/local/etcd-garage.sh reset   # stops both and deletes all they stored
 #
 # Needs /usr/bin/etcd (apt-get install etcd-server) and garage (cargo install garage --locked).
 # State lives in $SILT_LOCAL_DIR (default ./silt-local). Ports: etcd 2379/2380, Garage S3 3900,
@@ -15,7 +16,10 @@ etcd_bin=${SILT_ETCD_BIN:-$(command -v etcd || echo /usr/bin/etcd)}
 stop() {
     for name in garage etcd; do
         if [ -f "$dir/$name.pid" ]; then
-            kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+            pid=$(cat "$dir/$name.pid")
+            kill "$pid" 2>/dev/null || true
+            # Gone before this returns (10 s at most), so a reset deletes nothing in use.
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             rm -f "$dir/$name.pid"
         fi
     done
@@ -71,12 +75,14 @@ etcd on 127.0.0.1:2379, Garage S3 on http://127.0.0.1:3900 (bucket "silt"). Star
       --metadata etcd://127.0.0.1:2379 --object-store s3://silt/cluster-a \\
       --s3-endpoint http://127.0.0.1:3900 --s3-region garage
 
-Stop with: bash deploy/local/etcd-garage.sh stop
+Stop with: bash deploy/local/etcd-garage.sh stop (reset: stop and delete everything stored)
 MSG
 }
 
 case ${1:-} in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    # Every benchmark run leaves its objects in the store (a GiB or more each): reset frees them.
+    reset) stop; rm -rf "$dir"; echo "deleted $dir" ;;
+    *) echo "usage: $0 start|stop|reset" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
 #
 #   bash deploy/local/etcd-minio.sh start   # starts both, prints the broker command
 #   bash deploy/local/etcd-minio.sh stop
+#   bash deploy/local/etcd-minio.sh reset   # stops both and deletes all they stored
 #
 # Needs /usr/bin/etcd (apt-get install etcd-server) and minio
 # (go install github.com/minio/minio@latest, which puts it in ~/go/bin). State lives in
@@ -18,7 +19,10 @@ password=silt-secret-key
 stop() {
     for name in minio etcd; do
         if [ -f "$dir/$name.pid" ]; then
-            kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+            pid=$(cat "$dir/$name.pid")
+            kill "$pid" 2>/dev/null || true
+            # Gone before this returns (10 s at most), so a reset deletes nothing in use.
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             rm -f "$dir/$name.pid"
         fi
     done
@@ -54,12 +58,14 @@ etcd on 127.0.0.1:2379, MinIO S3 on http://127.0.0.1:9000. Start a broker with:
       --metadata etcd://127.0.0.1:2379 --object-store s3://silt/cluster-a \\
       --s3-endpoint http://127.0.0.1:9000 --s3-region us-east-1 --create-bucket
 
-Stop with: bash deploy/local/etcd-minio.sh stop
+Stop with: bash deploy/local/etcd-minio.sh stop (reset: stop and delete everything stored)
 MSG
 }
 
 case ${1:-} in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    # Every benchmark run leaves its objects in the store (a GiB or more each): reset frees them.
+    reset) stop; rm -rf "$dir"; echo "deleted $dir" ;;
+    *) echo "usage: $0 start|stop|reset" >&2; exit 2 ;;
 esac

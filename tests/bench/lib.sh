@@ -1,4 +1,7 @@
 # Helpers shared by the benchmark scripts under tests/bench (sourced, not run).
+#
+# The scripts leave what each run stored in the local object store (about a GiB per run at
+# 1 000 000 records): `bash deploy/local/etcd-minio.sh reset` (or etcd-garage.sh) deletes it.
 
 # bench_init NAME: a scratch directory in $work, removed on exit with the broker in $pid or
 # $broker_pid (a script that starts one stores its pid there) stopped first.
