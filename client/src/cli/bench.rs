@@ -147,6 +147,17 @@ impl Report {
         self.field(key, label, value)
     }
 
+    /// Adds quantiles of a latency histogram in ms, 3 decimals: `(key, label, quantile)` each.
+    fn quantiles(
+        self,
+        histogram: &Histogram<u64>,
+        quantiles: &[(&'static str, &'static str, f64)],
+    ) -> Self {
+        quantiles.iter().fold(self, |report, &(key, label, q)| {
+            report.float(key, label, quantile_ms(histogram, q), 3)
+        })
+    }
+
     /// Adds a float that may be unknown (e.g. a ratio over no CPU time).
     fn maybe_float(
         self,

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use silt_storage::object::{S3Options, open_object_store};
 
-use super::{Report, latency_histogram, quantile_ms, record_latency};
+use super::{Report, latency_histogram, record_latency};
 use crate::cli::{ByteSize, format_bytes};
 
 /// Object-store benchmark.
@@ -133,17 +133,12 @@ pub(crate) async fn run(args: ObjectStoreBenchArgs) -> anyhow::Result<ExitCode> 
         2,
     )
     .float("puts_per_s", "PUTs/s", objects as f64 / secs, 2)
-    .float(
-        "put_p50_ms",
-        "PUT latency p50 (ms)",
-        quantile_ms(&histogram, 0.5),
-        3,
-    )
-    .float(
-        "put_p99_ms",
-        "PUT latency p99 (ms)",
-        quantile_ms(&histogram, 0.99),
-        3,
+    .quantiles(
+        &histogram,
+        &[
+            ("put_p50_ms", "PUT latency p50 (ms)", 0.5),
+            ("put_p99_ms", "PUT latency p99 (ms)", 0.99),
+        ],
     )
     .field("deleted", "objects deleted", deleted.len() as u64)
     .float(

@@ -25,9 +25,7 @@ use tonic::Code;
 use super::deliver::{self, Deliveries};
 use super::payload;
 use super::replay::{Batches, ReplaySender};
-use super::{
-    Report, broker_cpu_seconds, latency_histogram, quantile_ms, record_latency, throughput,
-};
+use super::{Report, broker_cpu_seconds, latency_histogram, record_latency, throughput};
 use crate::cli::{ByteSize, Compression, connect};
 
 /// Values per per-record `Produce` request: about 256 KiB, within the broker's record limit.
@@ -269,38 +267,27 @@ pub(crate) async fn run(broker: &str, args: ProduceBenchArgs) -> anyhow::Result<
     .field("compression", "compression", compression)
     .field("failed", "failed records", total.failed);
     let report = throughput(report, total.acked, total.acked * size as u64, elapsed, cpu)
-        .float(
-            "p50_ms",
-            "ack latency p50 (ms)",
-            quantile_ms(&total.latency, 0.5),
-            3,
-        )
-        .float(
-            "p99_ms",
-            "ack latency p99 (ms)",
-            quantile_ms(&total.latency, 0.99),
-            3,
-        )
-        .float(
-            "p999_ms",
-            "ack latency p99.9 (ms)",
-            quantile_ms(&total.latency, 0.999),
-            3,
+        .quantiles(
+            &total.latency,
+            &[
+                ("p50_ms", "ack latency p50 (ms)", 0.5),
+                ("p99_ms", "ack latency p99 (ms)", 0.99),
+                ("p999_ms", "ack latency p99.9 (ms)", 0.999),
+            ],
         );
     let report = match &delivered {
         Some(d) => report
             .field("delivered", "records delivered to subscribers", d.records)
-            .float(
-                "delivery_p50_ms",
-                "put -> subscribe delivery p50 (ms)",
-                quantile_ms(&d.latency, 0.5),
-                3,
-            )
-            .float(
-                "delivery_p99_ms",
-                "put -> subscribe delivery p99 (ms)",
-                quantile_ms(&d.latency, 0.99),
-                3,
+            .quantiles(
+                &d.latency,
+                &[
+                    ("delivery_p50_ms", "put -> subscribe delivery p50 (ms)", 0.5),
+                    (
+                        "delivery_p99_ms",
+                        "put -> subscribe delivery p99 (ms)",
+                        0.99,
+                    ),
+                ],
             ),
         None => report,
     };
