@@ -1,6 +1,7 @@
 //! Crash points for tests: `SILT_FAILPOINT=<name>` makes the broker abort at that point, as a
 //! crash there would (`flush-after-put`: a flush's object is stored, its commit never sent;
-//! `compaction-after-put`: a compacted object is stored, its swap never sent). Unset in any
+//! `compaction-after-put`: a compacted object is stored, its swap never sent;
+//! `rollup-after-put`: an index page is stored, the index root never swapped). Unset in any
 //! real deployment; read once.
 
 use std::sync::OnceLock;

@@ -107,6 +107,12 @@ pub struct Settings {
     /// Most memory key compaction's map of keys takes per run.
     #[serde(deserialize_with = "size::de")]
     pub key_compaction_map_bytes: u64,
+    /// Compacted objects per index page: a partition's oldest ones roll out of metadata into a
+    /// page once twice this many lead its index; 0 never rolls.
+    pub index_page_parts: u32,
+    /// Most memory the index pages loaded on demand take.
+    #[serde(deserialize_with = "size::de")]
+    pub index_page_cache_bytes: u64,
     /// An object no commit references is deleted after this long unreferenced.
     pub gc_grace_ms: u64,
     /// The metadata store's change history the controller keeps (older revisions are
@@ -180,6 +186,8 @@ impl Default for Settings {
             compaction_bytes_per_sec: 32 << 20,
             compaction_check_ms: 10_000,
             key_compaction_map_bytes: 64 << 20,
+            index_page_parts: 16,
+            index_page_cache_bytes: 64 << 20,
             gc_grace_ms: 300_000,
             metadata_history_ms: 300_000,
             advertise: None,
@@ -406,6 +414,20 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_compaction_map_bytes: Option<u64>,
 
+    /// Compacted objects per index page: once twice this many lead a partition's index, its
+    /// oldest ones roll out of the metadata store into one index page in the object store
+    /// (loaded back on demand), so metadata stays bounded by partitions, not retained bytes;
+    /// 0 never rolls [default: 16].
+    #[arg(long, env = "SILT_INDEX_PAGE_PARTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_page_parts: Option<u32>,
+
+    /// Most memory the index pages loaded on demand (reads of old offsets) take on a broker;
+    /// about 160 bytes per 1 MiB entry [default: 64MiB].
+    #[arg(long, env = "SILT_INDEX_PAGE_CACHE_BYTES", value_parser = size::parse)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_page_cache_bytes: Option<u64>,
+
     /// How long an object stays after no commit references it (compacted, expired, or never
     /// committed) before garbage collection deletes it: readers holding an older index finish
     /// within it. Keep it well above the metadata store's request timeout [default: 300000].
@@ -541,6 +563,12 @@ impl Settings {
             return Err(format!(
                 "compaction-target-bytes ({}) must be 0 (off) or at least 64KiB, with compaction-bytes-per-sec > 0",
                 self.compaction_target_bytes
+            ));
+        }
+        if self.index_page_parts > 100 {
+            return Err(format!(
+                "index-page-parts {} must be at most 100: one metadata transaction forgets that many commit keys, and etcd allows 128 operations per transaction",
+                self.index_page_parts
             ));
         }
         if !(1_000..=60_000).contains(&self.lease_ttl_ms) {

@@ -15,7 +15,9 @@
 
 use std::sync::Arc;
 
-use crate::codec::{self, BrokerRecord, ControllerRecord, OwnerRecord, SegmentCommit, TopicRecord};
+use crate::codec::{
+    self, BrokerRecord, ControllerRecord, IndexRoot, OwnerRecord, SegmentCommit, TopicRecord,
+};
 use crate::error::{CatalogError, MetaError};
 use crate::keys::Keys;
 use crate::store::{Compare, LeaseId, MetaStore, Op, RangeRequest, Txn};
@@ -59,6 +61,19 @@ pub struct FencedWriter {
     pub broker_id: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+}
+
+/// A change of a partition's index root ([`Catalog::swap_index`]).
+#[derive(Debug, Clone, Copy)]
+pub struct IndexChange<'a> {
+    /// The root's `mod_revision` the change was computed from (0: no root yet).
+    pub seen_root_revision: i64,
+    /// The root to put.
+    pub root: &'a IndexRoot,
+    /// Commit ids whose `parts/` keys go (rolled into the root's new page).
+    pub forget: &'a [String],
+    /// Commits put back under `parts/` (a page unrolled).
+    pub restore: &'a [(String, SegmentCommit)],
 }
 
 /// A segment commit that succeeded.
@@ -494,6 +509,79 @@ impl Catalog {
             .and_then([Op::put(key, codec::encode_segment(commit))]);
         let resp = self.store.txn(txn).await?;
         Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// Changes a partition's index root, as the writer `fence` of the partition's owner, while
+    /// `topic` still exists and the root is still at `change.seen_root_revision` (0: none yet):
+    /// puts `change.root`, deletes the `parts/` keys `change.forget` and puts the commits
+    /// `change.restore`, in ONE transaction, so a reader sees the entries in pages or in
+    /// `parts/` keys, never in both or neither. Rolling entries up puts a root with one more
+    /// page and forgets the commits it holds; unrolling (a topic turned key-compacted) puts
+    /// the last page's commits back and drops the page. The revision of the write, or `None`
+    /// (nothing written) when a compare failed.
+    pub async fn swap_index(
+        &self,
+        fence: &WriterFence,
+        topic: &Topic,
+        partition: u32,
+        change: IndexChange<'_>,
+    ) -> Result<Option<i64>, CatalogError> {
+        let key = self.keys.index_root(topic.id, partition);
+        let mut ops = vec![Op::put(key.clone(), codec::encode_index_root(change.root))];
+        ops.extend(
+            change
+                .forget
+                .iter()
+                .map(|id| Op::delete(self.keys.part(id))),
+        );
+        ops.extend(
+            change
+                .restore
+                .iter()
+                .map(|(id, commit)| Op::put(self.keys.part(id), codec::encode_segment(commit))),
+        );
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(self.keys.writer(&fence.broker_id), fence.revision),
+                Compare::new(
+                    self.keys.topic(&topic.record.name),
+                    crate::CompareOp::Equal,
+                    crate::CompareTarget::CreateRevision(topic.id as i64),
+                ),
+                Compare::mod_revision(key, change.seen_root_revision),
+            ])
+            .and_then(ops);
+        let resp = self.store.txn(txn).await?;
+        Ok(resp.succeeded.then_some(resp.revision))
+    }
+
+    /// Every partition's index root, with the revision they were read at.
+    pub async fn load_index_roots(
+        &self,
+    ) -> Result<(i64, Vec<((u64, u32), IndexRoot)>), CatalogError> {
+        let mut out = Vec::new();
+        let (revision, kvs) = self.range_all_at(self.keys.index_roots_prefix()).await?;
+        for kv in kvs {
+            if let Some(partition) = self.keys.parse_index_root(&kv.key) {
+                out.push((partition, codec::decode_index_root(&kv.key, &kv.value)?));
+            }
+        }
+        Ok((revision, out))
+    }
+
+    /// Forgets the index root of a deleted topic's partition, fenced like
+    /// [`Self::delete_segment`].
+    pub async fn delete_index_root(
+        &self,
+        controller_revision: i64,
+        topic_id: u64,
+        partition: u32,
+    ) -> Result<bool, CatalogError> {
+        self.delete_as_controller(
+            controller_revision,
+            self.keys.index_root(topic_id, partition),
+        )
+        .await
     }
 
     /// Every compacted object's commit, with its id.

@@ -298,6 +298,25 @@ impl Keys {
         std::str::from_utf8(rest).ok()
     }
 
+    pub fn index_roots_prefix(&self) -> Vec<u8> {
+        format!("{}index/", self.root).into_bytes()
+    }
+
+    /// The index root of a partition: the index pages older entries were rolled into.
+    pub fn index_root(&self, topic_id: u64, partition: u32) -> Vec<u8> {
+        format!("{}index/{topic_id:016x}/{partition}", self.root).into_bytes()
+    }
+
+    /// Parses an `index/` key back into its topic id and partition.
+    pub fn parse_index_root(&self, key: &[u8]) -> Option<(u64, u32)> {
+        let rest = key.strip_prefix(self.index_roots_prefix().as_slice())?;
+        let (topic, partition) = std::str::from_utf8(rest).ok()?.split_once('/')?;
+        Some((
+            u64::from_str_radix(topic, 16).ok()?,
+            partition.parse().ok()?,
+        ))
+    }
+
     /// The object id of a segment commit key.
     pub fn parse_segment<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
         let rest = key.strip_prefix(self.segments_prefix().as_slice())?;
@@ -321,6 +340,12 @@ mod tests {
             b"/silt/c1/~groups/003/g/record".to_vec()
         );
         assert_eq!(k.topic("orders"), b"/silt/c1/topics/orders".to_vec());
+        assert_eq!(
+            k.index_root(255, 7),
+            b"/silt/c1/index/00000000000000ff/7".to_vec()
+        );
+        assert_eq!(k.parse_index_root(&k.index_root(255, 7)), Some((255, 7)));
+        assert_eq!(k.parse_index_root(&k.owner(255, 7)), None);
         assert_eq!(
             k.log_start(255),
             b"/silt/c1/log-start/00000000000000ff".to_vec()

@@ -86,8 +86,11 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
     let Some(mut cluster) = Cluster::start("compaction", TTL_MS, 10).await else {
         return;
     };
+    // Index pages of one compacted object each: entries roll out of metadata as they go.
     for _ in 0..3 {
-        cluster.add_broker_with(fast_lifecycle).await;
+        cluster
+            .add_broker_with(|o| fast_lifecycle(o).arg("--index-page-parts", 1))
+            .await;
     }
     let topic = "history";
     let partitions = 6;
@@ -164,9 +167,7 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
         Duration::from_secs(60),
         || async {
             let state = Lifecycle::read(&catalog, &cluster).await?;
-            let mut referenced: Vec<String> =
-                state.parts.iter().map(|(_, c)| c.object.clone()).collect();
-            referenced.sort();
+            let referenced = state.referenced(&cluster).await?;
             if state.segments.is_empty() && state.objects == referenced {
                 return Ok(state);
             }
@@ -175,10 +176,11 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
     )
     .await;
     let (segments, parts) = (state.segments, state.parts);
+    let pages: usize = state.roots.iter().map(|(_, r)| r.pages.len()).sum();
     let report = checker.verify(&cluster.client().await, topic).await;
     let bytes: u64 = parts.iter().map(|(_, c)| c.object_len).sum();
     eprintln!(
-        "compaction: acked {}, read {}, lost {}, duplicated {}, reordered {}, gaps {}; {} segment keys, {} compacted keys holding {bytes} bytes",
+        "compaction: acked {}, read {}, lost {}, duplicated {}, reordered {}, gaps {}; {} segment keys, {} compacted keys holding {bytes} bytes, {pages} index pages",
         report.acked,
         report.read,
         report.lost,
@@ -200,6 +202,7 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
             let state = Lifecycle::read(&catalog, &cluster).await?;
             let empty = state.segments.is_empty()
                 && state.parts.is_empty()
+                && state.roots.is_empty()
                 && state.log_starts.is_empty()
                 && state.objects.is_empty();
             if empty {
@@ -212,12 +215,13 @@ async fn compaction_under_produce_fetch_and_kill_9_loses_nothing_and_bounds_meta
     .await;
 }
 
-/// What the data lifecycle left: commit keys, log starts, and objects in the store.
+/// What the data lifecycle left: commit keys, index roots, log starts, and objects in the store.
 struct Lifecycle {
     segments: Vec<(String, silt_metadata::codec::SegmentCommit)>,
     parts: Vec<(String, silt_metadata::codec::SegmentCommit)>,
+    roots: Vec<((u64, u32), silt_metadata::codec::IndexRoot)>,
     log_starts: Vec<(u64, Vec<i64>)>,
-    /// Object paths under `segments/` and `parts/`, sorted.
+    /// Object paths under `segments/`, `parts/` and `index/`, sorted.
     objects: Vec<String>,
 }
 
@@ -228,13 +232,53 @@ impl Lifecycle {
     ) -> Result<Self, String> {
         let mut objects = cluster.list_objects("segments").await;
         objects.extend(cluster.list_objects("parts").await);
+        objects.extend(cluster.list_objects("index").await);
         objects.sort();
         Ok(Self {
             segments: catalog.load_segments().await.map_err(|e| e.to_string())?,
             parts: catalog.load_parts().await.map_err(|e| e.to_string())?,
+            roots: catalog
+                .load_index_roots()
+                .await
+                .map_err(|e| e.to_string())?
+                .1,
             log_starts: catalog.load_log_starts().await.map_err(|e| e.to_string())?,
             objects,
         })
+    }
+
+    /// Every object a commit or an index root references (through its pages), sorted and
+    /// without duplicates: what garbage collection must keep. Pages wholly below their log
+    /// start reference only themselves.
+    async fn referenced(&self, cluster: &Cluster) -> Result<Vec<String>, String> {
+        use object_store::ObjectStoreExt;
+        let mut out: Vec<String> = self.parts.iter().map(|(_, c)| c.object.clone()).collect();
+        out.extend(self.segments.iter().map(|(_, c)| c.object.clone()));
+        let store = cluster.object_store();
+        for ((topic_id, partition), root) in &self.roots {
+            let log_start = self
+                .log_starts
+                .iter()
+                .find(|(id, _)| id == topic_id)
+                .map_or(0, |(_, starts)| starts[*partition as usize]);
+            for page in &root.pages {
+                out.push(page.object.clone());
+                if page.last_offset < log_start {
+                    continue;
+                }
+                let path = object_store::path::Path::from(page.object.as_str());
+                let bytes = match store.get(&path).await {
+                    Ok(got) => got.bytes().await.map_err(|e| e.to_string())?,
+                    Err(e) => return Err(format!("page {} unreadable: {e}", page.object)),
+                };
+                let decoded = silt_metadata::codec::decode_index_page(&page.object, &bytes)
+                    .map_err(|e| e.to_string())?;
+                out.extend(decoded.parts.into_iter().map(|(_, c)| c.object));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 }
 
@@ -477,4 +521,241 @@ async fn a_partition_that_cannot_be_compacted_does_not_stop_the_others() {
     let stored = read_partition(&client, "t", 1).await;
     assert_eq!(stored.len(), 50);
     assert_eq!(stored.get(&49), Some(&Bytes::from("p1-49")));
+}
+
+/// Index pages: a partition's compacted entries roll out of metadata into index pages, so its
+/// keys stay bounded however much it holds; a broker started cold (empty caches, nothing in
+/// memory) reads every record back through them, finds offsets by timestamp in them, and
+/// retention and topic deletion collect pages and their objects like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_entries_roll_into_index_pages_that_a_cold_broker_pages_in() {
+    let Some(mut cluster) = Cluster::start("index-pages", TTL_MS, 10).await else {
+        return;
+    };
+    const PAGE_PARTS: usize = 2;
+    let paging = |o: BrokerOptions| lifecycle(o, "64KiB").arg("--index-page-parts", PAGE_PARTS);
+    // b0 writes and compacts, rolling nothing up.
+    cluster
+        .add_broker_with(|o| lifecycle(o, "64KiB").arg("--index-page-parts", 0))
+        .await;
+    let topic = "paged";
+    let client = cluster.client().await;
+    client
+        .create_topic(topic, 1, Some(-1), None)
+        .await
+        .expect("create topic");
+    cluster.wait_owned(topic, Duration::from_secs(20)).await;
+    let catalog = cluster.catalog().await;
+
+    // 120 requests of 24 records of 1 KiB: about 45 compacted objects of 64 KiB. Request i's
+    // records carry timestamp BASE + i s, so an offset can be looked up by time exactly.
+    const BASE: i64 = 1_700_000_000_000;
+    let checker = Checker::new();
+    let mut log = client.log();
+    let mut request_starts = Vec::new();
+    for i in 0..120u64 {
+        let records: Vec<Record> = (0..24u64)
+            .map(|j| Record {
+                value: Bytes::from(silt_tests::event_value(i * 24 + j, 1024)),
+                timestamp_ms: Some(BASE + i as i64 * 1_000),
+                partition: Some(0),
+                ..Record::default()
+            })
+            .collect();
+        let values: Vec<Bytes> = records.iter().map(|r| r.value.clone()).collect();
+        let acks = log
+            .produce(ProduceRequest {
+                topic: topic.into(),
+                records,
+            })
+            .await
+            .expect("produce")
+            .into_inner();
+        for (j, (result, value)) in acks.results.iter().zip(values).enumerate() {
+            let Some(silt_api::v1::record_result::Outcome::Ack(ack)) = &result.outcome else {
+                panic!("record refused: {result:?}");
+            };
+            if j == 0 {
+                request_starts.push(ack.offset);
+            }
+            checker.acked(0, ack.offset, i * 24 + j as u64, value);
+        }
+    }
+
+    wait_for_state("compaction", Duration::from_secs(60), || async {
+        let state = Lifecycle::read(&catalog, &cluster).await?;
+        if state.segments.is_empty() && state.parts.len() >= 30 {
+            return Ok(());
+        }
+        Err(state.to_string())
+    })
+    .await;
+
+    // b1 takes the partition over and dies between its first page's PUT and the root's swap:
+    // the page is stored, nothing in metadata changed.
+    cluster.terminate(0);
+    let b1 = cluster
+        .add_broker_with(move |o| {
+            let mut o = paging(o);
+            o.env
+                .push(("SILT_FAILPOINT".into(), "rollup-after-put".into()));
+            o
+        })
+        .await;
+    cluster.wait_for_abort(b1).await;
+    let crashed = Lifecycle::read(&catalog, &cluster).await.unwrap();
+    assert!(crashed.roots.is_empty(), "no root was swapped in");
+    assert!(crashed.parts.len() >= 30, "no commit was forgotten");
+    assert_eq!(
+        cluster.list_objects("index").await.len(),
+        1,
+        "one page stored"
+    );
+
+    // b2 takes over and rolls up. Compaction and roll-up settle: flush segments gone, most
+    // entries in pages, and the partition's commit keys bounded by the page size (twice it,
+    // plus small objects still merging), not by what it holds; the crashed page is collected.
+    let b2 = cluster.add_broker_with(paging).await;
+    cluster.wait_owned(topic, Duration::from_secs(30)).await;
+    let state = wait_for_state(
+        "entries to roll into index pages",
+        Duration::from_secs(90),
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let pages: usize = state.roots.iter().map(|(_, r)| r.pages.len()).sum();
+            if state.segments.is_empty() && pages >= 15 && state.parts.len() <= 2 * PAGE_PARTS + 2 {
+                return Ok(state);
+            }
+            Err(format!("{} pages; {state}", pages))
+        },
+    )
+    .await;
+    let root = &state.roots[0].1;
+    for pair in root.pages.windows(2) {
+        assert_eq!(
+            pair[1].first_offset,
+            pair[0].last_offset + 1,
+            "pages are contiguous"
+        );
+    }
+    assert_eq!(root.pages[0].first_offset, 0);
+    eprintln!(
+        "index pages: {} pages, {} compacted keys, {} objects",
+        root.pages.len(),
+        state.parts.len(),
+        state.objects.len()
+    );
+
+    // A cold broker: kill -9 and start again, so nothing is cached and the index holds only
+    // the tail. Every record reads back once, in order, at its offset, through the pages.
+    cluster.kill9(b2);
+    cluster.restart(b2).await;
+    cluster.wait_owned(topic, Duration::from_secs(30)).await;
+    let reader = cluster.client().await;
+    checker.verify(&reader, topic).await.assert_clean();
+    // Offsets by timestamp, in pages and in the tail.
+    for i in [0usize, 7, 60, 119] {
+        let found = silt_client::list_offsets(
+            &reader,
+            topic,
+            0,
+            silt_client::StartSpec::Timestamp(BASE + i as i64 * 1_000),
+        )
+        .await
+        .expect("list offsets by time");
+        assert_eq!(found.offset, request_starts[i], "timestamp of request {i}");
+        assert_eq!(found.timestamp_ms, BASE + i as i64 * 1_000);
+    }
+    // Garbage collection keeps exactly what commits and pages reference: the page of the
+    // crashed roll-up is gone.
+    wait_for_state(
+        "objects to be exactly the referenced ones",
+        Duration::from_secs(60),
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let referenced = state.referenced(&cluster).await?;
+            if state.objects == referenced {
+                return Ok(());
+            }
+            Err(format!("{state}; referenced {referenced:?}"))
+        },
+    )
+    .await;
+
+    // Retention by size moves the log start past whole pages; the owner drops them from the
+    // root and garbage collection their objects.
+    let held: u64 = root.pages.iter().map(|p| p.bytes).sum();
+    reader
+        .alter_topic(topic, None, Some((held / 2) as i64))
+        .await
+        .expect("alter retention");
+    let trimmed = wait_for_state(
+        "retention to drop pages",
+        Duration::from_secs(60),
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let start = state.log_starts.first().map_or(0, |(_, s)| s[0]);
+            let root = &state.roots.first().ok_or("no root")?.1;
+            let first = root.pages.first().map_or(i64::MAX, |p| p.first_offset);
+            let referenced = state.referenced(&cluster).await?;
+            let trimmed = root.pages.iter().all(|p| p.last_offset >= start);
+            if start > 0 && trimmed && state.objects == referenced {
+                return Ok((start, first));
+            }
+            Err(format!("log start {start}, first page at {first}; {state}"))
+        },
+    )
+    .await;
+    let (start, first_page) = trimmed;
+    assert!(
+        root.pages.iter().any(|p| p.first_offset == start),
+        "the log start {start} is a page boundary"
+    );
+    assert!(first_page <= start);
+    let kept = read_partition(&reader, topic, 0).await;
+    assert_eq!(kept.keys().next().copied(), Some(start));
+    assert_eq!(kept.len() as i64, 120 * 24 - start);
+
+    // Turned key-compacted, the partition gets its pages' commits back in metadata (key
+    // compaction rewrites the log from its start), then is key-compacted: every record stays
+    // (none has a key), at its offset.
+    reader
+        .alter_topic_with(silt_api::v1::AlterTopicRequest {
+            name: topic.into(),
+            cleanup_policy: Some("compact".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("alter the cleanup policy");
+    wait_for_state(
+        "pages to be unrolled and the log key-compacted",
+        Duration::from_secs(60),
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            let pages: usize = state.roots.iter().map(|(_, r)| r.pages.len()).sum();
+            let cleaned = state.parts.iter().all(|(id, _)| id.contains(".k"));
+            if pages == 0 && !state.parts.is_empty() && cleaned {
+                return Ok(());
+            }
+            Err(format!("{pages} pages; {state}"))
+        },
+    )
+    .await;
+    assert_eq!(read_partition(&reader, topic, 0).await, kept);
+
+    // Deleting the topic removes its root, pages and objects.
+    reader.delete_topic(topic).await.expect("delete topic");
+    wait_for_state(
+        "the deleted topic's root, pages and objects to go",
+        Duration::from_secs(60),
+        || async {
+            let state = Lifecycle::read(&catalog, &cluster).await?;
+            if state.roots.is_empty() && state.parts.is_empty() && state.objects.is_empty() {
+                Ok(())
+            } else {
+                Err(state.to_string())
+            }
+        },
+    )
+    .await;
 }

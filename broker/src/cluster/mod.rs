@@ -329,6 +329,17 @@ impl ClusterView {
                 }
             }
             return false;
+        } else if let Some((topic_id, partition)) = keys.parse_index_root(&kv.key) {
+            // A deleted root belongs to a deleted topic, whose partitions are gone already.
+            if put && self.topics.is_live(topic_id) {
+                match codec::decode_index_root(&kv.key, &kv.value) {
+                    Ok(root) => self
+                        .index
+                        .set_root(topic_id, partition, kv.mod_revision, &root),
+                    Err(e) => warn!(error = %e, "skipping an unreadable index root"),
+                }
+            }
+            return false;
         } else if let Some(topic_id) = keys.parse_log_start(&kv.key) {
             if put {
                 s.log_starts.insert(topic_id, kv.mod_revision);

@@ -256,6 +256,7 @@ async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
         gc_grace_ms: 0,
         unreferenced: Default::default(),
         history: crate::housekeeping::HistoryCompaction::keeping(0),
+        page_objects: Default::default(),
     };
     // Partition 0: [0, 10) at t=100, [10, 20) at t=700, [20, 30) at t=10 000.
     // Partition 1: [0, 10) at t=500, [10, 20) at t=10 000. One segment per range.
@@ -655,6 +656,7 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
         gc_grace_ms: 500,
         unreferenced: Default::default(),
         history: crate::housekeeping::HistoryCompaction::keeping(0),
+        page_objects: Default::default(),
     };
     let listed = || async {
         let mut names: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(

@@ -17,7 +17,8 @@ use silt_storage::cache::SegmentCache;
 use tokio::time::Instant;
 
 use crate::core::error::BrokerError;
-use crate::core::log_index::{IndexEntry, LogIndex, Offsets, PartitionLog};
+use crate::core::index_pages::{self, IndexPages};
+use crate::core::log_index::{IndexEntry, Located, LogIndex, Offsets, PartitionLog};
 use crate::core::topics::{TopicTable, check_partition};
 use crate::observe::metrics::Metrics;
 
@@ -59,6 +60,8 @@ pub struct FetchPath {
     pub topics: Arc<TopicTable>,
     pub index: Arc<LogIndex>,
     pub cache: Arc<SegmentCache>,
+    /// Index pages of older offsets, loaded on demand.
+    pub pages: Arc<IndexPages>,
     pub metrics: Arc<Metrics>,
     /// Fires when the broker starts shutting down: subscriptions end with an unavailable error
     /// so clients move to another broker instead of holding the shutdown up.
@@ -93,8 +96,11 @@ impl FetchPath {
         let mut changes = log.subscribe();
         loop {
             changes.borrow_and_update();
-            let (offsets, entries) = log.entries_from(offset, max_bytes);
+            let (offsets, located) = log.locate(offset, max_bytes);
             check_offset(topic, partition, offset, offsets)?;
+            let entries = self
+                .resolve(&log, located, offset, max_bytes, offsets)
+                .await?;
             if !entries.is_empty() {
                 return self
                     .read(topic, entries, offset, max_bytes, raw, offsets)
@@ -112,6 +118,30 @@ impl FetchPath {
                     offsets: log.offsets(),
                     next_offset: offset,
                 });
+            }
+        }
+    }
+
+    /// The entries a lookup found: those in memory, or those of its index page.
+    async fn resolve(
+        &self,
+        log: &PartitionLog,
+        located: Located,
+        offset: i64,
+        max_bytes: usize,
+        offsets: Offsets,
+    ) -> Result<Vec<IndexEntry>, BrokerError> {
+        match located {
+            Located::Entries(entries) => Ok(entries),
+            Located::Paged(page) => {
+                let (topic_id, partition) = log.id();
+                let entries = self.pages.entries(topic_id, partition, &page).await?;
+                Ok(index_pages::entries_from(
+                    &entries,
+                    offset.max(page.first_offset),
+                    max_bytes,
+                    offsets.high_watermark,
+                ))
             }
         }
     }
@@ -252,7 +282,18 @@ impl FetchPath {
             }
             OffsetSpec::Timestamp(ts) => {
                 let (offsets, found) = log.entry_for_timestamp(ts);
-                let Some(mut entry) = found else {
+                let Some(found) = found else {
+                    return Ok((offsets.high_watermark, -1, offsets));
+                };
+                let from = match &found {
+                    Located::Paged(page) => page.first_offset.max(offsets.log_start),
+                    Located::Entries(_) => offsets.log_start,
+                };
+                let candidates = self.resolve(&log, found, from, usize::MAX, offsets).await?;
+                let Some(mut entry) = candidates
+                    .into_iter()
+                    .find(|e| e.max_timestamp >= ts && e.last_offset >= offsets.log_start)
+                else {
                     return Ok((offsets.high_watermark, -1, offsets));
                 };
                 // The entry's max timestamp is at or after `ts`; find the first record that is,
@@ -264,7 +305,9 @@ impl FetchPath {
                     if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
                         return Ok((r.offset, r.timestamp_ms, offsets));
                     }
-                    let (_, next) = log.entries_from(entry.last_offset + 1, 1);
+                    let after = entry.last_offset + 1;
+                    let (now, located) = log.locate(after, 1);
+                    let next = self.resolve(&log, located, after, 1, now).await?;
                     match next.into_iter().next() {
                         Some(e) => entry = e,
                         None => return Ok((offsets.high_watermark, -1, offsets)),

@@ -15,12 +15,19 @@
 //! partition's lock, so a reader sees the old entries or the new one, never both or neither.
 //! Offsets never change; an entry arriving later for offsets a compacted entry covers is
 //! ignored.
+//!
+//! Older entries roll out of memory and metadata into *index pages* (objects in the store,
+//! listed by the partition's index root `index/<topic>/<partition>`): the partition keeps the
+//! pages' offset ranges, sizes and newest timestamps, and only the tail's entries. A lookup
+//! below the tail answers [`Located::Paged`] and the reader loads the page
+//! ([`crate::core::index_pages::IndexPages`]). Entries arriving for offsets the pages cover are
+//! ignored, like those a compacted entry covers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use object_store::path::Path;
-use silt_metadata::codec::{SegmentCommit, SegmentEntry};
+use silt_metadata::codec::{IndexPage, IndexRoot, PageRef, SegmentCommit, SegmentEntry};
 use silt_metadata::keys::Keys;
 use tokio::sync::watch;
 
@@ -128,26 +135,62 @@ pub struct Offsets {
     pub high_watermark: i64,
 }
 
+/// Where the entries holding an offset are.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// In memory: these entries (empty when nothing is committed there yet).
+    Entries(Vec<IndexEntry>),
+    /// In an index page, to be loaded ([`crate::core::index_pages::IndexPages`]).
+    Paged(PageRef),
+}
+
+/// What the owner should write to a partition's index root: its pages, trimmed to the log
+/// start, and the oldest compacted commits to roll into a new page (none: only a trim).
+#[derive(Debug, Clone)]
+pub struct RollUp {
+    /// The root's `mod_revision` as this index applied it (0: no root yet).
+    pub root_revision: i64,
+    /// The pages that stay, oldest first.
+    pub pages: Vec<PageRef>,
+    /// Compacted objects' commits to roll up, oldest first, each with only its live entries.
+    pub parts: Vec<(String, SegmentCommit)>,
+}
+
 #[derive(Debug, Default)]
 struct PartitionState {
     entries: VecDeque<IndexEntry>,
     log_start: i64,
     high_watermark: i64,
+    /// Index pages below `entries`, contiguous, oldest first (those wholly below the log start
+    /// dropped).
+    pages: Vec<PageRef>,
+    /// The index root's `mod_revision` the pages come from (0: none).
+    root_revision: i64,
+    /// How many pages that root listed (more than `pages` once retention dropped some).
+    root_pages: usize,
 }
 
 /// One partition's committed log.
 #[derive(Debug)]
 pub struct PartitionLog {
+    /// (topic id, partition).
+    id: (u64, u32),
     state: Mutex<PartitionState>,
     hwm_tx: watch::Sender<i64>,
 }
 
 impl PartitionLog {
-    fn new() -> Self {
+    fn new(id: (u64, u32)) -> Self {
         Self {
+            id,
             state: Mutex::new(PartitionState::default()),
             hwm_tx: watch::channel(0).0,
         }
+    }
+
+    /// (topic id, partition).
+    pub fn id(&self) -> (u64, u32) {
+        self.id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PartitionState> {
@@ -167,83 +210,206 @@ impl PartitionLog {
         self.hwm_tx.subscribe()
     }
 
-    /// Entries holding offsets from `offset` on, until about `max_bytes` (at least one entry).
-    pub fn entries_from(&self, offset: i64, max_bytes: usize) -> (Offsets, Vec<IndexEntry>) {
+    /// The in-memory entries holding offsets from `offset` on, until about `max_bytes` (at
+    /// least one entry). Offsets rolled into index pages are not among them: readers use
+    /// [`Self::locate`].
+    #[cfg(test)]
+    pub(crate) fn entries_from(&self, offset: i64, max_bytes: usize) -> (Offsets, Vec<IndexEntry>) {
         let s = self.lock();
-        let offsets = Offsets {
-            log_start: s.log_start,
-            high_watermark: s.high_watermark,
-        };
-        let start = s.entries.partition_point(|e| e.last_offset < offset);
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for e in s.entries.iter().skip(start) {
-            if e.first_offset >= s.high_watermark {
-                break;
-            }
-            if !out.is_empty() && bytes + e.length as usize > max_bytes {
-                break;
-            }
-            bytes += e.length as usize;
-            out.push(e.clone());
-        }
-        (offsets, out)
+        (s.offsets(), s.entries_from(offset, max_bytes))
     }
 
-    /// The first entry whose records may have a timestamp at or after `ts` (the time index).
-    pub fn entry_for_timestamp(&self, ts: i64) -> (Offsets, Option<IndexEntry>) {
+    /// Where the entries holding `offset` and after are: in memory (until about `max_bytes`,
+    /// at least one entry), or in the index page holding `offset`.
+    pub fn locate(&self, offset: i64, max_bytes: usize) -> (Offsets, Located) {
         let s = self.lock();
-        let offsets = Offsets {
-            log_start: s.log_start,
-            high_watermark: s.high_watermark,
-        };
+        if let Some(page) = s.page_at(offset) {
+            return (s.offsets(), Located::Paged(page.clone()));
+        }
+        (
+            s.offsets(),
+            Located::Entries(s.entries_from(offset, max_bytes)),
+        )
+    }
+
+    /// The first entry whose records may have a timestamp at or after `ts` (the time index),
+    /// or the index page holding it.
+    pub fn entry_for_timestamp(&self, ts: i64) -> (Offsets, Option<Located>) {
+        let s = self.lock();
+        let page = s
+            .pages
+            .iter()
+            .take_while(|p| p.first_offset < s.high_watermark)
+            .find(|p| p.max_timestamp >= ts && p.last_offset >= s.log_start);
+        if let Some(page) = page {
+            return (s.offsets(), Some(Located::Paged(page.clone())));
+        }
         let found = s
             .entries
             .iter()
             .take_while(|e| e.first_offset < s.high_watermark)
             .find(|e| e.max_timestamp >= ts && e.last_offset >= s.log_start);
-        (offsets, found.cloned())
+        (
+            s.offsets(),
+            found.map(|e| Located::Entries(vec![e.clone()])),
+        )
     }
 
-    /// Entries of a partition whose newest record is older than `cutoff_ts`: their end offset.
+    /// Where the log may start for retention by time: past the entries (and index pages, which
+    /// go whole) whose newest record is older than `cutoff_ts`.
     pub fn expired_end(&self, cutoff_ts: i64) -> Option<i64> {
         let s = self.lock();
         let mut end = None;
-        for e in &s.entries {
-            if e.max_timestamp >= cutoff_ts || e.first_offset >= s.high_watermark {
+        for (_, last, _, max_timestamp) in s.spans() {
+            if max_timestamp >= cutoff_ts {
                 break;
             }
-            end = Some(e.last_offset + 1);
+            end = Some(last + 1);
         }
         end.filter(|end| *end > s.log_start)
     }
 
     /// Where the log must start for the partition to hold at most `max_bytes` of batches:
-    /// the first offset of the oldest entry that fits, counting from the newest. The newest
-    /// entry is always kept, so a topic is never emptied by its size limit alone. `None` when
-    /// nothing needs to go.
+    /// the first offset of the oldest entry (or index page) that fits, counting from the
+    /// newest. The newest entry is always kept, so a topic is never emptied by its size limit
+    /// alone. `None` when nothing needs to go.
     pub fn oversize_end(&self, max_bytes: i64) -> Option<i64> {
         let s = self.lock();
-        let live: Vec<&IndexEntry> = s
-            .entries
-            .iter()
-            .filter(|e| e.last_offset >= s.log_start && e.first_offset < s.high_watermark)
-            .collect();
+        let live: Vec<(i64, i64, u64, i64)> = s.spans().collect();
         let mut kept = 0i64;
         let mut start = None;
-        for (i, e) in live.iter().enumerate().rev() {
-            kept = kept.saturating_add(i64::from(e.length));
+        for (i, (_, _, bytes, _)) in live.iter().enumerate().rev() {
+            kept = kept.saturating_add(i64::try_from(*bytes).unwrap_or(i64::MAX));
             if kept > max_bytes && i + 1 < live.len() {
-                start = Some(live[i + 1].first_offset);
+                start = Some(live[i + 1].0);
                 break;
             }
         }
         start.filter(|start| *start > s.log_start)
     }
 
+    /// Applies the partition's index root, read at `revision`: its pages replace the entries
+    /// they cover. An older root than the one applied is ignored.
+    pub fn set_root(&self, revision: i64, root: &IndexRoot) {
+        let mut s = self.lock();
+        if revision <= s.root_revision {
+            return;
+        }
+        s.root_revision = revision;
+        s.root_pages = root.pages.len();
+        let log_start = s.log_start;
+        s.pages = root
+            .pages
+            .iter()
+            .filter(|p| p.last_offset >= log_start)
+            .cloned()
+            .collect();
+        let paged_end = s.paged_end();
+        while s.entries.front().is_some_and(|e| e.last_offset < paged_end) {
+            s.entries.pop_front();
+        }
+        if s.advance() {
+            let hwm = s.high_watermark;
+            drop(s);
+            self.hwm_tx.send_replace(hwm);
+        }
+    }
+
+    /// The index pages and the root revision they come from.
+    pub fn pages(&self) -> (i64, Vec<PageRef>) {
+        let s = self.lock();
+        (s.root_revision, s.pages.clone())
+    }
+
+    /// What the owner should write to the index root, if anything: the oldest `page_parts`
+    /// compacted objects to roll into a page once `2 × page_parts` *settled* ones lead the
+    /// in-memory entries — so metadata keeps between `page_parts` and `2 × page_parts` of
+    /// them — and the pages retention dropped. Settled: compaction never copies it again (at
+    /// least `min_part_bytes`, or followed by such an object). The owner rolls up only topics
+    /// that are not key-compacted (key compaction rewrites the whole log).
+    pub fn roll_up(&self, page_parts: usize, min_part_bytes: u64) -> Option<RollUp> {
+        let s = self.lock();
+        let page_parts = page_parts.max(1);
+        let paged_end = s.paged_end();
+        // Leading runs of entries of one compacted object each, contiguous in offsets and with
+        // the pages, with whether the object is large.
+        let mut groups: Vec<(usize, usize, bool)> = Vec::new();
+        let mut next = (!s.pages.is_empty()).then_some(paged_end);
+        let mut i = 0;
+        while i < s.entries.len() && groups.len() <= 2 * page_parts {
+            let e = &s.entries[i];
+            let o = &e.object;
+            let compacted = o.kind == ObjectKind::Part
+                && e.first_offset < s.high_watermark
+                && next.is_none_or(|n| n == e.first_offset);
+            if !compacted {
+                break;
+            }
+            let mut j = i;
+            while j < s.entries.len() && Arc::ptr_eq(&s.entries[j].object, o) {
+                if next.is_some_and(|n| n != s.entries[j].first_offset) {
+                    break;
+                }
+                next = Some(s.entries[j].last_offset + 1);
+                j += 1;
+            }
+            groups.push((i, j, o.len >= min_part_bytes));
+            i = j;
+        }
+        // Compaction merges a small object only with the small objects and flush segments
+        // next to it: one followed by a large object can only merge with what comes before
+        // it, which rolls first, so it is as final as a large one.
+        let settled = (0..groups.len())
+            .take_while(|&g| groups[g].2 || groups.get(g + 1).is_some_and(|next| next.2))
+            .count();
+        let mut rolled: Vec<(usize, usize)> = if settled >= 2 * page_parts {
+            groups[..page_parts]
+                .iter()
+                .map(|&(from, to, _)| (from, to))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // An object with entries beyond the rolled ones (a partial copy) stays whole in metadata.
+        while let Some(&(from, to)) = rolled.last() {
+            let object = &s.entries[from].object;
+            if s.entries
+                .iter()
+                .skip(to)
+                .any(|e| Arc::ptr_eq(&e.object, object))
+            {
+                rolled.pop();
+            } else {
+                break;
+            }
+        }
+        let trimmed = s.pages.len() < s.root_pages;
+        if rolled.is_empty() && !trimmed {
+            return None;
+        }
+        let parts = rolled
+            .iter()
+            .map(|&(from, to)| {
+                let o = &s.entries[from].object;
+                let commit = SegmentCommit {
+                    object: o.path.to_string(),
+                    object_len: o.len,
+                    created_at_ms: o.created_at_ms,
+                    entries: s.entries.range(from..to).map(|e| e.entry).collect(),
+                };
+                (o.id.clone(), commit)
+            })
+            .collect();
+        Some(RollUp {
+            root_revision: s.root_revision,
+            pages: s.pages.clone(),
+            parts,
+        })
+    }
+
     fn append(&self, entry: IndexEntry) {
         let mut s = self.lock();
-        if entry.last_offset < s.high_watermark {
+        if entry.last_offset < s.high_watermark || entry.last_offset < s.paged_end() {
             // Already known (a commit seen twice); never rewind.
             return;
         }
@@ -272,7 +438,7 @@ impl PartitionLog {
     /// foreign writer — is refused and the index stays as it was; false then.
     fn replace(&self, entry: IndexEntry) -> bool {
         let mut s = self.lock();
-        if entry.last_offset < s.log_start {
+        if entry.last_offset < s.log_start || entry.last_offset < s.paged_end() {
             return true;
         }
         let from = s
@@ -388,6 +554,10 @@ impl PartitionLog {
     /// the clean part is at most about the dirty bytes themselves.
     pub fn cleaning_run(&self, policy: &CompactionPolicy) -> Option<CleaningRun> {
         let s = self.lock();
+        if !s.pages.is_empty() {
+            // Key compaction reads the whole log; the owner unrolls the pages first.
+            return None;
+        }
         let mut run = CleaningRun {
             entries: Vec::new(),
             bytes: 0,
@@ -431,6 +601,12 @@ impl PartitionLog {
     /// never called superseded.
     pub fn superseded(&self, entry: &SegmentEntry, object_id: &str) -> bool {
         let s = self.lock();
+        // Pages hold compacted entries only, and only entries every older one was copied into.
+        if s.pages.first().is_some_and(|p| {
+            p.first_offset <= entry.first_offset && entry.last_offset < s.paged_end()
+        }) {
+            return true;
+        }
         let pos = s
             .entries
             .partition_point(|e| e.first_offset <= entry.first_offset);
@@ -454,6 +630,7 @@ impl PartitionLog {
         while s.entries.front().is_some_and(|e| e.last_offset < log_start) {
             s.entries.pop_front();
         }
+        s.pages.retain(|p| p.last_offset >= log_start);
         let mut moved = false;
         if s.high_watermark < log_start {
             s.high_watermark = log_start;
@@ -468,9 +645,72 @@ impl PartitionLog {
 }
 
 impl PartitionState {
-    /// Extends the high watermark over the entries that continue it; true if it moved.
+    fn offsets(&self) -> Offsets {
+        Offsets {
+            log_start: self.log_start,
+            high_watermark: self.high_watermark,
+        }
+    }
+
+    /// One past the last offset the index pages cover (`i64::MIN` without pages).
+    fn paged_end(&self) -> i64 {
+        self.pages.last().map_or(i64::MIN, |p| p.last_offset + 1)
+    }
+
+    /// The index page holding `offset`, if it is a readable offset below the in-memory tail.
+    fn page_at(&self, offset: i64) -> Option<&PageRef> {
+        if offset < self.log_start || offset >= self.high_watermark || offset >= self.paged_end() {
+            return None;
+        }
+        let i = self.pages.partition_point(|p| p.last_offset < offset);
+        self.pages.get(i).filter(|p| p.first_offset <= offset)
+    }
+
+    fn entries_from(&self, offset: i64, max_bytes: usize) -> Vec<IndexEntry> {
+        let start = self.entries.partition_point(|e| e.last_offset < offset);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in self.entries.iter().skip(start) {
+            if e.first_offset >= self.high_watermark {
+                break;
+            }
+            if !out.is_empty() && bytes + e.length as usize > max_bytes {
+                break;
+            }
+            bytes += e.length as usize;
+            out.push(e.clone());
+        }
+        out
+    }
+
+    /// The readable log's pages, then entries, as (first offset, last offset, bytes, newest
+    /// timestamp), oldest first: what retention decides on.
+    fn spans(&self) -> impl Iterator<Item = (i64, i64, u64, i64)> + '_ {
+        let pages = self
+            .pages
+            .iter()
+            .map(|p| (p.first_offset, p.last_offset, p.bytes, p.max_timestamp));
+        let entries = self.entries.iter().map(|e| {
+            let bytes = u64::from(e.length);
+            (e.first_offset, e.last_offset, bytes, e.max_timestamp)
+        });
+        pages
+            .chain(entries)
+            .filter(|(_, last, _, _)| *last >= self.log_start)
+            .take_while(|(first, _, _, _)| *first < self.high_watermark)
+    }
+
+    /// Extends the high watermark over the pages and entries that continue it; true if it
+    /// moved.
     fn advance(&mut self) -> bool {
         let before = self.high_watermark;
+        if self
+            .pages
+            .first()
+            .is_some_and(|p| p.first_offset <= self.high_watermark)
+        {
+            self.high_watermark = self.high_watermark.max(self.paged_end());
+        }
         let start = self
             .entries
             .partition_point(|e| e.last_offset < self.high_watermark);
@@ -507,7 +747,7 @@ impl LogIndex {
         }
         let mut map = self.partitions.write().unwrap_or_else(|e| e.into_inner());
         map.entry((topic_id, partition))
-            .or_insert_with(|| Arc::new(PartitionLog::new()))
+            .or_insert_with(|| Arc::new(PartitionLog::new((topic_id, partition))))
             .clone()
     }
 
@@ -560,6 +800,11 @@ impl LogIndex {
         }
     }
 
+    /// Applies a partition's index root read at `revision`.
+    pub fn set_root(&self, topic_id: u64, partition: u32, revision: i64, root: &IndexRoot) {
+        self.partition(topic_id, partition).set_root(revision, root);
+    }
+
     /// Drops every partition of a topic.
     pub fn remove_topic(&self, topic_id: u64) {
         self.partitions
@@ -574,6 +819,17 @@ impl LogIndex {
             .map(|p| self.partition(topic_id, p).offsets().log_start)
             .collect()
     }
+}
+
+/// The entries an index page holds, oldest first, as the index holds compacted entries.
+pub fn page_entries(page: &IndexPage) -> Vec<IndexEntry> {
+    let mut out = Vec::new();
+    for (id, commit) in &page.parts {
+        let object = ObjectRef::new(id, commit, ObjectKind::Part);
+        out.extend(commit.entries.iter().map(|e| entry(e, &object)));
+    }
+    out.sort_by_key(|e| e.first_offset);
+    out
 }
 
 fn entry(e: &SegmentEntry, object: &Arc<ObjectRef>) -> IndexEntry {
@@ -882,7 +1138,9 @@ mod tests {
         index.apply("a", &commit("s/a", &[(0, 0, 4, 100)]));
         index.apply("b", &commit("s/b", &[(0, 5, 9, 200)]));
         let log = index.partition(1, 0);
-        assert_eq!(log.entry_for_timestamp(150).1.unwrap().first_offset, 5);
+        assert!(
+            matches!(log.entry_for_timestamp(150).1, Some(Located::Entries(e)) if e[0].first_offset == 5)
+        );
         assert!(log.entry_for_timestamp(1000).1.is_none());
         assert_eq!(log.expired_end(150), Some(5));
         log.set_log_start(5);
@@ -968,5 +1226,184 @@ mod tests {
         let e = &log.entries_from(0, 1).1[0];
         assert!(log.superseded(&e.entry, &first));
         assert!(!log.superseded(&e.entry, &second));
+    }
+
+    /// A partition of ten compacted objects of 10 offsets and 100 bytes each, the first
+    /// `flushed` offsets' flush segments applied before them.
+    fn compacted_log(index: &LogIndex) -> Arc<PartitionLog> {
+        for i in 0..10 {
+            let first = i * 10;
+            index.apply(
+                &format!("s{i}"),
+                &commit(&format!("s/{i}"), &[(0, first, first + 9, first)]),
+            );
+            let mut copied = part(first, first + 9, 100);
+            copied.entries[0].max_timestamp = first;
+            index.apply_part(&format!("p{first}"), &copied);
+        }
+        index.partition(1, 0)
+    }
+
+    fn page(first: i64, last: i64, max_timestamp: i64) -> PageRef {
+        PageRef {
+            object: format!("index/{first}-{last}.idx"),
+            object_len: 10,
+            first_offset: first,
+            last_offset: last,
+            bytes: (last + 1 - first) as u64 * 10,
+            max_timestamp,
+        }
+    }
+
+    #[test]
+    fn rolled_entries_leave_memory_and_lookups_below_the_tail_find_their_page() {
+        let index = LogIndex::new();
+        let log = compacted_log(&index);
+        assert!(
+            log.roll_up(5, 0)
+                .is_some_and(|r| r.parts.len() == 5 && r.root_revision == 0)
+        );
+        assert!(
+            log.roll_up(6, 0).is_none(),
+            "twice the page must lead the index"
+        );
+        let roll = log.roll_up(4, 0).unwrap();
+        assert_eq!(
+            roll.parts
+                .iter()
+                .map(|(id, c)| (id.as_str(), c.entries[0].first_offset))
+                .collect::<Vec<_>>(),
+            [("p0", 0), ("p10", 10), ("p20", 20), ("p30", 30)]
+        );
+        assert_eq!(roll.parts[1].1.object, "parts/10");
+        let root = IndexRoot {
+            pages: vec![page(0, 39, 35)],
+        };
+        index.set_root(1, 0, 7, &root);
+        assert_eq!(log.offsets().high_watermark, 100);
+        assert!(matches!(log.locate(0, 1 << 20).1, Located::Paged(p) if p.last_offset == 39));
+        assert!(matches!(log.locate(39, 1 << 20).1, Located::Paged(_)));
+        let Located::Entries(tail) = log.locate(40, 150).1 else {
+            panic!("the tail is in memory");
+        };
+        assert_eq!(
+            tail.iter().map(|e| e.first_offset).collect::<Vec<_>>(),
+            [40]
+        );
+        assert_eq!(offsets_of(&log)[0].0, 40, "rolled entries left memory");
+        // Commits for rolled offsets arriving late (a reload racing the watch) are ignored,
+        // and so is an older root.
+        index.apply("s0", &commit("s/0", &[(0, 0, 9, 0)]));
+        index.apply_part("p0", &part(0, 9, 100));
+        index.set_root(1, 0, 5, &IndexRoot::default());
+        assert_eq!(offsets_of(&log)[0].0, 40);
+        assert_eq!(log.pages(), (7, vec![page(0, 39, 35)]));
+        // Pages hold copied entries only: a flush segment's entry there was copied.
+        assert!(log.superseded(&commit("s/0", &[(0, 0, 9, 0)]).entries[0], "s0"));
+        assert!(!log.superseded(&commit("s/9", &[(0, 90, 99, 0)]).entries[0], "p90"));
+        // The time index looks in pages first.
+        assert!(matches!(
+            log.entry_for_timestamp(30).1,
+            Some(Located::Paged(_))
+        ));
+        assert!(
+            matches!(log.entry_for_timestamp(45).1, Some(Located::Entries(e)) if e[0].first_offset == 50)
+        );
+        // The next roll-up continues the pages.
+        let next = log.roll_up(2, 0).unwrap();
+        assert_eq!(next.parts[0].0, "p40");
+        assert_eq!(next.pages.len(), 1);
+        // Key compaction waits for the pages to be unrolled.
+        let policy = CompactionPolicy {
+            written_before_ms: i64::MAX,
+            target_bytes: 1 << 20,
+            overdue_before_ms: i64::MAX,
+            now_ms: 0,
+        };
+        assert!(log.cleaning_run(&policy).is_none());
+    }
+
+    #[test]
+    fn only_objects_compaction_never_copies_again_are_rolled() {
+        let index = LogIndex::new();
+        let log = compacted_log(&index);
+        assert!(
+            log.roll_up(2, 149).is_none(),
+            "objects under the minimum stay: they may still merge"
+        );
+        // A small object followed by a large one merges with nothing after it: it rolls.
+        index.apply_part("big", &part(10, 29, 200));
+        index.apply_part("big2", &part(30, 59, 200));
+        let roll = log.roll_up(1, 149).expect("small-then-large settles");
+        assert_eq!(roll.parts[0].0, "p0");
+        assert!(
+            log.roll_up(2, 149).is_none(),
+            "p60 and after may still merge"
+        );
+        // A flush segment not yet compacted stops the run.
+        let index = LogIndex::new();
+        for i in 0..6 {
+            let first = i * 10;
+            index.apply(
+                &format!("s{i}"),
+                &commit(&format!("s/{i}"), &[(0, first, first + 9, 0)]),
+            );
+            if i != 3 {
+                index.apply_part(&format!("p{first}"), &part(first, first + 9, 100));
+            }
+        }
+        assert!(index.partition(1, 0).roll_up(2, 0).is_none());
+        assert_eq!(index.partition(1, 0).roll_up(1, 0).unwrap().parts.len(), 1);
+    }
+
+    #[test]
+    fn retention_drops_pages_whole_and_the_owner_trims_the_root() {
+        let index = LogIndex::new();
+        let log = compacted_log(&index);
+        // Pages [0, 19] (newest record at 15) and [20, 39] (at 35).
+        let root = IndexRoot {
+            pages: vec![page(0, 19, 15), page(20, 39, 35)],
+        };
+        index.set_root(1, 0, 3, &root);
+        assert_eq!(log.expired_end(10), None);
+        assert_eq!(log.expired_end(16), Some(20), "a page goes whole");
+        assert_eq!(log.expired_end(36), Some(40));
+        assert_eq!(log.expired_end(46), Some(50), "then the entries after them");
+        // 200 bytes per page, 100 per entry: 700 of the 1000 bytes fit from the newest.
+        assert_eq!(log.oversize_end(700), Some(40));
+        assert_eq!(log.oversize_end(900), Some(20));
+        assert!(log.roll_up(100, 0).is_none(), "nothing to write yet");
+        log.set_log_start(20);
+        assert_eq!(log.pages().1, vec![page(20, 39, 35)]);
+        let trim = log.roll_up(100, 0).expect("a trim of the root is due");
+        assert!(trim.parts.is_empty());
+        assert_eq!(trim.pages, vec![page(20, 39, 35)]);
+        assert!(matches!(log.locate(20, 1).1, Located::Paged(_)));
+    }
+
+    #[test]
+    fn a_root_loaded_first_sets_the_high_watermark_and_the_tail_continues_it() {
+        let index = LogIndex::new();
+        let log = index.partition(1, 0);
+        index.set_root(
+            1,
+            0,
+            2,
+            &IndexRoot {
+                pages: vec![page(0, 49, 0)],
+            },
+        );
+        assert_eq!(log.offsets().high_watermark, 50);
+        index.apply("s", &commit("s/5", &[(0, 40, 49, 0), (0, 50, 59, 0)]));
+        assert_eq!(log.offsets().high_watermark, 60);
+        assert_eq!(offsets_of(&log), vec![(50, 59, "s".into())]);
+        // Unrolling: the root shrinks and the page's commits come back.
+        index.set_root(1, 0, 9, &IndexRoot::default());
+        for first in [0, 25] {
+            index.apply_part(&format!("p{first}"), &part(first, first + 24, 100));
+        }
+        assert_eq!(offsets_of(&log).len(), 3);
+        assert_eq!(log.offsets().high_watermark, 60);
+        assert!(matches!(log.locate(0, 1).1, Located::Entries(e) if e[0].object.id == "p0"));
     }
 }

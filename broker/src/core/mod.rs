@@ -26,6 +26,7 @@ pub mod error;
 pub mod fetch;
 pub mod flusher;
 pub mod groups;
+pub mod index_pages;
 pub mod log_index;
 pub mod partitioner;
 pub mod produce;

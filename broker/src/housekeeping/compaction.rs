@@ -26,8 +26,8 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::Clock;
-use silt_metadata::catalog::{Catalog, Topic, WriterFence};
-use silt_metadata::codec::SegmentCommit;
+use silt_metadata::catalog::{Catalog, IndexChange, Topic, WriterFence};
+use silt_metadata::codec::{self, IndexPage, IndexRoot, PageRef, SegmentCommit};
 use silt_metadata::keys::Keys;
 use silt_storage::segment::{SegmentWriter, verify_entry_range};
 use tokio_util::sync::CancellationToken;
@@ -35,13 +35,17 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
 use crate::core::BrokerError;
-use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex};
+use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex, RollUp};
 use crate::core::topics::TopicTable;
 use crate::observe::metrics::{CompactionOutcome, Metrics};
 
 /// Entries of a compacted object are coalesced up to this size: a fetch reads at least one
 /// whole entry, so entries stay about as large as a fetch.
 pub const ENTRY_BYTES: u32 = 1 << 20;
+
+/// Largest index root written: a partition's page list stays well inside etcd's 1.5 MiB
+/// request limit (about 10 000 pages of 16 objects of 64 MiB: 10 TiB per partition).
+const MAX_ROOT_BYTES: usize = 1 << 20;
 
 /// Entry reads in flight at once during a run.
 pub(super) const READ_CONCURRENCY: usize = 8;
@@ -59,6 +63,8 @@ pub struct CompactionSettings {
     pub swap_deadline: Duration,
     /// Most bytes key compaction's map of keys may take per run.
     pub key_map_bytes: usize,
+    /// Compacted objects per index page (0: never roll entries up).
+    pub page_parts: usize,
 }
 
 /// Compacts the partitions this broker owns.
@@ -118,6 +124,14 @@ impl Compactor {
                 continue;
             };
             if topic.record.cleanup_policy.compacts() {
+                // Key compaction reads the whole log: a topic turned compacted first gets its
+                // index pages back in metadata, newest first.
+                let unrolled = self.unroll(topic, partition).await;
+                if let Err(e) = unrolled {
+                    warn!(topic = %topic.record.name, partition, error = %e, "could not unroll the index pages of a compacted topic; retrying next pass");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
                 if let Err(e) = self
                     .clean_partition(topic, partition, &mut pass, cancel)
                     .await
@@ -155,6 +169,13 @@ impl Compactor {
                         break;
                     }
                 }
+            }
+            if cancel.is_cancelled() {
+                return Ok(pass);
+            }
+            if let Err(e) = self.roll_up(topic, partition).await {
+                warn!(topic = %topic.record.name, partition, error = %e, "rolling index entries into a page failed; retrying next pass");
+                first_error.get_or_insert(e);
             }
         }
         if pass.runs > 0 {
@@ -329,6 +350,178 @@ impl Compactor {
             // Its outcome is unknown: the object stays, and garbage collection deletes it once
             // it is sure no commit references it.
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Compactor {
+    /// Rolls the partition's oldest compacted objects out of metadata into an index page, and
+    /// drops the pages retention passed, when due ([`crate::core::log_index::PartitionLog::roll_up`]):
+    /// PUT the page, then ONE transaction puts the index root with it and deletes the rolled
+    /// commits' keys, fenced like a compaction swap and compared on the root's version. True
+    /// when the root changed. A crash between the PUT and the swap leaves an unreferenced page
+    /// for garbage collection.
+    pub async fn roll_up(&self, topic: &Topic, partition: u32) -> Result<bool, BrokerError> {
+        if self.settings.page_parts == 0 {
+            return Ok(false);
+        }
+        let log = self.index.partition(topic.id, partition);
+        let Some(RollUp {
+            root_revision,
+            mut pages,
+            parts,
+        }) = log.roll_up(self.settings.page_parts, self.settings.target_bytes / 2)
+        else {
+            return Ok(false);
+        };
+        let pid = (topic.id, partition);
+        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
+        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+            return Ok(false);
+        };
+        let forget: Vec<String> = parts.iter().map(|(id, _)| id.clone()).collect();
+        let mut upload = None;
+        let entries = || parts.iter().flat_map(|(_, c)| &c.entries);
+        if let (Some(first), Some(last)) = (entries().next(), entries().last()) {
+            let (first, last) = (first.first_offset, last.last_offset);
+            let bytes: u64 = entries().map(|e| u64::from(e.length)).sum();
+            let max_timestamp = entries().map(|e| e.max_timestamp).max().unwrap_or(i64::MIN);
+            let page = IndexPage {
+                topic_id: topic.id,
+                partition,
+                parts,
+            };
+            let encoded = codec::encode_index_page(&page);
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let path = Path::from(format!(
+                "index/{:016x}/{partition}/{first:020}-{last:020}-{}-{:016x}-{seq}.idx",
+                topic.id, fence.broker_id, fence.incarnation
+            ));
+            pages.push(PageRef {
+                object: path.to_string(),
+                object_len: encoded.len() as u64,
+                first_offset: first,
+                last_offset: last,
+                bytes,
+                max_timestamp,
+            });
+            upload = Some((path, encoded));
+        }
+        let root = IndexRoot { pages };
+        let root_len = codec::encode_index_root(&root).len();
+        if upload.is_some() && root_len > MAX_ROOT_BYTES {
+            warn!(topic = %topic.record.name, partition, root_len, "the partition's index root is full (about 10 000 pages); its newer compacted entries stay in metadata");
+            return Ok(false);
+        }
+        let mut written = None;
+        if let Some((path, encoded)) = upload {
+            self.store
+                .put(&path, PutPayload::from(encoded))
+                .await
+                .map_err(|err| {
+                    BrokerError::unavailable(format!("could not write index page {path}: {err}"))
+                })?;
+            let put_done = tokio::time::Instant::now();
+            crate::failpoint::hit("rollup-after-put");
+            if put_done.elapsed() > self.settings.swap_deadline {
+                warn!(object = %path, "an index page took too long to swap in safely; it is left to garbage collection");
+                return Ok(false);
+            }
+            written = Some(path);
+        }
+        let swapped = self
+            .catalog
+            .swap_index(
+                &fence,
+                topic,
+                partition,
+                IndexChange {
+                    seen_root_revision: root_revision,
+                    root: &root,
+                    forget: &forget,
+                    restore: &[],
+                },
+            )
+            .await?;
+        match swapped {
+            Some(revision) => {
+                self.index.set_root(topic.id, partition, revision, &root);
+                if written.is_some() {
+                    self.metrics.index_page_written();
+                }
+                debug!(topic = %topic.record.name, partition, rolled = forget.len(), pages = root.pages.len(), "index root updated");
+                Ok(true)
+            }
+            None => {
+                debug!(topic = %topic.record.name, partition, "index roll-up refused (partition moved, topic gone, or the root changed)");
+                if let Some(path) = written
+                    && let Err(e) = self.store.delete(&path).await
+                {
+                    debug!(object = %path, error = %e, "could not delete a refused index page; garbage collection will");
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Puts the commits of a partition's index pages back into metadata, newest page first,
+    /// one page per transaction (fenced like [`Self::roll_up`]), until the partition has none:
+    /// key compaction rewrites the log from its start, which needs every entry in memory.
+    async fn unroll(&self, topic: &Topic, partition: u32) -> Result<(), BrokerError> {
+        let log = self.index.partition(topic.id, partition);
+        loop {
+            let (root_revision, mut pages) = log.pages();
+            let Some(last) = pages.pop() else {
+                return Ok(());
+            };
+            let pid = (topic.id, partition);
+            let snapshot = self.view.flush_snapshot(std::iter::once(pid));
+            let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+                return Ok(());
+            };
+            let bytes = self
+                .store
+                .get(&Path::from(last.object.as_str()))
+                .await
+                .map_err(|e| {
+                    BrokerError::unavailable(format!(
+                        "could not read index page {}: {e}",
+                        last.object
+                    ))
+                })?
+                .bytes()
+                .await
+                .map_err(|e| {
+                    BrokerError::unavailable(format!(
+                        "could not read index page {}: {e}",
+                        last.object
+                    ))
+                })?;
+            let page = codec::decode_index_page(&last.object, &bytes)
+                .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))?;
+            let root = IndexRoot { pages };
+            let swapped = self
+                .catalog
+                .swap_index(
+                    &fence,
+                    topic,
+                    partition,
+                    IndexChange {
+                        seen_root_revision: root_revision,
+                        root: &root,
+                        forget: &[],
+                        restore: &page.parts,
+                    },
+                )
+                .await?;
+            let Some(revision) = swapped else {
+                return Ok(());
+            };
+            self.index.set_root(topic.id, partition, revision, &root);
+            for (id, commit) in &page.parts {
+                self.index.apply_part(id, commit);
+            }
+            info!(topic = %topic.record.name, partition, object = %last.object, "put an index page's commits back into metadata for key compaction");
         }
     }
 }

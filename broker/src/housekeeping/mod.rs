@@ -64,6 +64,8 @@ pub struct Housekeeper {
     pub unreferenced: Mutex<HashMap<String, i64>>,
     /// How much metadata history to keep, and the revisions seen by recent passes.
     pub history: HistoryCompaction,
+    /// The objects each index page references, by page path (pages never change).
+    pub page_objects: Mutex<HashMap<String, Arc<Vec<String>>>>,
 }
 
 /// Compaction of the metadata store's change history: each pass as controller notes the
@@ -268,6 +270,54 @@ impl Housekeeper {
         let mut commits = Commits::default();
         let segments = self.catalog.load_segments().await?;
         let parts = self.catalog.load_parts().await?;
+        // Roots last: a roll-up moves a commit from `parts/` into a root in one transaction, so
+        // reading them in this order never misses it.
+        let (read_at, roots) = self.catalog.load_index_roots().await?;
+        // Judge the commits with an index at least as new as them: an index behind them could
+        // call a commit it has not applied yet copied (the range compacted again, or unrolled).
+        if !self.view.wait_for(read_at, Duration::from_secs(10)).await {
+            debug!(
+                read_at,
+                "the view is behind the commits read; commit GC waits for the next pass"
+            );
+            return Ok(None);
+        }
+        for ((topic_id, partition), root) in roots {
+            if !live.contains_key(&topic_id) {
+                if topic_id as i64 > seen {
+                    continue;
+                }
+                if !self
+                    .catalog
+                    .delete_index_root(controller, topic_id, partition)
+                    .await?
+                {
+                    debug!("index root GC refused: no longer the controller");
+                    return Ok(None);
+                }
+                commits
+                    .forgotten
+                    .extend(root.pages.into_iter().map(|p| p.object));
+                pass.segments_deleted += 1;
+                continue;
+            }
+            let log_start = self
+                .index
+                .partition(topic_id, partition)
+                .offsets()
+                .log_start;
+            for page in root.pages {
+                // A page wholly below the log start references nothing live; the owner drops
+                // it from the root at its next roll-up.
+                if page.last_offset >= log_start {
+                    let objects = self.page_objects(&page.object).await?;
+                    commits.referenced.extend(objects.iter().cloned());
+                }
+                commits.referenced.insert(page.object);
+            }
+        }
+        self.lock_page_objects()
+            .retain(|path, _| commits.referenced.contains(path));
         for (is_part, (id, commit)) in segments
             .into_iter()
             .map(|c| (false, c))
@@ -292,10 +342,38 @@ impl Housekeeper {
         Ok(Some(commits))
     }
 
-    /// Every flush segment and compacted object in the store.
+    fn lock_page_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<String>>>> {
+        self.page_objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The objects an index page references, read once per page.
+    async fn page_objects(&self, path: &str) -> Result<Arc<Vec<String>>, BrokerError> {
+        if let Some(objects) = self.lock_page_objects().get(path) {
+            return Ok(objects.clone());
+        }
+        let read = |e: object_store::Error| {
+            BrokerError::unavailable(format!("could not read index page {path}: {e}"))
+        };
+        let bytes = self
+            .store
+            .get(&Path::from(path))
+            .await
+            .map_err(read)?
+            .bytes()
+            .await
+            .map_err(read)?;
+        let page = silt_metadata::codec::decode_index_page(path, &bytes)
+            .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))?;
+        let objects = Arc::new(page.parts.into_iter().map(|(_, c)| c.object).collect());
+        self.lock_page_objects()
+            .insert(path.to_string(), Arc::clone(&objects));
+        Ok(objects)
+    }
+
+    /// Every flush segment, compacted object and index page in the store.
     async fn list_objects(&self) -> Result<Vec<object_store::ObjectMeta>, BrokerError> {
         let mut listed = Vec::new();
-        for prefix in ["segments", "parts"] {
+        for prefix in ["segments", "parts", "index"] {
             let objects: Vec<_> = self
                 .store
                 .list(Some(&Path::from(prefix)))

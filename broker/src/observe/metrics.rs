@@ -176,6 +176,16 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
         "Records key compaction removed from compacted topics (superseded by a later record of their key, or expired tombstones).",
     ),
     (
+        INDEX_PAGES_WRITTEN,
+        Kind::Counter,
+        "Index pages this broker wrote: its partitions' oldest compacted entries rolled out of metadata into the object store.",
+    ),
+    (
+        INDEX_PAGE_LOADS,
+        Kind::Counter,
+        "Index pages read from the object store to serve reads of older offsets (misses of the index page cache).",
+    ),
+    (
         GC_OBJECTS_DELETED,
         Kind::Counter,
         "Objects the controller's garbage collection deleted (no commit referenced them for the grace period).",
@@ -256,6 +266,8 @@ pub const COMPACTIONS: &str = "silt_compactions_total";
 pub const COMPACTION_BYTES: &str = "silt_compaction_bytes_total";
 pub const GC_OBJECTS_DELETED: &str = "silt_gc_objects_deleted_total";
 pub const KEY_COMPACTION_DROPPED: &str = "silt_key_compaction_records_removed_total";
+pub const INDEX_PAGES_WRITTEN: &str = "silt_index_pages_written_total";
+pub const INDEX_PAGE_LOADS: &str = "silt_index_page_loads_total";
 pub const METADATA_COMPACTED_REVISION: &str = "silt_metadata_compacted_revision";
 pub const CLUSTER_BROKERS: &str = "silt_cluster_brokers";
 pub const READY: &str = "silt_ready";
@@ -359,6 +371,8 @@ pub struct Metrics {
     compaction_bytes: Counter,
     gc_objects_deleted: Counter,
     key_compaction_dropped: Counter,
+    index_pages_written: Counter,
+    index_page_loads: Counter,
     metadata_compacted_revision: Gauge,
     wal_cache_bytes: Gauge,
     wal_cache_limit: Gauge,
@@ -445,6 +459,8 @@ impl Metrics {
             compaction_bytes: plain(COMPACTION_BYTES),
             gc_objects_deleted: plain(GC_OBJECTS_DELETED),
             key_compaction_dropped: plain(KEY_COMPACTION_DROPPED),
+            index_pages_written: plain(INDEX_PAGES_WRITTEN),
+            index_page_loads: plain(INDEX_PAGE_LOADS),
             metadata_compacted_revision: gauge(METADATA_COMPACTED_REVISION),
             wal_cache_bytes: gauge(WAL_CACHE_BYTES),
             wal_cache_limit: wal_cache_limit_gauge,
@@ -620,6 +636,16 @@ impl Metrics {
     /// Key compaction removed `n` records.
     pub fn key_compaction_removed(&self, n: u64) {
         self.key_compaction_dropped.increment(n);
+    }
+
+    /// Roll-up wrote an index page.
+    pub fn index_page_written(&self) {
+        self.index_pages_written.increment(1);
+    }
+
+    /// A reader loaded an index page from the store.
+    pub fn index_page_loaded(&self) {
+        self.index_page_loads.increment(1);
     }
 
     /// The controller compacted the metadata store's history up to `revision`.

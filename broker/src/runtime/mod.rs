@@ -39,6 +39,7 @@ use crate::cluster::membership::Membership;
 use crate::core::fetch::FetchPath;
 use crate::core::flusher::Flusher;
 use crate::core::groups::Coordinator;
+use crate::core::index_pages::IndexPages;
 use crate::core::log_index::LogIndex;
 use crate::core::produce::{ProduceLimits, ProducePath};
 use crate::core::topics::TopicTable;
@@ -259,6 +260,11 @@ impl Builder {
         let flusher_task = tracker.spawn(flusher.run(outputs.sealed));
         let linger_task = tokio::spawn(run_linger_timer(wal.clone(), outputs.opened));
 
+        let index_pages = Arc::new(IndexPages::new(
+            store.clone(),
+            usize::try_from(s.index_page_cache_bytes).unwrap_or(usize::MAX),
+            metrics.clone(),
+        ));
         let housekeeper = Arc::new(Housekeeper {
             catalog: catalog.clone(),
             topics: topics.clone(),
@@ -272,6 +278,7 @@ impl Builder {
             gc_grace_ms: s.gc_grace_ms as i64,
             unreferenced: Default::default(),
             history: HistoryCompaction::keeping(s.metadata_history_ms as i64),
+            page_objects: Default::default(),
         });
         {
             let hk = housekeeper.clone();
@@ -302,6 +309,7 @@ impl Builder {
                     swap_deadline: Duration::from_millis(s.gc_grace_ms / 2),
                     key_map_bytes: usize::try_from(s.key_compaction_map_bytes)
                         .unwrap_or(usize::MAX),
+                    page_parts: s.index_page_parts as usize,
                 },
                 seq: Default::default(),
             });
@@ -328,6 +336,7 @@ impl Builder {
             topics: topics.clone(),
             index: index.clone(),
             cache,
+            pages: index_pages.clone(),
             metrics: metrics.clone(),
             stopping: cancel.clone(),
         });

@@ -485,6 +485,120 @@ async fn a_compaction_swap_is_fenced_on_the_writer_the_topic_and_the_range() {
     assert!(catalog.load_parts().await.unwrap().is_empty());
 }
 
+/// Rolling commits into an index page swaps the root and forgets the commits in one fenced
+/// transaction, compared on the root's version; unrolling puts them back; the controller alone
+/// forgets a deleted topic's root.
+#[tokio::test]
+async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() {
+    let store = store();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 1)).await.unwrap();
+    let old = catalog.register_writer("b1", 1).await.unwrap();
+    let b1 = catalog.register_writer("b1", 2).await.unwrap();
+    let ids: Vec<String> = (0..2)
+        .map(|i| Keys::part_id(t.id, 0, i * 10, i * 10 + 9))
+        .collect();
+    for id in &ids {
+        catalog
+            .commit_part(&b1, &t, id, &commit(t.id, 1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let page = crate::codec::PageRef {
+        object: "index/p1.idx".into(),
+        object_len: 1,
+        first_offset: 0,
+        last_offset: 19,
+        bytes: 2,
+        max_timestamp: 3,
+    };
+    let root = IndexRoot {
+        pages: vec![page.clone()],
+    };
+    let roll = IndexChange {
+        seen_root_revision: 0,
+        root: &root,
+        forget: &ids,
+        restore: &[],
+    };
+    assert!(
+        catalog
+            .swap_index(&old, &t, 0, roll)
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale incarnation swaps nothing"
+    );
+    let stale = IndexChange {
+        seen_root_revision: 7,
+        ..roll
+    };
+    assert!(
+        catalog
+            .swap_index(&b1, &t, 0, stale)
+            .await
+            .unwrap()
+            .is_none(),
+        "a root that is not there is not at revision 7"
+    );
+    assert_eq!(catalog.load_parts().await.unwrap().len(), 2);
+    let rolled = catalog.swap_index(&b1, &t, 0, roll).await.unwrap().unwrap();
+    assert!(catalog.load_parts().await.unwrap().is_empty());
+    assert_eq!(
+        catalog.load_index_roots().await.unwrap().1,
+        vec![((t.id, 0), root.clone())]
+    );
+    assert!(
+        catalog
+            .swap_index(&b1, &t, 0, roll)
+            .await
+            .unwrap()
+            .is_none(),
+        "a second writer from the same view loses"
+    );
+    // Unrolled: the commits are back and the root has no page.
+    let restore: Vec<_> = ids.iter().map(|id| (id.clone(), commit(t.id, 1))).collect();
+    let empty = IndexRoot::default();
+    let unroll = IndexChange {
+        seen_root_revision: rolled,
+        root: &empty,
+        forget: &[],
+        restore: &restore,
+    };
+    catalog
+        .swap_index(&b1, &t, 0, unroll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(catalog.load_parts().await.unwrap().len(), 2);
+    assert_eq!(catalog.load_index_roots().await.unwrap().1[0].1, empty);
+
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let controller = catalog.campaign("b1", lease).await.unwrap().unwrap();
+    catalog.delete_topic("t").await.unwrap();
+    assert!(
+        catalog
+            .swap_index(&b1, &t, 0, unroll)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !catalog
+            .delete_index_root(controller + 1, t.id, 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        catalog
+            .delete_index_root(controller, t.id, 0)
+            .await
+            .unwrap()
+    );
+    assert!(catalog.load_index_roots().await.unwrap().1.is_empty());
+}
+
 fn offset(o: i64) -> crate::codec::OffsetRecord {
     crate::codec::OffsetRecord {
         offset: o,
