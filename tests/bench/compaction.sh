@@ -18,6 +18,8 @@
 #   bash tests/bench/compaction.sh            # SIZE_MIB=1024 RATE=5000 RUNS=3
 #   ONLY=produce COMPACT_ARGS="--compaction-bytes-per-sec 8MiB" bash tests/bench/compaction.sh
 #   ONLY=keys KEYS=100000 bash tests/bench/compaction.sh   # (ONLY=history: sections 1-3)
+#   HISTORY_ARGS="--compaction-target-bytes 8MiB --index-page-parts 2" ONLY=history ...
+#     (broker settings for section 3 and the cold reads after it, e.g. index pages)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -81,8 +83,9 @@ s = json.load(sys.stdin)[0]["Status"]
 print("%.1f MiB (in use %.1f MiB)" % (s["dbSize"] / 2**20, s["dbSizeInUse"] / 2**20))'
 }
 objects() { find "$work/objects" -name '*.seg' | wc -l; }
+pages() { find "$work/objects" -name '*.idx' | wc -l; }
 report_state() {
-    echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys '') in all; etcd DB $(db_size); objects $(objects)"
+    echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys index/) index roots, $(keys '') in all; etcd DB $(db_size); objects $(objects) + $(pages) index pages"
 }
 cold_read() {
     local topic=${READ_TOPIC:-history}
@@ -94,10 +97,11 @@ cold_read() {
         local gets0; gets0=$(metric silt_object_store_requests_total 'op="get"')
         local out; out=$("$BIN/silt" --broker "http://$addr" bench consume --topic "$topic" --json)
         local gets1; gets1=$(metric silt_object_store_requests_total 'op="get"')
-        python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" <<'PY'
+        local page_loads; page_loads=$(metric silt_index_page_loads_total '')
+        python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" "$page_loads" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); mib = r["fetched_bytes"] / 2**20
-print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB; start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
+print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB ({sys.argv[5]} of them index pages); start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
 PY
     done
 }
@@ -117,10 +121,13 @@ echo "== 3. compaction on: 64 MiB objects, unthrottled"
 stop_broker
 t0=$(now_ms)
 start_broker broker-compact.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 \
-    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB
+    --compaction-check-ms 200 --compaction-bytes-per-sec 4GiB ${HISTORY_ARGS:-}
 for _ in $(seq 1 6000); do [ "$(keys segments/)" = 0 ] && break; sleep 0.1; done
 t1=$(now_ms)
 copied=$(metric silt_compaction_bytes_total '')
+# Roll-up follows compaction pass by pass: wait until the compacted keys stop changing.
+last=-1
+for _ in $(seq 1 600); do now=$(keys parts/); [ "$now" = "$last" ] && break; last=$now; sleep 1; done
 echo "  compacted $((copied / 1048576)) MiB in $((t1 - t0)) ms (from broker start): $(python3 -c "print(f'{$copied/2**20/(($t1-$t0)/1000):.0f}')") MiB/s"
 sleep 3 # the grace period, so the flush segments' objects are gone
 report_state
@@ -128,7 +135,7 @@ report_state
 "${E[@]}" defrag >/dev/null
 echo "  after etcd compact + defrag: DB $(db_size)"
 echo "== cold reads after compaction ($RUNS runs)"
-cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
+cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0 ${HISTORY_ARGS:-}
 
 fi
 
