@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The data-lifecycle figures of BENCHMARKS.md, against ONE broker on etcd metadata and a local
 # object directory (both started here on free loopback ports, in a temporary directory):
-#   1. history: SIZE_MIB of 1 KiB records into 8 partitions at WRITE_RATE records/s with
+#   1. history: SIZE_MIB of 1 KiB records into PARTITIONS (8) partitions at WRITE_RATE records/s with
 #      --linger-ms 10 (so flushes are 10 ms windows, not 8 MiB ones) and compaction off — the
 #      etcd keys, etcd DB size and objects it leaves;
 #   2. a cold read of it (the broker restarted: empty read cache): MiB/s, and GETs per MiB;
@@ -28,6 +28,7 @@ RATE=${RATE:-5000}
 WRITE_RATE=${WRITE_RATE:-20000}
 RUNS=${RUNS:-3}
 KEYS=${KEYS:-100000}
+PARTITIONS=${PARTITIONS:-8}
 work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-compaction.XXXX")
 pids=()
 broker_pid=""
@@ -110,14 +111,14 @@ echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/10485
 records=$(( SIZE_MIB * 1024 ))
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = history ]; then
 start_broker broker-write.log --compaction-target-bytes 0
-"$BIN/silt" --broker "http://$addr" topic create history --partitions 8 --retention-ms -1 >/dev/null
-echo "== 1. history: $SIZE_MIB MiB of 1 KiB records at $WRITE_RATE/s, 8 partitions, linger 10 ms, compaction off"
+"$BIN/silt" --broker "http://$addr" topic create history --partitions "$PARTITIONS" --retention-ms -1 >/dev/null
+echo "== 1. history: $SIZE_MIB MiB of 1 KiB records at $WRITE_RATE/s, $PARTITIONS partitions, linger 10 ms, compaction off"
 "$BIN/silt" --broker "http://$addr" bench produce --topic history --records "$records" --concurrency 4 --rate "$WRITE_RATE" --json >/dev/null
 report_state
 echo "== 2. cold reads before compaction ($RUNS runs)"
 cold_read --compaction-target-bytes 0
 
-echo "== 3. compaction on: 64 MiB objects, unthrottled"
+echo "== 3. compaction on: unthrottled, ${HISTORY_ARGS:-64 MiB objects, 16 per index page}"
 stop_broker
 t0=$(now_ms)
 start_broker broker-compact.log --compaction-min-age-ms 0 --compaction-max-delay-ms 0 \
