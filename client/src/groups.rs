@@ -497,6 +497,15 @@ impl GroupConsumer {
             return Ok(());
         }
         let (member, epoch) = self.member();
+        if member.is_empty() || epoch <= 0 {
+            // Not a member now (fenced, rejoining): a commit without a member id would be a
+            // standalone one, which the coordinator refuses while the group has members. The
+            // partitions' new owners read from the last commit (at-least-once).
+            return Err(ClientError::Status(tonic::Status::aborted(format!(
+                "not committed: this consumer is not a member of group '{}' now (its session was lost; it is rejoining)",
+                self.config.group
+            ))));
+        }
         let offsets = due
             .iter()
             .map(|((topic, partition), offset)| PartitionOffset {
@@ -748,5 +757,32 @@ async fn heartbeat_loop(
             () = tokio::time::sleep(interval) => {}
             () = wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consumer that is not a member now (fenced and rejoining, or never joined) never sends
+    /// a commit: without a member id it would be a standalone commit, which the coordinator
+    /// refuses while the group has members (FAILED_PRECONDITION), and the consumer would stop.
+    /// It answers ABORTED, which `poll` treats as fenced.
+    #[tokio::test]
+    async fn a_consumer_without_a_membership_sends_no_commit() {
+        let url = "http://127.0.0.1:1";
+        let channel = tonic::transport::Endpoint::from_static(url).connect_lazy();
+        let client = Client::from_channel(url, channel);
+        let mut consumer = GroupConsumer::join(&client, GroupConsumerConfig::new("g", &["t"]))
+            .await
+            .unwrap();
+        consumer.positions.insert(("t".into(), 0), 5);
+        let err = consumer.commit().await.unwrap_err();
+        assert_eq!(err.code(), Code::Aborted, "{err}");
+        assert!(
+            err.to_string().contains("not a member of group 'g'"),
+            "{err}"
+        );
+        assert!(consumer.committed.is_empty());
     }
 }
