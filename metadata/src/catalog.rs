@@ -497,15 +497,10 @@ impl Catalog {
     ) -> Result<Option<i64>, CatalogError> {
         let key = self.keys.part(id);
         let txn = Txn::new()
-            .when([
-                Compare::mod_revision(self.keys.writer(&fence.broker_id), fence.revision),
-                Compare::new(
-                    self.keys.topic(&topic.record.name),
-                    crate::CompareOp::Equal,
-                    crate::CompareTarget::CreateRevision(topic.id as i64),
-                ),
-                Compare::missing(key.clone()),
-            ])
+            .when(
+                self.owner_compares(fence, topic)
+                    .chain([Compare::missing(key.clone())]),
+            )
             .and_then([Op::put(key, codec::encode_segment(commit))]);
         let resp = self.store.txn(txn).await?;
         Ok(resp.succeeded.then_some(resp.revision))
@@ -541,15 +536,10 @@ impl Catalog {
                 .map(|(id, commit)| Op::put(self.keys.part(id), codec::encode_segment(commit))),
         );
         let txn = Txn::new()
-            .when([
-                Compare::mod_revision(self.keys.writer(&fence.broker_id), fence.revision),
-                Compare::new(
-                    self.keys.topic(&topic.record.name),
-                    crate::CompareOp::Equal,
-                    crate::CompareTarget::CreateRevision(topic.id as i64),
-                ),
-                Compare::mod_revision(key, change.seen_root_revision),
-            ])
+            .when(
+                self.owner_compares(fence, topic)
+                    .chain([Compare::mod_revision(key, change.seen_root_revision)]),
+            )
             .and_then(ops);
         let resp = self.store.txn(txn).await?;
         Ok(resp.succeeded.then_some(resp.revision))
@@ -596,6 +586,20 @@ impl Catalog {
             out.push((id, codec::decode_segment(&kv.key, &kv.value)?));
         }
         Ok(out)
+    }
+
+    /// The compares of a partition owner's write: its writer key is as `fence` saw it (it
+    /// still owns every partition it owned then) and `topic` still exists (same id).
+    fn owner_compares(&self, fence: &WriterFence, topic: &Topic) -> impl Iterator<Item = Compare> {
+        [
+            Compare::mod_revision(self.keys.writer(&fence.broker_id), fence.revision),
+            Compare::new(
+                self.keys.topic(&topic.record.name),
+                crate::CompareOp::Equal,
+                crate::CompareTarget::CreateRevision(topic.id as i64),
+            ),
+        ]
+        .into_iter()
     }
 
     /// The compare every controller write carries: the election key is still the one that

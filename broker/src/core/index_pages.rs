@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use silt_metadata::codec::{self, PageRef};
+use silt_metadata::codec::{self, IndexPage, PageRef};
 
 use crate::core::BrokerError;
 use crate::core::log_index::{IndexEntry, page_entries};
@@ -73,20 +73,7 @@ impl IndexPages {
             }
         }
         self.metrics.index_page_loaded();
-        let bytes = self
-            .store
-            .get(&Path::from(page.object.as_str()))
-            .await
-            .map_err(|e| {
-                BrokerError::unavailable(format!("could not read index page {}: {e}", page.object))
-            })?
-            .bytes()
-            .await
-            .map_err(|e| {
-                BrokerError::unavailable(format!("could not read index page {}: {e}", page.object))
-            })?;
-        let decoded = codec::decode_index_page(&page.object, &bytes)
-            .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))?;
+        let decoded = read_page(self.store.as_ref(), &page.object).await?;
         if (decoded.topic_id, decoded.partition) != (topic_id, partition) {
             return Err(BrokerError::internal(format!(
                 "corrupt data: index page {} belongs to topic id {} partition {}, not {topic_id}/{partition}",
@@ -120,6 +107,23 @@ impl IndexPages {
     }
 }
 
+/// Reads and decodes the index page at `path`: UNAVAILABLE when the store fails, INTERNAL
+/// (corrupt data) when the object is not a whole index page.
+pub async fn read_page(store: &dyn ObjectStore, path: &str) -> Result<IndexPage, BrokerError> {
+    let read = |e: object_store::Error| {
+        BrokerError::unavailable(format!("could not read index page {path}: {e}"))
+    };
+    let bytes = store
+        .get(&Path::from(path))
+        .await
+        .map_err(read)?
+        .bytes()
+        .await
+        .map_err(read)?;
+    codec::decode_index_page(path, &bytes)
+        .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))
+}
+
 /// The entries of a loaded page holding offsets from `offset` on, below `high_watermark`, until
 /// about `max_bytes` (at least one entry).
 pub fn entries_from(
@@ -148,7 +152,7 @@ mod tests {
     use super::*;
     use object_store::PutPayload;
     use object_store::memory::InMemory;
-    use silt_metadata::codec::{IndexPage, SegmentCommit, SegmentEntry};
+    use silt_metadata::codec::{SegmentCommit, SegmentEntry};
 
     fn page(topic_id: u64, first: i64, parts: usize) -> (IndexPage, PageRef) {
         let parts: Vec<_> = (0..parts as i64)

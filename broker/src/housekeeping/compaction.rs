@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
 use crate::core::BrokerError;
+use crate::core::index_pages::read_page;
 use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex, RollUp};
 use crate::core::topics::TopicTable;
 use crate::observe::metrics::{CompactionOutcome, Metrics};
@@ -233,6 +234,12 @@ impl Compactor {
         }
     }
 
+    /// This broker's writer fence, if it owns partition `pid`: what its swaps compare.
+    pub(super) fn owner_fence(&self, pid: (u64, u32)) -> Option<WriterFence> {
+        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
+        snapshot.fence.filter(|_| snapshot.owned.contains_key(&pid))
+    }
+
     /// When runs are due, as of now.
     fn policy(&self) -> CompactionPolicy {
         let now = self.clock.now_ms();
@@ -255,8 +262,7 @@ impl Compactor {
     ) -> Result<bool, BrokerError> {
         let started = tokio::time::Instant::now();
         let pid = (topic.id, partition);
-        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
-        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+        let Some(fence) = self.owner_fence(pid) else {
             return Ok(false);
         };
         let now = self.clock.now_ms();
@@ -375,8 +381,7 @@ impl Compactor {
             return Ok(false);
         };
         let pid = (topic.id, partition);
-        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
-        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+        let Some(fence) = self.owner_fence(pid) else {
             return Ok(false);
         };
         let forget: Vec<String> = parts.iter().map(|(id, _)| id.clone()).collect();
@@ -475,30 +480,10 @@ impl Compactor {
                 return Ok(());
             };
             let pid = (topic.id, partition);
-            let snapshot = self.view.flush_snapshot(std::iter::once(pid));
-            let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+            let Some(fence) = self.owner_fence(pid) else {
                 return Ok(());
             };
-            let bytes = self
-                .store
-                .get(&Path::from(last.object.as_str()))
-                .await
-                .map_err(|e| {
-                    BrokerError::unavailable(format!(
-                        "could not read index page {}: {e}",
-                        last.object
-                    ))
-                })?
-                .bytes()
-                .await
-                .map_err(|e| {
-                    BrokerError::unavailable(format!(
-                        "could not read index page {}: {e}",
-                        last.object
-                    ))
-                })?;
-            let page = codec::decode_index_page(&last.object, &bytes)
-                .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))?;
+            let page = read_page(self.store.as_ref(), &last.object).await?;
             let root = IndexRoot { pages };
             let swapped = self
                 .catalog

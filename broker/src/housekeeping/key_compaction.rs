@@ -98,8 +98,7 @@ impl Compactor {
         cancel: &CancellationToken,
     ) -> Result<Option<Cleaned>, BrokerError> {
         let pid = (topic.id, partition);
-        let snapshot = self.view.flush_snapshot(std::iter::once(pid));
-        let (Some(fence), true) = (snapshot.fence, snapshot.owned.contains_key(&pid)) else {
+        let Some(fence) = self.owner_fence(pid) else {
             return Ok(None);
         };
         let mut pace = Pace {

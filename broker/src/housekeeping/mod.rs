@@ -351,19 +351,7 @@ impl Housekeeper {
         if let Some(objects) = self.lock_page_objects().get(path) {
             return Ok(objects.clone());
         }
-        let read = |e: object_store::Error| {
-            BrokerError::unavailable(format!("could not read index page {path}: {e}"))
-        };
-        let bytes = self
-            .store
-            .get(&Path::from(path))
-            .await
-            .map_err(read)?
-            .bytes()
-            .await
-            .map_err(read)?;
-        let page = silt_metadata::codec::decode_index_page(path, &bytes)
-            .map_err(|e| BrokerError::internal(format!("corrupt data: {e}")))?;
+        let page = crate::core::index_pages::read_page(self.store.as_ref(), path).await?;
         let objects = Arc::new(page.parts.into_iter().map(|(_, c)| c.object).collect());
         self.lock_page_objects()
             .insert(path.to_string(), Arc::clone(&objects));
