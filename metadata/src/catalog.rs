@@ -76,6 +76,19 @@ pub struct IndexChange<'a> {
     pub restore: &'a [(String, SegmentCommit)],
 }
 
+/// What commit GC reads: every commit and index root ([`Catalog::load_commits`]).
+#[derive(Debug, Clone, Default)]
+pub struct LoadedCommits {
+    /// Flush segments' commits, by object id.
+    pub segments: Vec<(String, SegmentCommit)>,
+    /// Compacted objects' commits, by id.
+    pub parts: Vec<(String, SegmentCommit)>,
+    /// Index roots, by (topic id, partition).
+    pub roots: Vec<((u64, u32), IndexRoot)>,
+    /// The newest `mod_revision` among them (0: none).
+    pub newest: i64,
+}
+
 /// A segment commit that succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
@@ -429,16 +442,8 @@ impl Catalog {
 
     /// Every committed segment, with its object id.
     pub async fn load_segments(&self) -> Result<Vec<(String, SegmentCommit)>, CatalogError> {
-        let mut out = Vec::new();
-        for kv in self.range_all(self.keys.segments_prefix()).await? {
-            let id = self
-                .keys
-                .parse_segment(&kv.key)
-                .unwrap_or_default()
-                .to_string();
-            out.push((id, codec::decode_segment(&kv.key, &kv.value)?));
-        }
-        Ok(out)
+        let kvs = self.range_all(self.keys.segments_prefix()).await?;
+        Ok(self.decode_commits(&kvs, |k| self.keys.parse_segment(k))?.1)
     }
 
     /// Forgets a segment whose records are all dead, as the controller elected at
@@ -545,18 +550,15 @@ impl Catalog {
         Ok(resp.succeeded.then_some(resp.revision))
     }
 
-    /// Every partition's index root, with the revision they were read at.
-    pub async fn load_index_roots(
-        &self,
-    ) -> Result<(i64, Vec<((u64, u32), IndexRoot)>), CatalogError> {
+    /// Every partition's index root.
+    pub async fn load_index_roots(&self) -> Result<Vec<((u64, u32), IndexRoot)>, CatalogError> {
         let mut out = Vec::new();
-        let (revision, kvs) = self.range_all_at(self.keys.index_roots_prefix()).await?;
-        for kv in kvs {
+        for kv in self.range_all(self.keys.index_roots_prefix()).await? {
             if let Some(partition) = self.keys.parse_index_root(&kv.key) {
                 out.push((partition, codec::decode_index_root(&kv.key, &kv.value)?));
             }
         }
-        Ok((revision, out))
+        Ok(out)
     }
 
     /// Forgets the index root of a deleted topic's partition, fenced like
@@ -576,16 +578,49 @@ impl Catalog {
 
     /// Every compacted object's commit, with its id.
     pub async fn load_parts(&self) -> Result<Vec<(String, SegmentCommit)>, CatalogError> {
+        let kvs = self.range_all(self.keys.parts_prefix()).await?;
+        Ok(self.decode_commits(&kvs, |k| self.keys.parse_part(k))?.1)
+    }
+
+    /// Decodes commit keys, `id_of` giving each one's id: with the newest `mod_revision`.
+    fn decode_commits<'k>(
+        &self,
+        kvs: &'k [crate::KeyValue],
+        id_of: impl Fn(&'k [u8]) -> Option<&'k str>,
+    ) -> Result<(i64, Vec<(String, SegmentCommit)>), CatalogError> {
         let mut out = Vec::new();
-        for kv in self.range_all(self.keys.parts_prefix()).await? {
-            let id = self
-                .keys
-                .parse_part(&kv.key)
-                .unwrap_or_default()
-                .to_string();
+        let mut newest = 0;
+        for kv in kvs {
+            newest = newest.max(kv.mod_revision);
+            let id = id_of(&kv.key).unwrap_or_default().to_string();
             out.push((id, codec::decode_segment(&kv.key, &kv.value)?));
         }
-        Ok(out)
+        Ok((newest, out))
+    }
+
+    /// Every flush segment commit, compacted object commit and index root, read in that
+    /// order, with the newest `mod_revision` among them: a view that applied that revision
+    /// knows every one of them.
+    pub async fn load_commits(&self) -> Result<LoadedCommits, CatalogError> {
+        let kvs = self.range_all(self.keys.segments_prefix()).await?;
+        let (newest_segment, segments) =
+            self.decode_commits(&kvs, |k| self.keys.parse_segment(k))?;
+        let kvs = self.range_all(self.keys.parts_prefix()).await?;
+        let (newest_part, parts) = self.decode_commits(&kvs, |k| self.keys.parse_part(k))?;
+        let mut newest = newest_segment.max(newest_part);
+        let mut roots = Vec::new();
+        for kv in self.range_all(self.keys.index_roots_prefix()).await? {
+            newest = newest.max(kv.mod_revision);
+            if let Some(partition) = self.keys.parse_index_root(&kv.key) {
+                roots.push((partition, codec::decode_index_root(&kv.key, &kv.value)?));
+            }
+        }
+        Ok(LoadedCommits {
+            segments,
+            parts,
+            roots,
+            newest,
+        })
     }
 
     /// The compares of a partition owner's write: its writer key is as `fence` saw it (it

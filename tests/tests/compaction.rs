@@ -240,8 +240,7 @@ impl Lifecycle {
             roots: catalog
                 .load_index_roots()
                 .await
-                .map_err(|e| e.to_string())?
-                .1,
+                .map_err(|e| e.to_string())?,
             log_starts: catalog.load_log_starts().await.map_err(|e| e.to_string())?,
             objects,
         })

@@ -33,7 +33,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use silt_metadata::Clock;
-use silt_metadata::catalog::{Catalog, WriterFence};
+use silt_metadata::catalog::{Catalog, LoadedCommits, WriterFence};
 use silt_metadata::codec::SegmentEntry;
 use silt_storage::cache::SegmentCache;
 use silt_storage::object::{SegmentName, broker_segments_prefix};
@@ -268,16 +268,21 @@ impl Housekeeper {
             e.last_offset < log.offsets().log_start || log.superseded(e, id)
         };
         let mut commits = Commits::default();
-        let segments = self.catalog.load_segments().await?;
-        let parts = self.catalog.load_parts().await?;
         // Roots last: a roll-up moves a commit from `parts/` into a root in one transaction, so
         // reading them in this order never misses it.
-        let (read_at, roots) = self.catalog.load_index_roots().await?;
-        // Judge the commits with an index at least as new as them: an index behind them could
-        // call a commit it has not applied yet copied (the range compacted again, or unrolled).
-        if !self.view.wait_for(read_at, Duration::from_secs(10)).await {
+        let LoadedCommits {
+            segments,
+            parts,
+            roots,
+            newest,
+        } = self.catalog.load_commits().await?;
+        // Judge the commits with an index that applied every one of them: an index behind them
+        // could call a commit it has not applied yet copied (the range compacted again, or
+        // unrolled). Their own revisions, not the store's: writes outside the view (groups,
+        // other clusters) move the store's revision without the view ever seeing them.
+        if !self.view.wait_for(newest, Duration::from_secs(10)).await {
             debug!(
-                read_at,
+                newest,
                 "the view is behind the commits read; commit GC waits for the next pass"
             );
             return Ok(None);

@@ -546,7 +546,7 @@ async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() 
     let rolled = catalog.swap_index(&b1, &t, 0, roll).await.unwrap().unwrap();
     assert!(catalog.load_parts().await.unwrap().is_empty());
     assert_eq!(
-        catalog.load_index_roots().await.unwrap().1,
+        catalog.load_index_roots().await.unwrap(),
         vec![((t.id, 0), root.clone())]
     );
     assert!(
@@ -572,7 +572,7 @@ async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() 
         .unwrap()
         .unwrap();
     assert_eq!(catalog.load_parts().await.unwrap().len(), 2);
-    assert_eq!(catalog.load_index_roots().await.unwrap().1[0].1, empty);
+    assert_eq!(catalog.load_index_roots().await.unwrap()[0].1, empty);
 
     let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
     let controller = catalog.campaign("b1", lease).await.unwrap().unwrap();
@@ -596,7 +596,7 @@ async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() 
             .await
             .unwrap()
     );
-    assert!(catalog.load_index_roots().await.unwrap().1.is_empty());
+    assert!(catalog.load_index_roots().await.unwrap().is_empty());
 }
 
 fn offset(o: i64) -> crate::codec::OffsetRecord {
