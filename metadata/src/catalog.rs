@@ -512,7 +512,8 @@ impl Catalog {
     }
 
     /// Changes a partition's index root, as the writer `fence` of the partition's owner, while
-    /// `topic` still exists and the root is still at `change.seen_root_revision` (0: none yet):
+    /// `topic` still exists, the root is still at `change.seen_root_revision` (0: none yet) and
+    /// every commit in `change.forget` still exists:
     /// puts `change.root`, deletes the `parts/` keys `change.forget` and puts the commits
     /// `change.restore`, in ONE transaction, so a reader sees the entries in pages or in
     /// `parts/` keys, never in both or neither. Rolling entries up puts a root with one more
@@ -543,7 +544,16 @@ impl Catalog {
         let txn = Txn::new()
             .when(
                 self.owner_compares(fence, topic)
-                    .chain([Compare::mod_revision(key, change.seen_root_revision)]),
+                    .chain([Compare::mod_revision(key, change.seen_root_revision)])
+                    // Every commit rolled into the page is still there: no view so stale it
+                    // missed their removal (copied again, collected) rolls them.
+                    .chain(change.forget.iter().map(|id| {
+                        Compare::new(
+                            self.keys.part(id),
+                            crate::CompareOp::Greater,
+                            crate::CompareTarget::CreateRevision(0),
+                        )
+                    })),
             )
             .and_then(ops);
         let resp = self.store.txn(txn).await?;

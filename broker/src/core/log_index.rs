@@ -346,7 +346,7 @@ impl PartitionLog {
                 break;
             }
             let mut j = i;
-            while j < s.entries.len() && Arc::ptr_eq(&s.entries[j].object, o) {
+            while j < s.entries.len() && s.entries[j].object.id == o.id {
                 if next.is_some_and(|n| n != s.entries[j].first_offset) {
                     break;
                 }
@@ -373,11 +373,7 @@ impl PartitionLog {
         // An object with entries beyond the rolled ones (a partial copy) stays whole in metadata.
         while let Some(&(from, to)) = rolled.last() {
             let object = &s.entries[from].object;
-            if s.entries
-                .iter()
-                .skip(to)
-                .any(|e| Arc::ptr_eq(&e.object, object))
-            {
+            if s.entries.iter().skip(to).any(|e| e.object.id == object.id) {
                 rolled.pop();
             } else {
                 break;
@@ -668,6 +664,17 @@ impl PartitionState {
 
     fn entries_from(&self, offset: i64, max_bytes: usize) -> Vec<IndexEntry> {
         let start = self.entries.partition_point(|e| e.last_offset < offset);
+        // Committed offsets are covered by pages and entries without a gap, except for the
+        // instant between an unrolled root and the commits it puts back: never answer an
+        // offset there with a later entry (a reader would skip to it); answer nothing yet.
+        if offset >= self.log_start.max(self.paged_end())
+            && self
+                .entries
+                .get(start)
+                .is_some_and(|e| e.first_offset > offset)
+        {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for e in self.entries.iter().skip(start) {
@@ -694,10 +701,17 @@ impl PartitionState {
             let bytes = u64::from(e.length);
             (e.first_offset, e.last_offset, bytes, e.max_timestamp)
         });
+        let mut next = Some(self.log_start);
         pages
             .chain(entries)
             .filter(|(_, last, _, _)| *last >= self.log_start)
             .take_while(|(first, _, _, _)| *first < self.high_watermark)
+            // Contiguous only: retention never decides across a transient gap (an unroll).
+            .take_while(move |(first, last, _, _)| {
+                let continues = next.is_some_and(|n| *first <= n);
+                next = Some(last + 1);
+                continues
+            })
     }
 
     /// Extends the high watermark over the pages and entries that continue it; true if it
@@ -1397,8 +1411,13 @@ mod tests {
         index.apply("s", &commit("s/5", &[(0, 40, 49, 0), (0, 50, 59, 0)]));
         assert_eq!(log.offsets().high_watermark, 60);
         assert_eq!(offsets_of(&log), vec![(50, 59, "s".into())]);
-        // Unrolling: the root shrinks and the page's commits come back.
+        // Unrolling: the root shrinks and the page's commits come back. Between the two,
+        // offsets of the page are answered with nothing (never with a later entry), and
+        // retention decides nothing across the gap.
         index.set_root(1, 0, 9, &IndexRoot::default());
+        assert!(matches!(log.locate(10, 1 << 20).1, Located::Entries(e) if e.is_empty()));
+        assert_eq!(log.expired_end(i64::MAX), None);
+        assert_eq!(log.oversize_end(0), None);
         for first in [0, 25] {
             index.apply_part(&format!("p{first}"), &part(first, first + 24, 100));
         }

@@ -371,19 +371,32 @@ impl Compactor {
         if self.settings.page_parts == 0 {
             return Ok(false);
         }
-        let log = self.index.partition(topic.id, partition);
-        let Some(RollUp {
-            root_revision,
-            mut pages,
-            parts,
-        }) = log.roll_up(self.settings.page_parts, self.settings.target_bytes / 2)
-        else {
-            return Ok(false);
-        };
+        // The fence before the index: a roll-up computed from an index older than the fence
+        // could be sent under it.
         let pid = (topic.id, partition);
         let Some(fence) = self.owner_fence(pid) else {
             return Ok(false);
         };
+        let log = self.index.partition(topic.id, partition);
+        let Some(RollUp {
+            root_revision,
+            mut pages,
+            mut parts,
+        }) = log.roll_up(self.settings.page_parts, self.settings.target_bytes / 2)
+        else {
+            return Ok(false);
+        };
+        // Unrolling puts a page's commits back in one transaction: keep a page's commits well
+        // inside etcd's 1.5 MiB request (huge compaction targets make big commits).
+        while parts.len() > 1
+            && parts
+                .iter()
+                .map(|(id, c)| id.len() + codec::encode_segment(c).len())
+                .sum::<usize>()
+                > MAX_ROOT_BYTES / 2
+        {
+            parts.pop();
+        }
         let forget: Vec<String> = parts.iter().map(|(id, _)| id.clone()).collect();
         let mut upload = None;
         let entries = || parts.iter().flat_map(|(_, c)| &c.entries);

@@ -543,6 +543,19 @@ async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() 
         "a root that is not there is not at revision 7"
     );
     assert_eq!(catalog.load_parts().await.unwrap().len(), 2);
+    let gone = vec![ids[0].clone(), "never-committed".to_string()];
+    let missing = IndexChange {
+        forget: &gone,
+        ..roll
+    };
+    assert!(
+        catalog
+            .swap_index(&b1, &t, 0, missing)
+            .await
+            .unwrap()
+            .is_none(),
+        "a commit to roll that is gone refuses the swap"
+    );
     let rolled = catalog.swap_index(&b1, &t, 0, roll).await.unwrap().unwrap();
     assert!(catalog.load_parts().await.unwrap().is_empty());
     assert_eq!(
