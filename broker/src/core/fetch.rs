@@ -285,16 +285,28 @@ impl FetchPath {
                 let Some(found) = found else {
                     return Ok((offsets.high_watermark, -1, offsets));
                 };
-                let from = match &found {
-                    Located::Paged(page) => page.first_offset.max(offsets.log_start),
-                    Located::Entries(_) => offsets.log_start,
-                };
-                let candidates = self.resolve(&log, found, from, usize::MAX, offsets).await?;
-                let Some(mut entry) = candidates
-                    .into_iter()
-                    .find(|e| e.max_timestamp >= ts && e.last_offset >= offsets.log_start)
-                else {
-                    return Ok((offsets.high_watermark, -1, offsets));
+                // The page's newest timestamp may belong to an entry below the log start: then
+                // look on from the page's end.
+                let mut found = found;
+                let mut entry = loop {
+                    let (from, after_page) = match &found {
+                        Located::Paged(page) => (
+                            page.first_offset.max(offsets.log_start),
+                            Some(page.last_offset + 1),
+                        ),
+                        Located::Entries(_) => (offsets.log_start, None),
+                    };
+                    let candidates = self.resolve(&log, found, from, usize::MAX, offsets).await?;
+                    let hit = candidates
+                        .into_iter()
+                        .find(|e| e.max_timestamp >= ts && e.last_offset >= offsets.log_start);
+                    match (hit, after_page) {
+                        (Some(e), _) => break e,
+                        (None, Some(next)) if next < offsets.high_watermark => {
+                            found = log.locate(next, usize::MAX).1;
+                        }
+                        _ => return Ok((offsets.high_watermark, -1, offsets)),
+                    }
                 };
                 // The entry's max timestamp is at or after `ts`; find the first record that is,
                 // moving on to later entries if the batches' headers over-promised.

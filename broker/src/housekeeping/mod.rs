@@ -124,6 +124,9 @@ impl HistoryCompaction {
 struct Commits {
     referenced: HashSet<String>,
     forgotten: Vec<String>,
+    /// Object path prefixes nothing may be deleted under this pass: partitions with an index
+    /// page that could not be read (what it references is unknown).
+    protected: Vec<String>,
 }
 
 /// What one housekeeping pass did.
@@ -315,8 +318,17 @@ impl Housekeeper {
                 // A page wholly below the log start references nothing live; the owner drops
                 // it from the root at its next roll-up.
                 if page.last_offset >= log_start {
-                    let objects = self.page_objects(&page.object).await?;
-                    commits.referenced.extend(objects.iter().cloned());
+                    match self.page_objects(&page.object).await {
+                        Ok(objects) => commits.referenced.extend(objects.iter().cloned()),
+                        // What it references is unknown: the partition's objects stay, the
+                        // rest of the cluster is collected as usual.
+                        Err(e) => {
+                            warn!(topic_id, partition, error = %e, "an index page could not be read; the partition's objects are kept this pass");
+                            commits
+                                .protected
+                                .push(format!("parts/{topic_id:016x}/{partition}/"));
+                        }
+                    }
                 }
                 commits.referenced.insert(page.object);
             }
@@ -390,6 +402,7 @@ impl Housekeeper {
         let Commits {
             referenced,
             forgotten,
+            protected,
         } = commits;
         let mut due = Vec::new();
         {
@@ -400,7 +413,7 @@ impl Housekeeper {
             let mut next = HashMap::new();
             for meta in listed {
                 let path = meta.location.to_string();
-                if referenced.contains(&path) {
+                if referenced.contains(&path) || protected.iter().any(|p| path.starts_with(p)) {
                     continue;
                 }
                 let first = since.get(&path).copied().unwrap_or(now);
