@@ -76,6 +76,9 @@ pub struct IndexChange<'a> {
     pub restore: &'a [(String, SegmentCommit)],
 }
 
+/// Index roots by (topic id, partition).
+pub type Roots = Vec<((u64, u32), IndexRoot)>;
+
 /// What commit GC reads: every commit and index root ([`Catalog::load_commits`]).
 #[derive(Debug, Clone, Default)]
 pub struct LoadedCommits {
@@ -84,7 +87,7 @@ pub struct LoadedCommits {
     /// Compacted objects' commits, by id.
     pub parts: Vec<(String, SegmentCommit)>,
     /// Index roots, by (topic id, partition).
-    pub roots: Vec<((u64, u32), IndexRoot)>,
+    pub roots: Roots,
     /// The newest `mod_revision` among them (0: none).
     pub newest: i64,
 }
@@ -561,14 +564,22 @@ impl Catalog {
     }
 
     /// Every partition's index root.
-    pub async fn load_index_roots(&self) -> Result<Vec<((u64, u32), IndexRoot)>, CatalogError> {
+    pub async fn load_index_roots(&self) -> Result<Roots, CatalogError> {
+        let kvs = self.range_all(self.keys.index_roots_prefix()).await?;
+        Ok(self.decode_roots(&kvs)?.1)
+    }
+
+    /// Decodes index root keys: with the newest `mod_revision`.
+    fn decode_roots(&self, kvs: &[crate::KeyValue]) -> Result<(i64, Roots), CatalogError> {
         let mut out = Vec::new();
-        for kv in self.range_all(self.keys.index_roots_prefix()).await? {
+        let mut newest = 0;
+        for kv in kvs {
+            newest = newest.max(kv.mod_revision);
             if let Some(partition) = self.keys.parse_index_root(&kv.key) {
                 out.push((partition, codec::decode_index_root(&kv.key, &kv.value)?));
             }
         }
-        Ok(out)
+        Ok((newest, out))
     }
 
     /// Forgets the index root of a deleted topic's partition, fenced like
@@ -617,14 +628,9 @@ impl Catalog {
             self.decode_commits(&kvs, |k| self.keys.parse_segment(k))?;
         let kvs = self.range_all(self.keys.parts_prefix()).await?;
         let (newest_part, parts) = self.decode_commits(&kvs, |k| self.keys.parse_part(k))?;
-        let mut newest = newest_segment.max(newest_part);
-        let mut roots = Vec::new();
-        for kv in self.range_all(self.keys.index_roots_prefix()).await? {
-            newest = newest.max(kv.mod_revision);
-            if let Some(partition) = self.keys.parse_index_root(&kv.key) {
-                roots.push((partition, codec::decode_index_root(&kv.key, &kv.value)?));
-            }
-        }
+        let kvs = self.range_all(self.keys.index_roots_prefix()).await?;
+        let (newest_root, roots) = self.decode_roots(&kvs)?;
+        let newest = newest_segment.max(newest_part).max(newest_root);
         Ok(LoadedCommits {
             segments,
             parts,
