@@ -706,3 +706,154 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
     assert!(catalog.load_segments().await.unwrap().is_empty());
     a.cancel.cancel();
 }
+
+/// GC over index pages: what a readable page references stays, an unreadable page keeps its
+/// whole partition's objects (what it references is unknown) while the rest of the cluster is
+/// collected, and once the page reads again its partition's unreferenced objects go too.
+#[tokio::test]
+async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable() {
+    use crate::housekeeping::Housekeeper;
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path;
+    use silt_metadata::catalog::IndexChange;
+    use silt_metadata::codec::{IndexPage, IndexRoot, PageRef, encode_index_page};
+
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store.clone(), "c");
+    let t = catalog.create_topic(topic("t", 2)).await.unwrap();
+    let (objects, cache) = memory_objects().await;
+    let a = node(&catalog, "a").await;
+    until("a controls and owns the topic", || {
+        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![2]
+    })
+    .await;
+    let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
+    let put = |name: String, body: Vec<u8>| {
+        let objects = objects.clone();
+        async move {
+            objects
+                .put(&Path::from(name), bytes::Bytes::from(body).into())
+                .await
+                .unwrap();
+        }
+    };
+    let part = |p: u32, name: &str| format!("parts/{:016x}/{p}/{name}", t.id);
+    let page_path = |p: u32| format!("index/{:016x}/{p}/0-9-a.idx", t.id);
+    let page = |p: u32, object: String| {
+        encode_index_page(&IndexPage {
+            topic_id: t.id,
+            partition: p,
+            parts: vec![(
+                format!("{p}-commit"),
+                SegmentCommit {
+                    object,
+                    object_len: 1,
+                    created_at_ms: 0,
+                    entries: vec![SegmentEntry {
+                        topic_id: t.id,
+                        partition: p,
+                        batch_count: 1,
+                        first_offset: 0,
+                        last_offset: 9,
+                        min_timestamp: 0,
+                        max_timestamp: 0,
+                        position: 16,
+                        length: 50,
+                        crc32c: 0,
+                    }],
+                },
+            )],
+        })
+    };
+    // Partition 0: a readable page. Partition 1: a page that does not decode.
+    put(page_path(0), page(0, part(0, "kept.obj"))).await;
+    put(page_path(1), b"not an index page".to_vec()).await;
+    for name in [
+        part(0, "kept.obj"),
+        part(0, "orphan.obj"),
+        part(1, "kept.obj"),
+        part(1, "orphan.obj"),
+        "segments/a/orphan.seg".to_string(),
+    ] {
+        put(name, b"x".to_vec()).await;
+    }
+    for p in 0..2 {
+        let root = IndexRoot {
+            pages: vec![PageRef {
+                object: page_path(p),
+                object_len: 1,
+                first_offset: 0,
+                last_offset: 9,
+                bytes: 50,
+                max_timestamp: 0,
+            }],
+        };
+        let change = IndexChange {
+            seen_root_revision: 0,
+            root: &root,
+            forget: &[],
+            restore: &[],
+        };
+        catalog
+            .swap_index(&fence, &t, p, change)
+            .await
+            .unwrap()
+            .expect("the owner swaps");
+    }
+    until("a sees both roots", || {
+        (0..2).all(|p| a.view.index.partition(t.id, p).offsets().high_watermark == 10)
+    })
+    .await;
+    let clock = ManualClock::new(1_000);
+    let housekeeper = Housekeeper {
+        catalog: catalog.clone(),
+        topics: a.view.topics.clone(),
+        index: a.view.index.clone(),
+        store: objects.clone(),
+        cache,
+        clock: clock.clone(),
+        fence,
+        view: a.view.clone(),
+        metrics: Arc::new(crate::observe::metrics::Metrics::new("a", 0)),
+        gc_grace_ms: 500,
+        unreferenced: Default::default(),
+        history: crate::housekeeping::HistoryCompaction::keeping(0),
+        page_objects: Default::default(),
+    };
+    let listed = || async {
+        let mut names = Vec::new();
+        for prefix in ["segments", "parts", "index"] {
+            let metas: Vec<_> =
+                futures::TryStreamExt::try_collect(objects.list(Some(&Path::from(prefix))))
+                    .await
+                    .unwrap();
+            names.extend(metas.into_iter().map(|m| m.location.to_string()));
+        }
+        names.sort();
+        names
+    };
+
+    // Past the grace period the orphans of partition 0 and of the flushes go; partition 1
+    // keeps everything, its page unreadable.
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
+    clock.advance_ms(500);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 2);
+    let mut expected = vec![
+        page_path(0),
+        page_path(1),
+        part(0, "kept.obj"),
+        part(1, "kept.obj"),
+        part(1, "orphan.obj"),
+    ];
+    expected.sort();
+    assert_eq!(listed().await, expected);
+
+    // The page reads again: its partition's orphan goes after its own grace period.
+    put(page_path(1), page(1, part(1, "kept.obj"))).await;
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
+    clock.advance_ms(500);
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 1);
+    expected.retain(|p| *p != part(1, "orphan.obj"));
+    assert_eq!(listed().await, expected);
+    a.cancel.cancel();
+}

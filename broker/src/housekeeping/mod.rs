@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use silt_metadata::Clock;
@@ -64,8 +64,35 @@ pub struct Housekeeper {
     pub unreferenced: Mutex<HashMap<String, i64>>,
     /// How much metadata history to keep, and the revisions seen by recent passes.
     pub history: HistoryCompaction,
-    /// The objects each index page references, by page path (pages never change).
-    pub page_objects: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    /// The objects each index page references, by page path (pages never change), as
+    /// [`PathSet`] hashes: 8 bytes per object instead of its path.
+    pub page_objects: Mutex<HashMap<String, Arc<[u64]>>>,
+}
+
+/// Index pages a GC pass reads at once (a new controller reads every page once).
+const PAGE_READS: usize = 16;
+
+/// A set of object paths kept as 64-bit hashes, so a pass over a long history holds 8 bytes
+/// per referenced object. A collision can only make an unreferenced object look referenced —
+/// it is kept, never deleted wrongly — and hashes are compared within one process only.
+#[derive(Debug, Default)]
+struct PathSet(HashSet<u64>);
+
+impl PathSet {
+    fn hash(path: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        path.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn insert(&mut self, path: &str) {
+        self.0.insert(Self::hash(path));
+    }
+
+    fn contains(&self, path: &str) -> bool {
+        self.0.contains(&Self::hash(path))
+    }
 }
 
 /// Compaction of the metadata store's change history: each pass as controller notes the
@@ -122,7 +149,7 @@ impl HistoryCompaction {
 /// The objects of the commits one GC pass read: kept, and forgotten by it.
 #[derive(Debug, Default)]
 struct Commits {
-    referenced: HashSet<String>,
+    referenced: PathSet,
     forgotten: Vec<String>,
     /// Object path prefixes nothing may be deleted under this pass: partitions with an index
     /// page that could not be read (what it references is unknown).
@@ -290,6 +317,7 @@ impl Housekeeper {
             );
             return Ok(None);
         }
+        let mut pages = Vec::new();
         for ((topic_id, partition), root) in roots {
             if !live.contains_key(&topic_id) {
                 if topic_id as i64 > seen {
@@ -315,33 +343,43 @@ impl Housekeeper {
                 .offsets()
                 .log_start;
             for page in root.pages {
+                commits.referenced.insert(&page.object);
                 // A page wholly below the log start references nothing live; the owner drops
                 // it from the root at its next roll-up.
                 if page.last_offset >= log_start {
-                    match self.page_objects(&page.object).await {
-                        Ok(objects) => commits.referenced.extend(objects.iter().cloned()),
-                        // What it references is unknown: the partition's objects stay, the
-                        // rest of the cluster is collected as usual.
-                        Err(e) => {
-                            warn!(topic_id, partition, error = %e, "an index page could not be read; the partition's objects are kept this pass");
-                            commits
-                                .protected
-                                .push(format!("parts/{topic_id:016x}/{partition}/"));
-                        }
-                    }
+                    pages.push((topic_id, partition, page.object));
                 }
-                commits.referenced.insert(page.object);
             }
         }
+        let live_pages: HashSet<String> = pages.iter().map(|(_, _, p)| p.clone()).collect();
+        let mut reads = futures::stream::iter(pages)
+            .map(|(topic_id, partition, page)| async move {
+                (topic_id, partition, self.page_objects(&page).await)
+            })
+            .buffer_unordered(PAGE_READS);
+        while let Some((topic_id, partition, objects)) = reads.next().await {
+            match objects {
+                Ok(objects) => commits.referenced.0.extend(objects.iter().copied()),
+                // What it references is unknown: the partition's objects stay, the rest of the
+                // cluster is collected as usual.
+                Err(e) => {
+                    warn!(topic_id, partition, error = %e, "an index page could not be read; the partition's objects are kept this pass");
+                    commits
+                        .protected
+                        .push(format!("parts/{topic_id:016x}/{partition}/"));
+                }
+            }
+        }
+        drop(reads);
         self.lock_page_objects()
-            .retain(|path, _| commits.referenced.contains(path));
+            .retain(|path, _| live_pages.contains(path));
         for (is_part, (id, commit)) in segments
             .into_iter()
             .map(|c| (false, c))
             .chain(parts.into_iter().map(|c| (true, c)))
         {
             if !commit.entries.iter().all(|e| dead(e, &id)) {
-                commits.referenced.insert(commit.object);
+                commits.referenced.insert(&commit.object);
                 continue;
             }
             let done = if is_part {
@@ -359,17 +397,24 @@ impl Housekeeper {
         Ok(Some(commits))
     }
 
-    fn lock_page_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<String>>>> {
+    fn lock_page_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<[u64]>>> {
         self.page_objects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The objects an index page references, read once per page.
-    async fn page_objects(&self, path: &str) -> Result<Arc<Vec<String>>, BrokerError> {
+    /// The objects an index page references (as [`PathSet`] hashes), read once per page.
+    async fn page_objects(&self, path: &str) -> Result<Arc<[u64]>, BrokerError> {
         if let Some(objects) = self.lock_page_objects().get(path) {
             return Ok(objects.clone());
         }
         let page = crate::core::index_pages::read_page(self.store.as_ref(), path).await?;
-        let objects = Arc::new(page.parts.into_iter().map(|(_, c)| c.object).collect());
+        let mut objects: Vec<u64> = page
+            .parts
+            .iter()
+            .map(|(_, c)| PathSet::hash(&c.object))
+            .collect();
+        objects.sort_unstable();
+        objects.dedup();
+        let objects: Arc<[u64]> = objects.into();
         self.lock_page_objects()
             .insert(path.to_string(), Arc::clone(&objects));
         Ok(objects)
