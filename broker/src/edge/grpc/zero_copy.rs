@@ -24,7 +24,6 @@ use http_body_util::BodyExt;
 use prost::Message;
 use silt_api::v1 as api;
 use silt_api::v1::log_server::{Log, LogServer};
-use silt_storage::segment::BORROW_MIN;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -116,10 +115,8 @@ async fn produce_batches(
 ) -> Result<http::Response<Body>, Status> {
     let (parts, body) = request.into_parts();
     let message = read_message(body, max_message).await?;
-    let frames: Vec<Bytes> = message.chunks.iter().cloned().collect();
-    let mut message =
+    let message =
         api::ProduceBatchesRequest::decode(message).map_err(|e| Status::internal(e.to_string()))?;
-    unpin_sparse_frames(&frames, &mut message.batches);
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
     let (metadata, message, extensions) = service.produce_batches(request).await?.into_parts();
     let mut framed = BytesMut::with_capacity(HEADER + message.encoded_len());
@@ -139,41 +136,6 @@ async fn produce_batches(
     );
     *response.extensions_mut() = extensions;
     Ok(response)
-}
-
-/// A batch the segment borrows ([`BORROW_MIN`] bytes or more) keeps the whole frame it arrived
-/// in alive — in the WAL cache, then in the read cache until first read — and the caches count
-/// it at twice its length. A frame made mostly of other bytes (small batches, which the segment
-/// copies anyway, or framing) would be kept for a few counted bytes: the borrowable batches of
-/// such a frame are copied out, so the frame goes when the request does and the count holds.
-fn unpin_sparse_frames(frames: &[Bytes], batches: &mut [api::PartitionBatch]) {
-    // (start, end, bytes borrowed from it) of each frame, by address.
-    let mut spans: Vec<(usize, usize, usize)> = frames
-        .iter()
-        .map(|f| {
-            let range = f.as_ptr_range();
-            (range.start as usize, range.end as usize, 0)
-        })
-        .collect();
-    spans.sort_unstable();
-    let frame_of = |spans: &[(usize, usize, usize)], batch: &Bytes| {
-        let at = batch.as_ptr() as usize;
-        let i = spans.partition_point(|s| s.0 <= at).checked_sub(1)?;
-        (at < spans[i].1).then_some(i)
-    };
-    let borrowed = |b: &&mut api::PartitionBatch| b.batch.len() >= BORROW_MIN;
-    for batch in batches.iter_mut().filter(borrowed) {
-        if let Some(i) = frame_of(&spans, &batch.batch) {
-            spans[i].2 += batch.batch.len();
-        }
-    }
-    for batch in batches.iter_mut().filter(borrowed) {
-        if let Some(i) = frame_of(&spans, &batch.batch)
-            && spans[i].2 * 2 < spans[i].1 - spans[i].0
-        {
-            batch.batch = Bytes::copy_from_slice(&batch.batch);
-        }
-    }
 }
 
 /// Reads a unary call's one message from `body`: the frames as they arrived, the message
@@ -401,40 +363,6 @@ mod tests {
             !within(&decoded.batches[1].batch),
             "copied out of two frames"
         );
-    }
-
-    #[tokio::test]
-    async fn a_frame_mostly_of_small_batches_is_not_kept_for_one_large_one() {
-        let large = || Bytes::from(vec![1u8; BORROW_MIN]);
-        let small = Bytes::from(vec![2u8; 100]);
-        // One large batch among 200 small ones: the large one is copied out of the frame.
-        let mut sparse = vec![(0, large())];
-        sparse.extend((0..200).map(|_| (1, small.clone())));
-        // Two large batches and a few small ones: both stay slices of the frame.
-        let mut dense = vec![(0, large()), (1, large())];
-        dense.extend((0..20).map(|_| (2, small.clone())));
-        for (batches, borrowed) in [(sparse, false), (dense, true)] {
-            let wire = framed(&request(&batches));
-            let chunks = read_message(body(vec![wire]), 1 << 20).await.unwrap();
-            let frames: Vec<Bytes> = chunks.chunks.iter().cloned().collect();
-            let mut decoded = api::ProduceBatchesRequest::decode(chunks).unwrap();
-            unpin_sparse_frames(&frames, &mut decoded.batches);
-            let range = frames[0].as_ptr_range();
-            for b in &decoded.batches {
-                let within = range.contains(&b.batch.as_ptr());
-                if b.batch.len() >= BORROW_MIN {
-                    assert_eq!(within, borrowed);
-                }
-            }
-            assert_eq!(
-                decoded
-                    .batches
-                    .iter()
-                    .map(|b| b.batch.clone())
-                    .collect::<Vec<_>>(),
-                batches.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
-            );
-        }
     }
 
     #[tokio::test]
