@@ -347,3 +347,141 @@ fn check_offset(topic: &str, partition: u32, offset: i64, o: Offsets) -> Result<
 fn corrupt(message: String) -> BrokerError {
     BrokerError::internal(format!("corrupt data: {message}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+    use silt_metadata::catalog::Topic;
+    use silt_metadata::codec::{IndexPage, IndexRoot, PageRef, SegmentCommit, SegmentEntry};
+    use silt_storage::batch::{BatchCompression, ProducerInfo, RecordData, encode_batch};
+
+    /// Ten records at `first..first + 10` stamped `ts..ts + 10`, stored as one object; its
+    /// commit.
+    async fn stored_entry(
+        store: &Arc<dyn ObjectStore>,
+        topic_id: u64,
+        first: i64,
+        ts: i64,
+    ) -> (String, SegmentCommit) {
+        let records: Vec<RecordData> = (0..10)
+            .map(|i| RecordData {
+                key: None,
+                value: Some(Bytes::from(format!("v{}", first + i))),
+                headers: Vec::new(),
+                timestamp_ms: ts + i,
+            })
+            .collect();
+        let batch =
+            encode_batch(&records, BatchCompression::None, ProducerInfo::default()).unwrap();
+        let mut bytes = batch.to_vec();
+        bytes[..8].copy_from_slice(&first.to_be_bytes());
+        let path = format!("parts/{first}.obj");
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from(bytes.clone()))
+            .await
+            .unwrap();
+        let commit = SegmentCommit {
+            object: path,
+            object_len: bytes.len() as u64,
+            created_at_ms: 0,
+            entries: vec![SegmentEntry {
+                topic_id,
+                partition: 0,
+                batch_count: 1,
+                first_offset: first,
+                last_offset: first + 9,
+                min_timestamp: ts,
+                max_timestamp: ts + 9,
+                position: 0,
+                length: bytes.len() as u32,
+                crc32c: crc32c::crc32c(&bytes),
+            }],
+        };
+        (format!("part-{first}"), commit)
+    }
+
+    /// ListOffsets by time over index pages when the newest timestamp of a page belongs to an
+    /// entry below the log start (timestamps are the producers' and need not grow with offsets):
+    /// the lookup goes on past that page to the first live record at or after the time.
+    #[tokio::test]
+    async fn a_time_lookup_goes_past_a_page_whose_newest_time_is_below_the_log_start() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let topic = Topic {
+            id: 7,
+            record: crate::cluster::tests::topic("t", 1),
+        };
+        // Page A: offsets 0..=9 stamped in the future (later below the log start), 10..=19 at
+        // 100. Page B: 20..=29 at 200. Tail: 30..=39 at 6 000.
+        let a = vec![
+            stored_entry(&store, topic.id, 0, 10_000).await,
+            stored_entry(&store, topic.id, 10, 100).await,
+        ];
+        let b = vec![stored_entry(&store, topic.id, 20, 200).await];
+        let tail = stored_entry(&store, topic.id, 30, 6_000).await;
+        let mut pages = Vec::new();
+        for (name, parts) in [("a", a), ("b", b)] {
+            let first = parts[0].1.entries[0].first_offset;
+            let last = parts.last().unwrap().1.entries[0].last_offset;
+            let max_timestamp = parts
+                .iter()
+                .map(|(_, c)| c.entries[0].max_timestamp)
+                .max()
+                .unwrap();
+            let object = format!("index/{name}.idx");
+            let page = IndexPage {
+                topic_id: topic.id,
+                partition: 0,
+                parts,
+            };
+            store
+                .put(
+                    &Path::from(object.as_str()),
+                    PutPayload::from(silt_metadata::codec::encode_index_page(&page)),
+                )
+                .await
+                .unwrap();
+            pages.push(PageRef {
+                object,
+                object_len: 0,
+                first_offset: first,
+                last_offset: last,
+                bytes: 0,
+                max_timestamp,
+            });
+        }
+        let index = Arc::new(LogIndex::new());
+        let log = index.partition(topic.id, 0);
+        log.set_root(1, &IndexRoot { pages });
+        index.apply(&tail.0, &tail.1);
+        log.set_log_start(10);
+        assert_eq!(log.offsets().high_watermark, 40);
+        let metrics = Arc::new(Metrics::new("a", 0));
+        let cache = SegmentCache::open(store.clone(), Default::default())
+            .await
+            .unwrap();
+        let fetch = FetchPath {
+            topics: Arc::new(TopicTable::new(vec![topic])),
+            index,
+            cache: Arc::new(cache),
+            pages: Arc::new(IndexPages::new(store, 1 << 20, metrics.clone())),
+            metrics,
+            stopping: Default::default(),
+        };
+        let at = |ts| fetch.list_offsets("t", 0, OffsetSpec::Timestamp(ts));
+        // Page A's newest time (10 009) is below the log start: the answer is in the tail.
+        assert_eq!(at(5_000).await.unwrap().0, 30);
+        assert_eq!(at(5_000).await.unwrap().1, 6_000);
+        // Live times in the pages and the tail are found where they are.
+        assert_eq!(at(105).await.unwrap().0, 15);
+        assert_eq!(at(150).await.unwrap().0, 20);
+        assert_eq!(at(6_005).await.unwrap().0, 35);
+        // Past every live time: the high watermark.
+        assert_eq!(
+            at(7_000).await.unwrap(),
+            (40, -1, fetch.log("t", 0).unwrap().offsets())
+        );
+    }
+}
