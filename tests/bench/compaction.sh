@@ -20,6 +20,8 @@
 #   ONLY=keys KEYS=100000 bash tests/bench/compaction.sh   # (ONLY=history: sections 1-3)
 #   HISTORY_ARGS="--compaction-target-bytes 8MiB --index-page-parts 2" ONLY=history ...
 #     (broker settings for section 3 and the cold reads after it, e.g. index pages)
+#   OBJECTS_DIR=/dev/shm ONLY=produce ...   # objects (in a new directory there) off the disk etcd and the broker use
+#     (as a remote object store is): what compaction's own disk traffic costs produce
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-target/release}
@@ -30,13 +32,14 @@ RUNS=${RUNS:-3}
 KEYS=${KEYS:-100000}
 PARTITIONS=${PARTITIONS:-8}
 work=$(mktemp -d "${TMPDIR:-/tmp}/silt-bench-compaction.XXXX")
+objects_dir=$(mktemp -d "${OBJECTS_DIR:-$work}/objects.XXXX")
 pids=()
 broker_pid=""
 cleanup() {
     [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    rm -rf "$work" "$objects_dir"
 }
 trap cleanup EXIT
 for tool in etcd etcdctl curl python3; do
@@ -61,7 +64,7 @@ start_broker() {
     local t0; t0=$(now_ms)
     "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$work/broker" \
         --linger-ms 10 --metadata "etcd://127.0.0.1:$etcd_port" --cluster bench \
-        --object-store "file://$work/objects" --retention-check-ms 1000 --gc-grace-ms 2000 "$@" 2> "$work/$log" &
+        --object-store "file://$objects_dir" --retention-check-ms 1000 --gc-grace-ms 2000 "$@" 2> "$work/$log" &
     broker_pid=$!
     for _ in $(seq 1 1200); do
         grep -q "serving gRPC on" "$work/$log" 2>/dev/null && grep -q "/readyz) on" "$work/$log" && break; sleep 0.05
@@ -83,8 +86,8 @@ import json, sys
 s = json.load(sys.stdin)[0]["Status"]
 print("%.1f MiB (in use %.1f MiB)" % (s["dbSize"] / 2**20, s["dbSizeInUse"] / 2**20))'
 }
-objects() { find "$work/objects" -name '*.seg' | wc -l; }
-pages() { find "$work/objects" -name '*.idx' | wc -l; }
+objects() { find "$objects_dir" -name '*.seg' | wc -l; }
+pages() { find "$objects_dir" -name '*.idx' | wc -l; }
 report_state() {
     echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys index/) index roots, $(keys '') in all; etcd DB $(db_size); objects $(objects) + $(pages) index pages"
 }
@@ -186,7 +189,7 @@ read_bytes=$(metric silt_compaction_bytes_total '')
 echo "  key-compacted in $((t1 - t0)) ms (from broker start): read $((read_bytes / 1048576)) MiB (both passes), $(python3 -c "print(f'{$read_bytes/2**20/(($t1-$t0)/1000):.0f}')") MiB/s; $(python3 -c "print(f'{$records*1024/2**20/(($t1-$t0)/1000):.0f}')") MiB of history per second"
 sleep 3
 report_state
-echo "  compacted objects: $(find "$work/objects/parts" -name '*.seg' -printf '%s\n' | awk '{ s += $1 } END { printf "%.1f MiB", s / 1048576 }')"
+echo "  compacted objects: $(find "$objects_dir/parts" -name '*.seg' -printf '%s\n' | awk '{ s += $1 } END { printf "%.1f MiB", s / 1048576 }')"
 echo "== cold reads of the compacted topic ($RUNS runs)"
 READ_TOPIC=kv cold_read --compaction-min-age-ms 0 --compaction-max-delay-ms 0
 fi
