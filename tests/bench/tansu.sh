@@ -19,6 +19,10 @@
 # Tansu's object_store client told so with AWS_UNSIGNED_PAYLOAD), or with SIGNED=1 both SigV4-sign
 # every body with its SHA-256 (object_store's default, Silt's --s3-sign-payload).
 #
+# STORE=memory runs both brokers on their in-memory stores instead (Tansu `memory://`, Silt
+# `--metadata memory --object-store memory://`): no Garage on the cores, so the brokers and their
+# clients are all that run.
+#
 # Tansu is installed once under ~/.cache/silt/tools/tansu (`cargo install tansu --features
 # dynostore`, ~12 min on 2 cores) and confluent-kafka into a venv under ~/.cache/silt.
 set -euo pipefail
@@ -28,6 +32,8 @@ RUNS=${RUNS:-3}
 RECORDS=${RECORDS:-200000}
 LINGER_MS=${LINGER_MS:-250}
 SIGNED=${SIGNED:-0}
+STORE=${STORE:-garage}
+case "$STORE" in garage|memory) ;; *) echo "STORE must be garage or memory, not '$STORE'" >&2; exit 1 ;; esac
 if [ "$SIGNED" = 1 ]; then tansu_unsigned=false; silt_sign=true; else tansu_unsigned=true; silt_sign=false; fi
 OUT=${OUT:-/tmp/silt-bench-tansu.jsonl}
 LOCAL=${SILT_LOCAL_DIR:-./silt-local}
@@ -40,7 +46,7 @@ garage_bin=${SILT_GARAGE_BIN:-$(command -v garage || echo "$cache/tools/bin/gara
 [ -x "$BIN/silt-broker" ] || { echo "no $BIN/silt-broker: cargo build --release --bins --features silt-broker/etcd" >&2; exit 1; }
 # shellcheck source=tests/bench/lib.sh
 source tests/bench/lib.sh
-need_local_store "$LOCAL" garage
+[ "$STORE" = garage ] && need_local_store "$LOCAL" garage
 if [ ! -x "$tansu" ]; then
     echo "== installing Tansu $TANSU_VERSION into $cache/tools/tansu (once, ~12 min)" >&2
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
@@ -75,13 +81,17 @@ tansu_run() {
     local run=$1 port bucket log=$work/tansu-$1.log
     port=$(free_port)
     bucket="tansu-bench-$run-$$"
-    g bucket create "$bucket" >/dev/null
-    g bucket allow --read --write --owner "$bucket" --key silt-key >/dev/null
+    local engine="memory://tansu/"
+    if [ "$STORE" = garage ]; then
+        g bucket create "$bucket" >/dev/null
+        g bucket allow --read --write --owner "$bucket" --key silt-key >/dev/null
+        engine="s3://$bucket/"
+    fi
     AWS_ENDPOINT=http://127.0.0.1:3900 AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=garage AWS_REGION=garage \
         AWS_UNSIGNED_PAYLOAD=$tansu_unsigned \
         RUST_LOG=warn "$tansu" broker --cluster-id "bench-$run" \
         --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "s3://$bucket/" > "$log" 2>&1 &
+        --storage-engine "$engine" > "$log" 2>&1 &
     pid=$!
     "$venv/bin/python" - "127.0.0.1:$port" "$RECORDS" "$LINGER_MS" "$pid" > "$work/tansu-$run.json" <<'PY'
 import json, socket, sys, time
@@ -144,10 +154,11 @@ silt_run() {
     local run=$1 dir cluster addr c0 c1 out
     dir=$(mktemp -d "$work/silt-$run.XXXX")
     cluster="bench-tansu-$run-$$"
+    local store=(--metadata etcd://127.0.0.1:2379 --cluster "$cluster" --object-store "s3://silt/$cluster"
+        --s3-endpoint http://127.0.0.1:3900 --s3-region garage --s3-allow-http true --s3-sign-payload "$silt_sign")
+    [ "$STORE" = memory ] && store=(--metadata memory --object-store memory://)
     "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$dir" \
-        --linger-ms "$LINGER_MS" --metadata etcd://127.0.0.1:2379 --cluster "$cluster" \
-        --object-store "s3://silt/$cluster" --s3-endpoint http://127.0.0.1:3900 --s3-region garage \
-        --s3-allow-http true --s3-sign-payload "$silt_sign" 2> "$dir/broker.log" &
+        --linger-ms "$LINGER_MS" "${store[@]}" 2> "$dir/broker.log" &
     pid=$!
     addr=$(broker_addr "$dir/broker.log")
     "$BIN/silt" --broker "http://$addr" topic create b --partitions 8 >/dev/null
@@ -161,7 +172,7 @@ silt_run() {
     python3 -c "import json,sys; r = json.loads(sys.argv[1]); print(r['elapsed_s'], $c1 - $c0)" "$out"
 }
 
-echo "== machine: $(machine_line), tansu $TANSU_VERSION; $RECORDS x 1 KiB, linger $LINGER_MS ms, signed payloads: $SIGNED"
+echo "== machine: $(machine_line), tansu $TANSU_VERSION; $RECORDS x 1 KiB, linger $LINGER_MS ms, store $STORE, signed payloads: $SIGNED"
 for run in $(seq 1 "$RUNS"); do
     # shellcheck disable=SC2046
     record tansu "$run" "$RECORDS" $(tansu_run "$run")
