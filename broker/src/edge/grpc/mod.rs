@@ -9,7 +9,6 @@ pub mod groups;
 pub mod log;
 pub mod metrics;
 pub mod status;
-pub mod zero_copy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,14 +64,14 @@ pub async fn serve(
     };
     let admin = AdminService { broker };
     tonic::transport::Server::builder()
-        // Frames and windows that let a produce request arrive in one frame, read in place.
-        .max_frame_size(zero_copy::FRAME_BYTES)
-        .initial_stream_window_size(zero_copy::STREAM_WINDOW)
-        .initial_connection_window_size(zero_copy::CONNECTION_WINDOW)
         .layer(request_metrics)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(zero_copy::LogEdge::new(log, max_message))
+        .add_service(
+            LogServer::new(log)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(AdminServer::new(admin).max_decoding_message_size(max_message))
         .add_service(GroupsServer::new(groups).max_decoding_message_size(max_message))
         // TCP_NODELAY on every accepted connection: acks and subscription messages are small
