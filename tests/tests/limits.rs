@@ -413,3 +413,197 @@ async fn compression_bombs_are_refused_with_bounded_memory() {
         .into_inner();
     assert_eq!(ok.acks[0].base_offset, 100);
 }
+
+/// One gRPC call on raw HTTP/2: the produce route's `pieces` sent as one DATA frame each (the
+/// stream left open when `end` is false); returns the call's grpc-status and grpc-message.
+async fn raw_produce_call(
+    addr: std::net::SocketAddr,
+    encoding: Option<&str>,
+    pieces: Vec<Bytes>,
+    end: bool,
+) -> (i32, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/silt.v1.Log/ProduceBatches"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(encoding) = encoding {
+        request = request.header("grpc-encoding", encoding);
+    }
+    let mut client = client.ready().await.unwrap();
+    let (response, mut stream) = client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    for piece in pieces {
+        stream.send_data(piece, false).unwrap();
+    }
+    if end {
+        stream.send_data(Bytes::new(), true).unwrap();
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the broker answers without waiting for the rest of the stream")
+        .unwrap();
+    let (parts, mut body) = response.into_parts();
+    let field = |map: &http::HeaderMap| {
+        map.get("grpc-status").map(|s| {
+            let message = map
+                .get("grpc-message")
+                .map(|m| percent_decode(m.to_str().unwrap()))
+                .unwrap_or_default();
+            (s.to_str().unwrap().parse::<i32>().unwrap(), message)
+        })
+    };
+    if let Some(status) = field(&parts.headers) {
+        return status;
+    }
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    field(&trailers).expect("grpc-status in the trailers")
+}
+
+/// A `grpc-message` as written (percent-encoded).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A gRPC message frame: uncompressed flag, big-endian length, the message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend((message.len() as u32).to_be_bytes());
+    out.extend(message);
+    out
+}
+
+/// gRPC framing a client library would never send, on raw HTTP/2: a request cut into a
+/// thousand tiny frames is stored intact, and every malformed request — a header announcing
+/// 2 GiB (refused on the header alone, the stream left open), a truncated message, a protobuf
+/// that does not decode, a compressed flag without an encoding, an encoding the broker does not
+/// accept — gets its gRPC status and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_produce_frames_get_grpc_statuses_and_store_nothing() {
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start(BrokerOptions::new(dir.path()).arg("--max-request-bytes", 1 << 20))
+            .await;
+    let client = broker.client().await;
+    client.create_topic("raw", 1, None, None).await.unwrap();
+    let mut log = log_client(&broker).await;
+    let batch = value_batch(100, 1000);
+    let request = ProduceBatchesRequest {
+        topic: "raw".into(),
+        batches: vec![PartitionBatch {
+            partition: 0,
+            batch: batch.clone(),
+        }],
+    }
+    .encode_to_vec();
+    let framed = grpc_frame(&request);
+
+    // A valid request in ~1 000 frames.
+    let pieces: Vec<Bytes> = framed
+        .chunks(framed.len() / 1000 + 1)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    assert!(pieces.len() > 900);
+    let (status, message) = raw_produce_call(broker.addr(), None, pieces, true).await;
+    assert_eq!(status, 0, "{message}");
+    let fetched = log
+        .fetch(FetchRequest {
+            topic: "raw".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            raw_batches: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.high_watermark, 100);
+    // The stored batch is the one sent, but for the base offset the broker assigned (0 here).
+    assert_eq!(fetched.batches, vec![batch.clone()]);
+
+    let one = |b: Vec<u8>| vec![Bytes::from(b)];
+    // (what, grpc-encoding, frames, end the stream, grpc-status, in grpc-message)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<Bytes>, bool, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a 2 GiB header, the stream left open",
+            None,
+            one(vec![0, 0x80, 0, 0, 0]),
+            false,
+            11,
+            "decoded message length too large: found 2147483648 bytes",
+        ),
+        (
+            "a truncated message",
+            None,
+            one(framed[..framed.len() - 10].to_vec()),
+            true,
+            13,
+            "Unexpected EOF",
+        ),
+        (
+            "a protobuf that does not decode",
+            None,
+            one(grpc_frame(&[0xff; 64])),
+            true,
+            13,
+            "",
+        ),
+        (
+            "a compressed flag without an encoding",
+            None,
+            one([&[1u8][..], &framed[1..]].concat()),
+            true,
+            13,
+            "compressed-flag",
+        ),
+        (
+            "an encoding the broker does not accept",
+            Some("gzip"),
+            one(framed.clone()),
+            true,
+            12,
+            "gzip",
+        ),
+    ];
+    for (what, encoding, pieces, end, code, text) in cases {
+        let (status, message) = raw_produce_call(broker.addr(), encoding, pieces, end).await;
+        assert_eq!(status, code, "{what}: {message}");
+        assert!(message.contains(text), "{what}: {message}");
+    }
+    assert_eq!(
+        high_watermark(&mut log, "raw", 0).await,
+        100,
+        "nothing else stored"
+    );
+}
