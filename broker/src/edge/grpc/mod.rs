@@ -25,6 +25,20 @@ pub use forward::GrpcForwarder;
 pub use groups::GroupsService;
 pub use log::LogService;
 
+/// Largest HTTP/2 frame the broker accepts (advertised in its SETTINGS; HTTP/2's default is
+/// 16 KiB). A produce request of a few MiB arrives in a dozen frames instead of hundreds, each
+/// frame costing a parse, a wake-up, a flow-control update and a copy call. A connection's
+/// read buffer grows to hold its largest frame (at most about twice this) and keeps that size
+/// while the connection lives: 256 KiB gave most of what 1 MiB did (BENCHMARKS.md, "HTTP/2
+/// frames") for a quarter of the memory per producer connection.
+pub const MAX_FRAME_BYTES: u32 = 256 << 10;
+/// HTTP/2 flow-control windows the broker advertises (hyper's default: 1 MiB each), so a client
+/// can send a request of a few MiB without waiting for window updates, and several per
+/// connection. Request bodies are read as they arrive, so these bound what waits in a
+/// connection's buffers only while the broker is too busy to read.
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// Serves the gRPC edge on `listener`: health turns NOT_SERVING once `draining` fires (the
 /// broker keeps answering while it flushes and hands its partitions over); once `stop`
 /// resolves the listener closes, in-flight calls finish and the server returns. `max_message`
@@ -64,6 +78,9 @@ pub async fn serve(
     };
     let admin = AdminService { broker };
     tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .layer(request_metrics)
         .add_service(health_service)
         .add_service(reflection)
