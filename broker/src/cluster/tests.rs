@@ -97,6 +97,49 @@ async fn memory_objects() -> (
     (objects, Arc::new(cache))
 }
 
+/// A housekeeper running as `node` over `objects`, on `clock`, with `gc_grace_ms`.
+fn housekeeper_for(
+    catalog: &Catalog,
+    node: &Node,
+    (objects, cache): &(
+        Arc<dyn object_store::ObjectStore>,
+        Arc<silt_storage::cache::SegmentCache>,
+    ),
+    clock: Arc<ManualClock>,
+    gc_grace_ms: i64,
+) -> crate::housekeeping::Housekeeper {
+    crate::housekeeping::Housekeeper {
+        catalog: catalog.clone(),
+        topics: node.view.topics.clone(),
+        index: node.view.index.clone(),
+        store: objects.clone(),
+        cache: cache.clone(),
+        clock,
+        fence: node.view.flush_snapshot(std::iter::empty()).fence.unwrap(),
+        view: node.view.clone(),
+        metrics: Arc::new(crate::observe::metrics::Metrics::new("t", 0)),
+        gc_grace_ms,
+        unreferenced: Default::default(),
+        history: crate::housekeeping::HistoryCompaction::keeping(0),
+        page_objects: Default::default(),
+    }
+}
+
+/// The objects under `prefixes`, sorted.
+async fn listed(objects: &Arc<dyn object_store::ObjectStore>, prefixes: &[&str]) -> Vec<String> {
+    let mut names = Vec::new();
+    for prefix in prefixes {
+        let metas: Vec<_> = futures::TryStreamExt::try_collect(
+            objects.list(Some(&object_store::path::Path::from(*prefix))),
+        )
+        .await
+        .unwrap();
+        names.extend(metas.into_iter().map(|m| m.location.to_string()));
+    }
+    names.sort();
+    names
+}
+
 /// Waits (bounded) until `f` holds.
 pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -236,28 +279,14 @@ async fn topics_created_and_deleted_elsewhere_reach_every_view() {
 /// successor's GC left, and a new owner would hand out acknowledged offsets again.
 #[tokio::test]
 async fn a_stale_controller_cannot_lower_log_starts_or_collect_segments() {
-    use crate::housekeeping::Housekeeper;
-
     let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
     let catalog = Catalog::new(store.clone(), "c");
     let mut record = topic("t", 2);
     record.retention_ms = 1_000;
     let t = catalog.create_topic(record).await.unwrap();
-    let (objects, cache) = memory_objects().await;
-    let housekeeper = |node: &Node, now_ms: i64| Housekeeper {
-        catalog: catalog.clone(),
-        topics: node.view.topics.clone(),
-        index: node.view.index.clone(),
-        store: objects.clone(),
-        cache: cache.clone(),
-        clock: ManualClock::new(now_ms),
-        fence: node.view.flush_snapshot(std::iter::empty()).fence.unwrap(),
-        view: node.view.clone(),
-        metrics: Arc::new(crate::observe::metrics::Metrics::new("t", 0)),
-        gc_grace_ms: 0,
-        unreferenced: Default::default(),
-        history: crate::housekeeping::HistoryCompaction::keeping(0),
-        page_objects: Default::default(),
+    let objects = memory_objects().await;
+    let housekeeper = |node: &Node, now_ms: i64| {
+        housekeeper_for(&catalog, node, &objects, ManualClock::new(now_ms), 0)
     };
     // Partition 0: [0, 10) at t=100, [10, 20) at t=700, [20, 30) at t=10 000.
     // Partition 1: [0, 10) at t=500, [10, 20) at t=10 000. One segment per range.
@@ -606,14 +635,14 @@ async fn coordinator_slots_are_shared_and_fenced() {
 /// commit's object from the pass that forgot it), and a referenced one never.
 #[tokio::test]
 async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay() {
-    use crate::housekeeping::Housekeeper;
     use object_store::ObjectStoreExt;
     use object_store::path::Path;
 
     let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
     let catalog = Catalog::new(store.clone(), "c");
     let t = catalog.create_topic(topic("t", 1)).await.unwrap();
-    let (objects, cache) = memory_objects().await;
+    let stores = memory_objects().await;
+    let objects = stores.0.clone();
     let a = node(&catalog, "a").await;
     until("a controls and owns the topic", || {
         a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![1]
@@ -653,33 +682,8 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
     })
     .await;
     let clock = ManualClock::new(1_000);
-    let housekeeper = Housekeeper {
-        catalog: catalog.clone(),
-        topics: a.view.topics.clone(),
-        index: a.view.index.clone(),
-        store: objects.clone(),
-        cache,
-        clock: clock.clone(),
-        fence,
-        view: a.view.clone(),
-        metrics: Arc::new(crate::observe::metrics::Metrics::new("a", 0)),
-        gc_grace_ms: 500,
-        unreferenced: Default::default(),
-        history: crate::housekeeping::HistoryCompaction::keeping(0),
-        page_objects: Default::default(),
-    };
-    let listed = || async {
-        let mut names: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(
-            objects.list(Some(&Path::from("segments"))),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.location.to_string())
-        .collect();
-        names.sort();
-        names
-    };
+    let housekeeper = housekeeper_for(&catalog, &a, &stores, clock.clone(), 500);
+    let listed = || listed(&objects, &["segments"]);
 
     // The orphan is first seen at 1000; it stays at 1400 and goes at 1500.
     assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
@@ -712,7 +716,6 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
 /// collected, and once the page reads again its partition's unreferenced objects go too.
 #[tokio::test]
 async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable() {
-    use crate::housekeeping::Housekeeper;
     use object_store::ObjectStoreExt;
     use object_store::path::Path;
     use silt_metadata::catalog::IndexChange;
@@ -721,7 +724,8 @@ async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable(
     let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
     let catalog = Catalog::new(store.clone(), "c");
     let t = catalog.create_topic(topic("t", 2)).await.unwrap();
-    let (objects, cache) = memory_objects().await;
+    let stores = memory_objects().await;
+    let objects = stores.0.clone();
     let a = node(&catalog, "a").await;
     until("a controls and owns the topic", || {
         a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![2]
@@ -805,33 +809,8 @@ async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable(
     })
     .await;
     let clock = ManualClock::new(1_000);
-    let housekeeper = Housekeeper {
-        catalog: catalog.clone(),
-        topics: a.view.topics.clone(),
-        index: a.view.index.clone(),
-        store: objects.clone(),
-        cache,
-        clock: clock.clone(),
-        fence,
-        view: a.view.clone(),
-        metrics: Arc::new(crate::observe::metrics::Metrics::new("a", 0)),
-        gc_grace_ms: 500,
-        unreferenced: Default::default(),
-        history: crate::housekeeping::HistoryCompaction::keeping(0),
-        page_objects: Default::default(),
-    };
-    let listed = || async {
-        let mut names = Vec::new();
-        for prefix in ["segments", "parts", "index"] {
-            let metas: Vec<_> =
-                futures::TryStreamExt::try_collect(objects.list(Some(&Path::from(prefix))))
-                    .await
-                    .unwrap();
-            names.extend(metas.into_iter().map(|m| m.location.to_string()));
-        }
-        names.sort();
-        names
-    };
+    let housekeeper = housekeeper_for(&catalog, &a, &stores, clock.clone(), 500);
+    let listed = || listed(&objects, &["segments", "parts", "index"]);
 
     // Past the grace period the orphans of partition 0 and of the flushes go; partition 1
     // keeps everything, its page unreadable.
