@@ -140,6 +140,31 @@ async fn listed(objects: &Arc<dyn object_store::ObjectStore>, prefixes: &[&str])
     names
 }
 
+/// A GC test's start: a catalog with topic `t` of `partitions`, in-memory objects, and node
+/// `a` once it is the controller and owns every partition.
+async fn gc_fixture(
+    partitions: u32,
+) -> (
+    Catalog,
+    silt_metadata::catalog::Topic,
+    (
+        Arc<dyn object_store::ObjectStore>,
+        Arc<silt_storage::cache::SegmentCache>,
+    ),
+    Node,
+) {
+    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
+    let catalog = Catalog::new(store, "c");
+    let t = catalog.create_topic(topic("t", partitions)).await.unwrap();
+    let stores = memory_objects().await;
+    let a = node(&catalog, "a").await;
+    until("a controls and owns the topic", || {
+        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![partitions]
+    })
+    .await;
+    (catalog, t, stores, a)
+}
+
 /// Waits (bounded) until `f` holds.
 pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -638,16 +663,8 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
     use object_store::ObjectStoreExt;
     use object_store::path::Path;
 
-    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
-    let catalog = Catalog::new(store.clone(), "c");
-    let t = catalog.create_topic(topic("t", 1)).await.unwrap();
-    let stores = memory_objects().await;
+    let (catalog, t, stores, a) = gc_fixture(1).await;
     let objects = stores.0.clone();
-    let a = node(&catalog, "a").await;
-    until("a controls and owns the topic", || {
-        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![1]
-    })
-    .await;
     let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
     for name in ["segments/a/committed.seg", "segments/a/orphan.seg"] {
         objects
@@ -721,16 +738,8 @@ async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable(
     use silt_metadata::catalog::IndexChange;
     use silt_metadata::codec::{IndexPage, IndexRoot, PageRef, encode_index_page};
 
-    let store: Arc<dyn MetaStore> = EmbeddedStore::open_in_memory(ManualClock::new(0)).unwrap();
-    let catalog = Catalog::new(store.clone(), "c");
-    let t = catalog.create_topic(topic("t", 2)).await.unwrap();
-    let stores = memory_objects().await;
+    let (catalog, t, stores, a) = gc_fixture(2).await;
     let objects = stores.0.clone();
-    let a = node(&catalog, "a").await;
-    until("a controls and owns the topic", || {
-        a.view.controller_revision_if_me().is_some() && counts(&a.view) == vec![2]
-    })
-    .await;
     let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
     let put = |name: String, body: Vec<u8>| {
         let objects = objects.clone();

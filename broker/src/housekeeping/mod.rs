@@ -351,7 +351,6 @@ impl Housekeeper {
                 }
             }
         }
-        let live_pages: HashSet<String> = pages.iter().map(|(_, _, p)| p.clone()).collect();
         let mut reads = futures::stream::iter(pages)
             .map(|(topic_id, partition, page)| async move {
                 (topic_id, partition, self.page_objects(&page).await)
@@ -371,8 +370,9 @@ impl Housekeeper {
             }
         }
         drop(reads);
+        // Pages no root references any more are forgotten.
         self.lock_page_objects()
-            .retain(|path, _| live_pages.contains(path));
+            .retain(|path, _| commits.referenced.contains(path));
         for (is_part, (id, commit)) in segments
             .into_iter()
             .map(|c| (false, c))
