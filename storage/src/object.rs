@@ -21,6 +21,7 @@ use crate::metrics::{ObjectStoreMetrics, Op};
 
 pub mod conformance;
 pub mod faults;
+pub mod local;
 pub mod simulated;
 
 /// Settings of an `s3://` store; unset fields come from the standard AWS environment.
@@ -78,11 +79,9 @@ pub fn open_object_store(url: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStor
             })?;
             // Every write is fsynced — the file, then the directory entries it added — before
             // the put returns, so a segment is on disk before its commit starts: an ack
-            // survives a power cut, not only a crash of the process.
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
-                .with_fsync(true)
-                .with_automatic_cleanup(true);
-            Ok(Arc::new(store))
+            // survives a power cut, not only a crash of the process. Compaction's objects are
+            // written in the background of that ([`local`]).
+            Ok(Arc::new(local::LocalStore::new(&dir)?))
         }
         "memory" => {
             let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
