@@ -99,7 +99,7 @@ pub struct Settings {
     pub compaction_min_age_ms: u64,
     /// A partition's entries are copied after this long even when they fill no target object.
     pub compaction_max_delay_ms: u64,
-    /// Most bytes per second one broker's compaction reads.
+    /// Most bytes per second one broker's compaction reads (and, on a local directory, writes).
     #[serde(deserialize_with = "size::de")]
     pub compaction_bytes_per_sec: u64,
     /// How often each broker looks for partitions to compact.
@@ -396,8 +396,8 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_max_delay_ms: Option<u64>,
 
-    /// Most bytes per second compaction reads on this broker, so it never starves produce
-    /// [default: 32MiB].
+    /// Most bytes per second compaction reads on this broker, so it never starves produce; on a
+    /// local-directory store it also writes at most that [default: 32MiB].
     #[arg(long, env = "SILT_COMPACTION_BYTES_PER_SEC", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_bytes_per_sec: Option<u64>,

@@ -357,7 +357,11 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
     let mut log = client.log();
     let _ = produce_one_batch(&mut log, "u", on_b1).await;
     cluster.wait_for_abort(b1).await;
-    // Its object is never committed; the controller deletes it after the grace period.
+    // What a crash in the middle of a PUT to a local directory leaves: the staged file, listed
+    // like any object.
+    leave_staged_file(&cluster, "segments/b1/0-0-1.seg.1.partial").await;
+    // Its object is never committed; the controller deletes it after the grace period, and
+    // the staged file with it.
     wait_for(
         "the uncommitted flush object to be collected",
         Duration::from_secs(60),
@@ -387,6 +391,7 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
         .add_broker_with(crasher("compaction-after-put"))
         .await;
     cluster.wait_for_abort(b2).await;
+    leave_staged_file(&cluster, "parts/1/0/0-0-b2-1-0.seg.1.partial").await;
     let catalog = cluster.catalog().await;
     assert!(
         catalog.load_parts().await.unwrap().is_empty(),
@@ -408,6 +413,26 @@ async fn crashes_between_put_and_commit_leave_orphans_that_gc_deletes() {
     assert_eq!(
         stored.keys().copied().collect::<Vec<_>>(),
         (0..20).collect::<Vec<_>>()
+    );
+}
+
+/// Puts `path` in the shared store, as a write killed before its rename leaves it, and checks
+/// the cluster's listings see it.
+async fn leave_staged_file(cluster: &Cluster, path: &str) {
+    use object_store::ObjectStoreExt;
+    let store = cluster.object_store();
+    let location = object_store::path::Path::from(path);
+    store
+        .put(
+            &location,
+            object_store::PutPayload::from_static(b"half an object"),
+        )
+        .await
+        .unwrap();
+    let prefix = path.rsplit_once('/').unwrap().0;
+    assert!(
+        cluster.list_objects(prefix).await.iter().any(|p| p == path),
+        "{path} is listed"
     );
 }
 

@@ -307,6 +307,34 @@ fn parse_strace(text: &str) -> Vec<Syscall> {
     calls
 }
 
+/// `strace` following threads, with fd paths and whole strings (hex), tracing `calls` into
+/// `trace`.
+fn strace_wrapper(strace: &Path, calls: &str, trace: &Path) -> Vec<String> {
+    [
+        strace.to_string_lossy().as_ref(),
+        "-f",
+        "-y",
+        "-xx",
+        "-qq",
+        "-s",
+        "1048576",
+        "-e",
+        "signal=none",
+        "-e",
+        &format!("trace={calls}"),
+        "-o",
+        trace.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The value a traced call returned (`... = N`).
+fn returned(call: &Syscall) -> Option<i64> {
+    let text = String::from_utf8_lossy(&call.args);
+    text.rsplit("= ").next()?.trim().parse().ok()
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -328,23 +356,11 @@ async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
     let data = dir.path().join("data");
     let trace = dir.path().join("trace.txt");
     let mut options = BrokerOptions::new(&data);
-    options.wrapper = [
-        strace.to_string_lossy().as_ref(),
-        "-f",
-        "-y",
-        "-xx",
-        "-qq",
-        "-s",
-        "1048576",
-        "-e",
-        "signal=none",
-        "-e",
-        "trace=fsync,fdatasync,rename,renameat,renameat2,pwrite64,pwritev,pwritev2",
-        "-o",
-        trace.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    options.wrapper = strace_wrapper(
+        &strace,
+        "fsync,fdatasync,rename,renameat,renameat2,pwrite64,pwritev,pwritev2",
+        &trace,
+    );
     let broker = BrokerProcess::start(options).await;
     let client = broker.client().await;
     client.create_topic("p", 2, None, None).await.unwrap();
@@ -429,4 +445,152 @@ async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
             "{d} was never fsynced"
         );
     }
+}
+
+/// Compaction's objects share the disk with the flushes' fsyncs, so on a local directory they
+/// are written at most 1 MiB at a time, each piece on the disk (`fdatasync`) before the next
+/// is written — never a burst of dirty pages that one fsync sends at once, delaying the
+/// flushes' fsyncs behind it — and, like a flush's object, fsynced, renamed into place and
+/// their directory fsynced before the swap that makes readers use them is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap() {
+    let Some(strace) =
+        silt_tests::require_tool("strace", "SILT_STRACE_BIN", &[], "apt-get install strace")
+    else {
+        return;
+    };
+    const PIECE: i64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let trace = dir.path().join("trace.txt");
+    // About 3 MiB in one partition, in several flushes, written with compaction off.
+    let broker = BrokerProcess::start(BrokerOptions::new(&data).fast_lifecycle("0")).await;
+    let client = broker.client().await;
+    client.create_topic("c", 1, Some(-1), None).await.unwrap();
+    let producer = Producer::new(&client, "c", ProducerConfig::default())
+        .await
+        .unwrap();
+    for round in 0..6u64 {
+        let mut acks = Vec::new();
+        for i in 0..4 {
+            let record = ProducerRecord::new(event_value(round * 4 + i, 128 << 10));
+            acks.push(producer.send(record).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    drop(producer);
+    let (status, options) =
+        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status}");
+
+    // Restarted under strace with compaction on: the whole partition is due at once.
+    let mut options = BrokerOptions {
+        args: Vec::new(),
+        ..options
+    }
+    .fast_lifecycle("8MiB");
+    options.wrapper = strace_wrapper(
+        &strace,
+        "write,fsync,fdatasync,rename,renameat,renameat2,pwrite64,pwritev,pwritev2",
+        &trace,
+    );
+    let broker = BrokerProcess::start(options).await;
+    wait_for("a compaction swap", Duration::from_secs(60), || {
+        let broker = &broker;
+        async move {
+            let text = broker.scrape().await;
+            let swapped = silt_tests::metric_sum(
+                &text,
+                "silt_compactions_total",
+                &[("outcome", "committed")],
+            );
+            (swapped >= 1.0).then_some(())
+        }
+    })
+    .await;
+    let (status, _) =
+        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status}");
+
+    let calls = parse_strace(&std::fs::read_to_string(&trace).unwrap());
+    let objects = std::fs::canonicalize(data.join("objects")).unwrap();
+    let parts_dir = objects.join("parts").to_string_lossy().into_owned();
+    let redb = std::fs::canonicalize(data.join("metadata.redb"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let renames: Vec<usize> = (0..calls.len())
+        .filter(|&i| {
+            let c = &calls[i];
+            c.name.starts_with("rename") && c.ok && contains(&c.args, parts_dir.as_bytes())
+        })
+        .collect();
+    assert!(
+        !renames.is_empty(),
+        "no compacted object was renamed into place"
+    );
+    let mut largest = 0;
+    for renamed in renames {
+        let args = String::from_utf8_lossy(&calls[renamed].args).into_owned();
+        let mut quoted = args.split('"').skip(1).step_by(2);
+        let (staged, object) = (quoted.next().unwrap(), quoted.next().unwrap());
+        assert!(staged.ends_with(".partial"), "staged as {staged}");
+        let name = object
+            .strip_prefix(&format!("{}/", objects.display()))
+            .unwrap();
+        // Its writes, each followed by an fdatasync of the file before the next one.
+        let writes: Vec<usize> = (0..renamed)
+            .filter(|&i| calls[i].name == "write" && calls[i].path == staged)
+            .collect();
+        assert!(!writes.is_empty(), "{name}: no write of {staged}");
+        let mut bytes = 0;
+        for (n, &w) in writes.iter().enumerate() {
+            let len = returned(&calls[w]).unwrap();
+            assert!(len > 0 && len <= PIECE, "{name}: a write of {len} bytes");
+            bytes += len;
+            let next = writes.get(n + 1).copied().unwrap_or(renamed);
+            assert!(
+                calls[w..next]
+                    .iter()
+                    .any(|c| c.name == "fdatasync" && c.ok && c.path == staged),
+                "{name}: write {n} ({len} bytes) was not synced before the next write"
+            );
+        }
+        largest = largest.max(bytes);
+        assert!(
+            calls[*writes.last().unwrap()..renamed]
+                .iter()
+                .any(|c| c.name == "fsync" && c.ok && c.path == staged),
+            "{name}: not fsynced before its rename"
+        );
+        let parent = std::path::Path::new(object).parent().unwrap();
+        let parent = parent.to_string_lossy();
+        let dir_synced = calls[renamed..]
+            .iter()
+            .position(|c| {
+                matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == parent
+            })
+            .map(|i| i + renamed)
+            .unwrap_or_else(|| panic!("{name}: {parent} never fsynced after the rename"));
+        let swapped = calls
+            .iter()
+            .position(|c| {
+                c.name.starts_with("pwrite") && c.path == redb && contains(&c.args, name.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("{name}: no metadata write names it"));
+        assert!(
+            dir_synced < swapped,
+            "{name}: swapped (call {swapped}) before its directory was fsynced (call {dir_synced})"
+        );
+    }
+    assert!(
+        largest > 2 * PIECE,
+        "the compacted object ({largest} bytes) spans several pieces"
+    );
 }

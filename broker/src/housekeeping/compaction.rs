@@ -16,7 +16,9 @@
 //! the flush segments stay until garbage collection finds every entry of theirs copied or
 //! expired, and their objects until the grace period passed (see [`super::gc`]). A crash at
 //! any step leaves an unreferenced object (collected after the grace period), never a
-//! reference to a missing one. Reads are throttled to `--compaction-bytes-per-sec`.
+//! reference to a missing one. Reads are throttled to `--compaction-bytes-per-sec`; on a local
+//! directory the object is written in the background at that pace too
+//! ([`silt_storage::object::local`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,7 @@ use silt_metadata::Clock;
 use silt_metadata::catalog::{Catalog, IndexChange, Topic, WriterFence};
 use silt_metadata::codec::{self, IndexPage, IndexRoot, PageRef, SegmentCommit};
 use silt_metadata::keys::Keys;
+use silt_storage::object::local::BackgroundWrite;
 use silt_storage::segment::{SegmentWriter, verify_entry_range};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -329,7 +332,15 @@ impl Compactor {
             created_at_ms: now,
             entries,
         };
-        self.store.put(&path, object).await.map_err(|err| {
+        // On a local disk, written piecewise at the throttle's pace (it shares the disk with
+        // the flushes' fsyncs; one PUT elsewhere), but within the swap deadline: the staged file
+        // is listed, so garbage collection could delete it once the grace period passed.
+        let at_least = commit.object_len as f64 / self.settings.swap_deadline.as_secs_f64();
+        let pace = BackgroundWrite {
+            bytes_per_sec: self.settings.bytes_per_sec.max(at_least.ceil() as u64),
+        };
+        let put = self.store.put_opts(&path, object, pace.put_options());
+        put.await.map_err(|err| {
             BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
         })?;
         // Garbage collection can see the object (list it) only once its PUT ended, so its
