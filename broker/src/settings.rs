@@ -506,6 +506,18 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Warnings about settings that are valid but unsafe outside tests.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.gc_grace_ms < SAFE_GC_GRACE_MS {
+            out.push(format!(
+                "gc-grace-ms {} is below {SAFE_GC_GRACE_MS}: a flush retries its commit for up to 10 s, so a commit could land after garbage collection deleted its object; use a grace period this short only in tests",
+                self.gc_grace_ms
+            ));
+        }
+        out
+    }
+
     /// Checks values a flag or file could get wrong.
     pub fn validate(&self) -> Result<(), String> {
         let id_ok = !self.broker_id.is_empty()
@@ -592,6 +604,12 @@ impl Settings {
         if self.max_inflight_flushes == 0 {
             return Err("max-inflight-flushes must be at least 1".into());
         }
+        if self.gc_grace_ms < MIN_GC_GRACE_MS {
+            return Err(format!(
+                "gc-grace-ms {} must be at least {MIN_GC_GRACE_MS}: garbage collection could delete a flushed object before its commit lands (keep the default, 300000, outside tests)",
+                self.gc_grace_ms
+            ));
+        }
         Ok(())
     }
 
@@ -610,6 +628,12 @@ impl Settings {
 fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
     std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))
 }
+
+/// The shortest `--gc-grace-ms` accepted: below it, garbage collection could delete an object
+/// between a flush's PUT and its commit even when the metadata store answers at once.
+pub const MIN_GC_GRACE_MS: u64 = 1_000;
+/// The shortest `--gc-grace-ms` without a warning: twice as long as a flush retries its commit.
+pub const SAFE_GC_GRACE_MS: u64 = 20_000;
 
 #[cfg(test)]
 mod tests {
@@ -721,6 +745,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("broker id"), "{err}");
+        let err = Settings::load(&Cli {
+            gc_grace_ms: Some(999),
+            ..Cli::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("gc-grace-ms 999 must be at least 1000"),
+            "{err}"
+        );
+        let short = Settings::load(&Cli {
+            gc_grace_ms: Some(2_000),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert!(
+            short.warnings()[0].contains("gc-grace-ms 2000"),
+            "{:?}",
+            short.warnings()
+        );
+        assert!(Settings::default().warnings().is_empty());
         let missing = Cli {
             config: Some("/nonexistent/silt.toml".into()),
             ..Cli::default()

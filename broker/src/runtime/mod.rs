@@ -142,6 +142,9 @@ impl Builder {
         } = self;
         silt_storage::object::create_dir_durably(&s.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", s.data_dir.display()))?;
+        for warning in s.warnings() {
+            tracing::warn!("{warning}");
+        }
         // The admin server comes up first: /livez answers while the broker loads, /readyz
         // says what it is waiting for.
         let metrics = Arc::new(Metrics::new(&s.broker_id, s.wal_cache_bytes));
