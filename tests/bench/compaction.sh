@@ -20,6 +20,7 @@
 #   ONLY=keys KEYS=100000 bash tests/bench/compaction.sh   # (ONLY=history: sections 1-3)
 #   HISTORY_ARGS="--compaction-target-bytes 8MiB --index-page-parts 2" ONLY=history ...
 #     (broker settings for section 3 and the cold reads after it, e.g. index pages)
+#   GC_GRACE_MS=300000 ONLY=produce ...     # --gc-grace-ms (2000): a local write of a compacted object must end within half of it
 #   OBJECTS_DIR=/dev/shm ONLY=produce ...   # objects (in a new directory there) off the disk etcd and the broker use
 #     (as a remote object store is): what compaction's own disk traffic costs produce
 set -euo pipefail
@@ -64,7 +65,7 @@ start_broker() {
     local t0; t0=$(now_ms)
     "$BIN/silt-broker" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$work/broker" \
         --linger-ms 10 --metadata "etcd://127.0.0.1:$etcd_port" --cluster bench \
-        --object-store "file://$objects_dir" --retention-check-ms 1000 --gc-grace-ms 2000 "$@" 2> "$work/$log" &
+        --object-store "file://$objects_dir" --retention-check-ms 1000 --gc-grace-ms "${GC_GRACE_MS:-2000}" "$@" 2> "$work/$log" &
     broker_pid=$!
     for _ in $(seq 1 1200); do
         grep -q "serving gRPC on" "$work/$log" 2>/dev/null && grep -q "/readyz) on" "$work/$log" && break; sleep 0.05

@@ -448,7 +448,7 @@ async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
 }
 
 /// Compaction's objects share the disk with the flushes' fsyncs, so on a local directory they
-/// are written at most 1 MiB at a time, each piece on the disk (`fdatasync`) before the next
+/// are written at most 256 KiB at a time, each piece on the disk (`fdatasync`) before the next
 /// is written — never a burst of dirty pages that one fsync sends at once, delaying the
 /// flushes' fsyncs behind it — and, like a flush's object, fsynced, renamed into place and
 /// their directory fsynced before the swap that makes readers use them is written.
@@ -459,7 +459,7 @@ async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap()
     else {
         return;
     };
-    const PIECE: i64 = 1 << 20;
+    const PIECE: i64 = 256 << 10;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let trace = dir.path().join("trace.txt");
@@ -544,24 +544,35 @@ async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap()
         let name = object
             .strip_prefix(&format!("{}/", objects.display()))
             .unwrap();
-        // Its writes, each followed by an fdatasync of the file before the next one.
+        // Its writes, at most a piece each, and never more than two pieces' worth written
+        // since the file's last fdatasync (a sync follows once a piece's worth is unsynced).
         let writes: Vec<usize> = (0..renamed)
             .filter(|&i| calls[i].name == "write" && calls[i].path == staged)
             .collect();
         assert!(!writes.is_empty(), "{name}: no write of {staged}");
-        let mut bytes = 0;
-        for (n, &w) in writes.iter().enumerate() {
-            let len = returned(&calls[w]).unwrap();
-            assert!(len > 0 && len <= PIECE, "{name}: a write of {len} bytes");
-            bytes += len;
-            let next = writes.get(n + 1).copied().unwrap_or(renamed);
-            assert!(
-                calls[w..next]
-                    .iter()
-                    .any(|c| c.name == "fdatasync" && c.ok && c.path == staged),
-                "{name}: write {n} ({len} bytes) was not synced before the next write"
-            );
+        let (mut bytes, mut unsynced, mut syncs) = (0, 0, 0);
+        for c in &calls[writes[0]..renamed] {
+            if c.path != staged {
+                continue;
+            }
+            if c.name == "write" {
+                let len = returned(c).unwrap();
+                assert!(len > 0 && len <= PIECE, "{name}: a write of {len} bytes");
+                bytes += len;
+                unsynced += len;
+                assert!(
+                    unsynced < 2 * PIECE,
+                    "{name}: {unsynced} bytes written since the last fdatasync"
+                );
+            } else if c.name == "fdatasync" && c.ok {
+                unsynced = 0;
+                syncs += 1;
+            }
         }
+        assert!(
+            syncs >= bytes / (2 * PIECE),
+            "{name}: {syncs} fdatasyncs over {bytes} bytes"
+        );
         largest = largest.max(bytes);
         assert!(
             calls[*writes.last().unwrap()..renamed]

@@ -304,7 +304,8 @@ impl Compactor {
             run.entries[run.entries.len() - 1].last_offset,
         );
         let id = Keys::part_id(topic.id, partition, first, last);
-        self.put_and_swap(topic, &fence, &id, writer, now).await
+        self.put_and_swap(topic, &fence, &id, writer, now, cancel)
+            .await
     }
 
     /// PUTs a compacted object (`writer`'s) and swaps the index to it under commit id `id`:
@@ -318,6 +319,7 @@ impl Compactor {
         id: &str,
         writer: SegmentWriter,
         now: i64,
+        cancel: &CancellationToken,
     ) -> Result<bool, BrokerError> {
         let (object, entries) = writer.finish();
         let object = PutPayload::from_iter(object);
@@ -339,10 +341,15 @@ impl Compactor {
         let pace = BackgroundWrite {
             bytes_per_sec: self.settings.bytes_per_sec.max(at_least.ceil() as u64),
         };
-        let put = self.store.put_opts(&path, object, pace.put_options());
-        put.await.map_err(|err| {
-            BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
-        })?;
+        // Cancelled (shutdown): the write stops between pieces and removes what it staged.
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(false),
+            put = self.store.put_opts(&path, object, pace.put_options()) => {
+                put.map_err(|err| {
+                    BrokerError::unavailable(format!("compaction could not write {path}: {err}"))
+                })?;
+            }
+        }
         // Garbage collection can see the object (list it) only once its PUT ended, so its
         // grace period starts then at the earliest; the swap must be sent well within it.
         let put_done = tokio::time::Instant::now();

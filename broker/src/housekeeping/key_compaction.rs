@@ -271,7 +271,10 @@ impl Compactor {
                 let written = o.writer_bytes();
                 let horizon = kept_horizon.take();
                 let id = Keys::cleaned_part_id(topic.id, partition, o.first, o.last, now, horizon);
-                if !self.put_and_swap(topic, &fence, &id, o.writer, now).await? {
+                if !self
+                    .put_and_swap(topic, &fence, &id, o.writer, now, cancel)
+                    .await?
+                {
                     return Ok((cleaned.objects > 0).then_some(cleaned));
                 }
                 cleaned.objects += 1;

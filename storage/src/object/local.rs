@@ -20,6 +20,8 @@ use std::fmt;
 use std::io::Write;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,13 +30,13 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
 /// How much of a background write may be written before it is synced to the disk: the most a
-/// flush's fsync can find queued ahead of it (about 1 ms of a disk doing 1 GB/s).
-pub const SYNC_BYTES: usize = 1 << 20;
+/// flush's fsync can find queued ahead of it (about 0.25 ms of a disk doing 1 GB/s).
+pub const SYNC_BYTES: usize = 256 << 10;
 
 /// Put option (in [`PutOptions::extensions`]): write this object in the background of the
 /// produce path, at most `bytes_per_sec`, on a store where that matters (a local directory).
@@ -77,53 +79,99 @@ impl fmt::Display for LocalStore {
 }
 
 /// Writes `payload` to `dest` as described in the module's documentation: piecewise and paced
-/// when `background` says so.
+/// when `background` says so. Stops between pieces once `stop` is set (the put was dropped),
+/// removing the staged file. Returns the object's e-tag (`LocalFileSystem`'s scheme).
 fn write_staged(
     dest: PathBuf,
     payload: PutPayload,
     background: Option<BackgroundWrite>,
-) -> std::io::Result<()> {
-    if let Some(dir) = dest.parent() {
-        crate::object::create_dir_durably(dir)?;
-    }
+    stop: &AtomicBool,
+) -> std::io::Result<String> {
     let (mut file, staged) = stage(&dest)?;
     let started = Instant::now();
+    let mut renamed = false;
     let result = (|| {
         match background {
             None => payload.iter().try_for_each(|b| file.write_all(b))?,
             Some(pace) => {
-                let mut written = 0u64;
+                let (mut written, mut unsynced) = (0u64, 0usize);
                 for piece in payload.iter().flat_map(|b| b.chunks(SYNC_BYTES)) {
                     file.write_all(piece)?;
-                    file.sync_data()?;
                     written += piece.len() as u64;
+                    unsynced += piece.len();
+                    if unsynced < SYNC_BYTES {
+                        continue;
+                    }
+                    file.sync_data()?;
+                    unsynced = 0;
                     if pace.bytes_per_sec > 0 {
                         let due = written as f64 / pace.bytes_per_sec as f64;
-                        let due = Duration::from_secs_f64(due.min(86_400.0));
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
+                        let due = started + Duration::from_secs_f64(due.min(86_400.0));
+                        wait_until(due, stop)?;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(interrupted());
                     }
                 }
             }
         }
         file.sync_all()?;
+        let e_tag = e_tag(&file.metadata()?);
         drop(file);
         std::fs::rename(&staged, &dest)?;
+        renamed = true;
         if let Some(dir) = dest.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        Ok(())
+        Ok(e_tag)
     })();
-    if result.is_err() {
+    // Once renamed, the staging name may be another write's.
+    if result.is_err() && !renamed {
         let _ = std::fs::remove_file(&staged);
     }
     result
 }
 
-/// Creates a new staging file beside `dest`: `<dest>.<n>.partial`, `n` the first free.
+fn interrupted() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Interrupted,
+        "the write was abandoned (its put was dropped)",
+    )
+}
+
+/// Sleeps until `due`, waking every 50 ms to see whether `stop` was set.
+fn wait_until(due: Instant, stop: &AtomicBool) -> std::io::Result<()> {
+    while let Some(left) = due.checked_duration_since(Instant::now()) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    Ok(())
+}
+
+/// The e-tag `LocalFileSystem` gives a file: inode, modification time (µs) and size, in hex.
+fn e_tag(meta: &std::fs::Metadata) -> String {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    format!("\"{inode:x}-{mtime:x}-{:x}\"", meta.len())
+}
+
+/// Creates a new staging file beside `dest`: `<dest>.<n>.partial`, `n` the first free. Its
+/// directory is created (durably) when missing — also when garbage collection removed it, empty,
+/// since the last put there.
 fn stage(dest: &std::path::Path) -> std::io::Result<(std::fs::File, PathBuf)> {
-    for n in 1u32.. {
+    let mut created_dir = false;
+    let mut n = 1u32;
+    loop {
         let mut name = dest.as_os_str().to_owned();
         name.push(format!(".{n}.partial"));
         let path = PathBuf::from(name);
@@ -133,11 +181,25 @@ fn stage(dest: &std::path::Path) -> std::io::Result<(std::fs::File, PathBuf)> {
             .open(&path)
         {
             Ok(file) => return Ok((file, path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < u32::MAX => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !created_dir => {
+                if let Some(dir) = dest.parent() {
+                    crate::object::create_dir_durably(dir)?;
+                }
+                created_dir = true;
+            }
             Err(e) => return Err(e),
         }
     }
-    unreachable!("u32 staging names exhausted")
+}
+
+/// Sets its flag when dropped: the put's future went away, so its blocking write stops.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
@@ -154,25 +216,37 @@ impl ObjectStore for LocalStore {
         let background = opts.extensions.get::<BackgroundWrite>().copied();
         let dest = self.inner.path_to_filesystem(location)?;
         let shown = dest.clone();
-        tokio::task::spawn_blocking(move || write_staged(dest, payload, background))
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            })?
-            .map_err(|e| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(std::io::Error::new(
-                    e.kind(),
-                    format!("writing {}: {e}", shown.display()),
-                )),
-            })?;
-        let meta = self.inner.head(location).await?;
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = Arc::clone(&stop.0);
+        let e_tag =
+            tokio::task::spawn_blocking(move || write_staged(dest, payload, background, &flag))
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                })?
+                .map_err(|e| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(std::io::Error::new(
+                        e.kind(),
+                        format!("writing {}: {e}", shown.display()),
+                    )),
+                })?;
+        drop(stop);
         Ok(PutResult {
-            e_tag: meta.e_tag,
-            version: meta.version,
+            e_tag: Some(e_tag),
+            version: None,
             extensions: Default::default(),
         })
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 
     async fn put_multipart_opts(
@@ -235,6 +309,7 @@ impl ObjectStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
 
     use super::*;
 
@@ -297,6 +372,34 @@ mod tests {
             "paced: {:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_background_write_stops_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        // 8 pieces at one a second would take 7 s; the put is dropped after 100 ms.
+        let pace = BackgroundWrite {
+            bytes_per_sec: SYNC_BYTES as u64,
+        };
+        let path = Path::from("parts/slow.seg");
+        let put = store.put_opts(&path, payload(8 * SYNC_BYTES), pace.put_options());
+        let started = Instant::now();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), put)
+                .await
+                .is_err()
+        );
+        let parts = dir.path().join("parts");
+        let files = || std::fs::read_dir(&parts).map_or(0, |d| d.count());
+        while files() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the abandoned write went on"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.head(&path).await.is_err(), "no object");
     }
 
     #[tokio::test]
