@@ -335,6 +335,35 @@ fn returned(call: &Syscall) -> Option<i64> {
     text.rsplit("= ").next()?.trim().parse().ok()
 }
 
+/// Checks that the directory `parent` was fsynced after the rename at `renamed` and before the
+/// first metadata write (to `redb`) naming `id`; returns that write's position.
+fn synced_then_committed(
+    calls: &[Syscall],
+    renamed: usize,
+    parent: &str,
+    redb: &str,
+    id: &str,
+    what: &str,
+) -> usize {
+    let dir_synced = calls[renamed..]
+        .iter()
+        .position(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == parent)
+        .map(|i| i + renamed)
+        .unwrap_or_else(|| panic!("{what}: directory {parent} never fsynced after the rename"));
+    let committed_at = calls
+        .iter()
+        .position(|c| {
+            c.name.starts_with("pwrite") && c.path == redb && contains(&c.args, id.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("{what}: no metadata write names it"));
+    assert!(
+        dir_synced < committed_at,
+        "{what}: the metadata write (call {committed_at}) came before the directory fsync \
+         (call {dir_synced})"
+    );
+    committed_at
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -410,26 +439,7 @@ async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
             file_synced,
             "{object}: its data ({staged}) was not fsynced before the rename"
         );
-        let dir_synced = calls[renamed..]
-            .iter()
-            .position(|c| {
-                matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == parent
-            })
-            .map(|i| i + renamed)
-            .unwrap_or_else(|| {
-                panic!("{object}: directory {parent} never fsynced after the rename")
-            });
-        let committed_at = calls
-            .iter()
-            .position(|c| {
-                c.name.starts_with("pwrite") && c.path == redb && contains(&c.args, id.as_bytes())
-            })
-            .unwrap_or_else(|| panic!("{object}: no metadata write names it"));
-        assert!(
-            dir_synced < committed_at,
-            "{object}: the metadata commit (call {committed_at}) started before the directory \
-             fsync (call {dir_synced})"
-        );
+        let committed_at = synced_then_committed(&calls, renamed, &parent, &redb, id, &object);
         let durable = calls[committed_at..]
             .iter()
             .any(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == redb);
@@ -581,23 +591,13 @@ async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap()
             "{name}: not fsynced before its rename"
         );
         let parent = std::path::Path::new(object).parent().unwrap();
-        let parent = parent.to_string_lossy();
-        let dir_synced = calls[renamed..]
-            .iter()
-            .position(|c| {
-                matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ok && c.path == parent
-            })
-            .map(|i| i + renamed)
-            .unwrap_or_else(|| panic!("{name}: {parent} never fsynced after the rename"));
-        let swapped = calls
-            .iter()
-            .position(|c| {
-                c.name.starts_with("pwrite") && c.path == redb && contains(&c.args, name.as_bytes())
-            })
-            .unwrap_or_else(|| panic!("{name}: no metadata write names it"));
-        assert!(
-            dir_synced < swapped,
-            "{name}: swapped (call {swapped}) before its directory was fsynced (call {dir_synced})"
+        synced_then_committed(
+            &calls,
+            renamed,
+            &parent.to_string_lossy(),
+            &redb,
+            name,
+            name,
         );
     }
     assert!(
