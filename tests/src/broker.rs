@@ -324,6 +324,13 @@ impl BrokerProcess {
         self.options.clone()
     }
 
+    /// [`Self::terminate`] with 30 s to exit, off the async runtime's threads.
+    pub async fn stop(self) -> (ExitStatus, BrokerOptions) {
+        tokio::task::spawn_blocking(move || self.terminate(Duration::from_secs(30)))
+            .await
+            .expect("the terminating thread panicked")
+    }
+
     /// `kill -TERM` and wait (bounded) for the exit status.
     pub fn terminate(mut self, timeout: Duration) -> (ExitStatus, BrokerOptions) {
         let status = Command::new("kill")

@@ -404,10 +404,7 @@ async fn every_acked_segment_is_fsynced_with_its_directory_before_its_commit() {
             .unwrap();
         ack.await.unwrap();
     }
-    let (status, _) =
-        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let (status, _) = broker.stop().await;
     assert!(status.success(), "{status}");
 
     let calls = parse_strace(&std::fs::read_to_string(&trace).unwrap());
@@ -491,10 +488,7 @@ async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap()
         }
     }
     drop(producer);
-    let (status, options) =
-        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let (status, options) = broker.stop().await;
     assert!(status.success(), "{status}");
 
     // Restarted under strace with compaction on: the whole partition is due at once.
@@ -522,10 +516,7 @@ async fn compacted_objects_are_written_piecewise_and_durable_before_their_swap()
         }
     })
     .await;
-    let (status, _) =
-        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let (status, _) = broker.stop().await;
     assert!(status.success(), "{status}");
 
     let calls = parse_strace(&std::fs::read_to_string(&trace).unwrap());

@@ -366,10 +366,7 @@ async fn a_stuck_shutdown_ends_at_its_timeout_without_a_false_ack() {
     .await;
     etcd.signal("STOP");
     let started = std::time::Instant::now();
-    let (status, _) =
-        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let (status, _) = broker.stop().await;
     let took = started.elapsed();
     etcd.signal("CONT");
     assert!(

@@ -213,10 +213,7 @@ async fn readiness_turns_false_when_a_shutdown_starts() {
         answer.is_ok(),
         "the drained record is acknowledged: {answer:?}"
     );
-    let (status, _) =
-        tokio::task::spawn_blocking(move || broker.terminate(Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let (status, _) = broker.stop().await;
     assert!(status.success(), "an ordered shutdown exits 0: {status}");
 }
 
