@@ -110,6 +110,11 @@ pub struct Settings {
     /// Compacted objects per index page: a partition's oldest ones roll out of metadata into a
     /// page once twice this many lead its index; 0 never rolls.
     pub index_page_parts: u32,
+    /// Most pages and archives a partition's index root lists: past it, the oldest
+    /// `index_archive_pages` of one level move into an archive object.
+    pub index_root_pages: u32,
+    /// References per index archive.
+    pub index_archive_pages: u32,
     /// Most memory the index pages loaded on demand take.
     #[serde(deserialize_with = "size::de")]
     pub index_page_cache_bytes: u64,
@@ -187,6 +192,8 @@ impl Default for Settings {
             compaction_check_ms: 10_000,
             key_compaction_map_bytes: 64 << 20,
             index_page_parts: 16,
+            index_root_pages: 4096,
+            index_archive_pages: 256,
             index_page_cache_bytes: 64 << 20,
             gc_grace_ms: 300_000,
             metadata_history_ms: 300_000,
@@ -422,6 +429,19 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_page_parts: Option<u32>,
 
+    /// Most index pages (and archives) a partition's index root lists: past it, the oldest
+    /// `--index-archive-pages` of them move into one archive object, so the root stays bounded
+    /// however long the log grows (about 4 TiB per partition at the defaults before the first
+    /// archive) [default: 4096].
+    #[arg(long, env = "SILT_INDEX_ROOT_PAGES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_root_pages: Option<u32>,
+
+    /// Index pages (or archives) per index archive [default: 256].
+    #[arg(long, env = "SILT_INDEX_ARCHIVE_PAGES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_archive_pages: Option<u32>,
+
     /// Most memory the index pages loaded on demand (reads of old offsets) take on a broker;
     /// about 160 bytes per 1 MiB entry [default: 64MiB].
     #[arg(long, env = "SILT_INDEX_PAGE_CACHE_BYTES", value_parser = size::parse)]
@@ -581,6 +601,18 @@ impl Settings {
             return Err(format!(
                 "index-page-parts {} must be at most 100: one metadata transaction forgets that many commit keys, and etcd allows 128 operations per transaction",
                 self.index_page_parts
+            ));
+        }
+        if !(2..=4096).contains(&self.index_archive_pages) {
+            return Err(format!(
+                "index-archive-pages {} must be between 2 and 4096",
+                self.index_archive_pages
+            ));
+        }
+        if self.index_root_pages < 2 * self.index_archive_pages || self.index_root_pages > 6000 {
+            return Err(format!(
+                "index-root-pages {} must be at least twice index-archive-pages ({}) and at most 6000 (an index root stays well inside the metadata store's 1.5 MiB request limit)",
+                self.index_root_pages, self.index_archive_pages
             ));
         }
         if !(1_000..=60_000).contains(&self.lease_ttl_ms) {
@@ -753,6 +785,33 @@ mod tests {
         assert!(
             err.contains("gc-grace-ms 999 must be at least 1000"),
             "{err}"
+        );
+        for (root, archive, says) in [
+            (4096, 1, "index-archive-pages 1 must be between 2 and 4096"),
+            (
+                300,
+                256,
+                "index-root-pages 300 must be at least twice index-archive-pages (256)",
+            ),
+            (8000, 256, "at most 6000"),
+        ] {
+            let err = Settings::load(&Cli {
+                index_root_pages: Some(root),
+                index_archive_pages: Some(archive),
+                ..Cli::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        let smallest = Settings::load(&Cli {
+            index_root_pages: Some(4),
+            index_archive_pages: Some(2),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (smallest.index_root_pages, smallest.index_archive_pages),
+            (4, 2)
         );
         let short = Settings::load(&Cli {
             gc_grace_ms: Some(2_000),

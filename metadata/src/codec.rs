@@ -149,11 +149,12 @@ pub struct SegmentCommit {
     pub entries: Vec<SegmentEntry>,
 }
 
-/// One index page of a partition as its root (`index/<topic>/<partition>`) lists it: a range
-/// of older entries rolled out of metadata into an object.
+/// One index page of a partition as its root (`index/<topic>/<partition>`) or an archive
+/// lists it: a range of older entries rolled out of metadata into an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRef {
-    /// The page object's path (`index/<topic>/<partition>/<first>-<last>-<writer>.idx`).
+    /// The object's path: a page (`index/<topic>/<partition>/<first>-<last>-<writer>.idx`) or
+    /// an archive (`….ida`).
     pub object: String,
     pub object_len: u64,
     pub first_offset: i64,
@@ -162,12 +163,24 @@ pub struct PageRef {
     pub bytes: u64,
     /// The newest record timestamp among its entries (retention by time, the time index).
     pub max_timestamp: i64,
+    /// 0: an index page; n > 0: an archive of references of level n - 1.
+    pub level: u8,
 }
 
-/// A partition's index root: its pages, contiguous in offsets, oldest first.
+/// A partition's index root: its pages and archives, contiguous in offsets, oldest first
+/// (levels never rise from older to newer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRoot {
     pub pages: Vec<PageRef>,
+}
+
+/// An index archive object: contiguous references of one level, oldest first, moved out of
+/// a partition's index root so the root stays bounded however long the log grows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexArchive {
+    pub topic_id: u64,
+    pub partition: u32,
+    pub refs: Vec<PageRef>,
 }
 
 /// An index page object: the commits of compacted objects of one partition, as their
@@ -184,39 +197,116 @@ const PAGE_MAGIC: &[u8; 8] = b"SILTIDX1";
 
 /// Encodes an index page: magic, postcard body, CRC32C (little-endian) of everything before.
 pub fn encode_index_page(page: &IndexPage) -> Vec<u8> {
-    let mut out = PAGE_MAGIC.to_vec();
-    out.extend(postcard::to_allocvec(page).unwrap_or_default());
+    framed(PAGE_MAGIC, page)
+}
+
+/// Decodes an index page object read from `path`, checking its format and CRC32C.
+pub fn decode_index_page(path: &str, bytes: &[u8]) -> Result<IndexPage, MetaError> {
+    unframed(PAGE_MAGIC, "index page", path, bytes)
+}
+
+/// `magic`, the postcard body, then the CRC32C (little-endian) of everything before.
+fn framed<T: Serialize>(magic: &[u8; 8], value: &T) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.extend(postcard::to_allocvec(value).unwrap_or_default());
     let crc = crc32c::crc32c(&out);
     out.extend(crc.to_le_bytes());
     out
 }
 
-/// Decodes an index page object read from `path`, checking its format and CRC32C.
-pub fn decode_index_page(path: &str, bytes: &[u8]) -> Result<IndexPage, MetaError> {
-    let corrupt = |reason: &str| corrupt(path.as_bytes(), reason);
+/// Checks the magic and the CRC32C of an object `framed` wrote, then decodes its body.
+fn unframed<T: for<'de> Deserialize<'de>>(
+    magic: &[u8; 8],
+    what: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<T, MetaError> {
+    let corrupt = |reason: String| corrupt(path.as_bytes(), reason);
     let body_end = bytes
         .len()
         .checked_sub(4)
-        .filter(|end| *end >= PAGE_MAGIC.len())
-        .ok_or_else(|| corrupt("index page too short"))?;
-    if &bytes[..PAGE_MAGIC.len()] != PAGE_MAGIC {
-        return Err(corrupt("not an index page (bad magic or version)"));
+        .filter(|end| *end >= magic.len())
+        .ok_or_else(|| corrupt(format!("{what} too short")))?;
+    if &bytes[..magic.len()] != magic {
+        return Err(corrupt(format!("not an {what} (bad magic or version)")));
     }
     let stored = u32::from_le_bytes(bytes[body_end..].try_into().unwrap_or_default());
     if crc32c::crc32c(&bytes[..body_end]) != stored {
-        return Err(corrupt("index page CRC32C mismatch"));
+        return Err(corrupt(format!("{what} CRC32C mismatch")));
     }
-    postcard::from_bytes(&bytes[PAGE_MAGIC.len()..body_end]).map_err(|e| corrupt(&e.to_string()))
+    postcard::from_bytes(&bytes[magic.len()..body_end]).map_err(|e| corrupt(e.to_string()))
 }
 
-/// Encodes an index root (binary v1).
+/// The first bytes of an index archive object: format and version.
+const ARCHIVE_MAGIC: &[u8; 8] = b"SILTIDA1";
+
+/// Encodes an index archive: magic, postcard body, CRC32C (little-endian) of everything before.
+pub fn encode_index_archive(archive: &IndexArchive) -> Vec<u8> {
+    framed(ARCHIVE_MAGIC, archive)
+}
+
+/// Decodes an index archive object read from `path`, checking its format and CRC32C.
+pub fn decode_index_archive(path: &str, bytes: &[u8]) -> Result<IndexArchive, MetaError> {
+    unframed(ARCHIVE_MAGIC, "index archive", path, bytes)
+}
+
+/// The root encoding before archives: pages only, no level.
+#[derive(Serialize, Deserialize)]
+struct PageRefV1 {
+    object: String,
+    object_len: u64,
+    first_offset: i64,
+    last_offset: i64,
+    bytes: u64,
+    max_timestamp: i64,
+}
+
+/// Index roots with archives are written as version 2; a root of pages only keeps version 1,
+/// which brokers from before archives read.
+const ROOT_V2: u8 = 2;
+
+/// Encodes an index root: binary v1 while it lists pages only, v2 (with levels) once it
+/// lists an archive.
 pub fn encode_index_root(root: &IndexRoot) -> Vec<u8> {
-    encode_binary(root)
+    if root.pages.iter().all(|p| p.level == 0) {
+        let pages: Vec<PageRefV1> = root
+            .pages
+            .iter()
+            .map(|p| PageRefV1 {
+                object: p.object.clone(),
+                object_len: p.object_len,
+                first_offset: p.first_offset,
+                last_offset: p.last_offset,
+                bytes: p.bytes,
+                max_timestamp: p.max_timestamp,
+            })
+            .collect();
+        return encode_binary(&pages);
+    }
+    let mut out = vec![ROOT_V2];
+    out.extend(postcard::to_allocvec(root).unwrap_or_default());
+    out
 }
 
-/// Decodes an index root.
+/// Decodes an index root of either version.
 pub fn decode_index_root(key: &[u8], value: &[u8]) -> Result<IndexRoot, MetaError> {
-    decode_binary(key, value)
+    if let Some((&ROOT_V2, rest)) = value.split_first() {
+        return postcard::from_bytes(rest).map_err(|e| corrupt(key, e));
+    }
+    let pages: Vec<PageRefV1> = decode_binary(key, value)?;
+    let pages = pages
+        .into_iter()
+        .map(|p| PageRef {
+            object: p.object,
+            object_len: p.object_len,
+            first_offset: p.first_offset,
+            last_offset: p.last_offset,
+            bytes: p.bytes,
+            max_timestamp: p.max_timestamp,
+            level: 0,
+        })
+        .collect();
+    Ok(IndexRoot { pages })
 }
 
 /// A committed offset as stored in `~groups/<slot>/<group>/offsets/<topic-id>/<partition>`:
@@ -349,12 +439,89 @@ mod tests {
                 last_offset: 99,
                 bytes: 1 << 30,
                 max_timestamp: 5,
+                level: 0,
             }],
         };
         assert_eq!(
             decode_index_root(b"k", &encode_index_root(&root)).unwrap(),
             root
         );
+    }
+
+    #[test]
+    fn roots_of_pages_keep_the_first_encoding_and_archives_round_trip() {
+        let page = |first: i64, level: u8| PageRef {
+            object: format!("index/t/0/{first}"),
+            object_len: 10,
+            first_offset: first,
+            last_offset: first + 9,
+            bytes: 100,
+            max_timestamp: first,
+            level,
+        };
+        // A root of pages only is written exactly as brokers from before archives wrote it:
+        // the struct without levels, version 1.
+        #[derive(Serialize)]
+        struct OldRef<'a>(&'a str, u64, i64, i64, u64, i64);
+        #[derive(Serialize)]
+        struct OldRoot<'a> {
+            pages: Vec<OldRef<'a>>,
+        }
+        let pages = IndexRoot {
+            pages: vec![page(0, 0), page(10, 0)],
+        };
+        let old = OldRoot {
+            pages: pages
+                .pages
+                .iter()
+                .map(|p| {
+                    OldRef(
+                        &p.object,
+                        p.object_len,
+                        p.first_offset,
+                        p.last_offset,
+                        p.bytes,
+                        p.max_timestamp,
+                    )
+                })
+                .collect(),
+        };
+        assert_eq!(encode_index_root(&pages), encode_binary(&old));
+        assert_eq!(
+            decode_index_root(b"k", &encode_binary(&old)).unwrap(),
+            pages
+        );
+        // With an archive it is version 2, levels kept.
+        let archived = IndexRoot {
+            pages: vec![page(0, 2), page(10, 1), page(20, 0)],
+        };
+        let bytes = encode_index_root(&archived);
+        assert_eq!(bytes[0], ROOT_V2);
+        assert_eq!(decode_index_root(b"k", &bytes).unwrap(), archived);
+        assert!(decode_index_root(b"k", &[3, 0]).is_err());
+        assert!(decode_index_root(b"k", &bytes[..bytes.len() - 1]).is_err());
+        // Archives are framed and checked like pages.
+        let archive = IndexArchive {
+            topic_id: 17,
+            partition: 3,
+            refs: vec![page(0, 1), page(10, 1)],
+        };
+        let bytes = encode_index_archive(&archive);
+        assert_eq!(&bytes[..8], b"SILTIDA1");
+        assert_eq!(decode_index_archive("x", &bytes).unwrap(), archive);
+        for i in [0, 9, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_index_archive("x", &bad).is_err(), "flipped byte {i}");
+        }
+        // A page is not an archive, nor the other way round.
+        let page_bytes = encode_index_page(&IndexPage {
+            topic_id: 17,
+            partition: 3,
+            parts: Vec::new(),
+        });
+        assert!(decode_index_archive("x", &page_bytes).is_err());
+        assert!(decode_index_page("x", &bytes).is_err());
     }
 
     #[test]

@@ -246,31 +246,32 @@ impl Lifecycle {
         })
     }
 
-    /// Every object a commit or an index root references (through its pages), sorted and
-    /// without duplicates: what garbage collection must keep. Pages wholly below their log
-    /// start reference only themselves.
+    /// Every object a commit or an index root references (through its archives and pages),
+    /// sorted and without duplicates: what garbage collection must keep. Pages and archives
+    /// wholly below their log start reference only themselves.
     async fn referenced(&self, cluster: &Cluster) -> Result<Vec<String>, String> {
-        use object_store::ObjectStoreExt;
         let mut out: Vec<String> = self.parts.iter().map(|(_, c)| c.object.clone()).collect();
         out.extend(self.segments.iter().map(|(_, c)| c.object.clone()));
-        let store = cluster.object_store();
         for ((topic_id, partition), root) in &self.roots {
             let log_start = self
                 .log_starts
                 .iter()
                 .find(|(id, _)| id == topic_id)
                 .map_or(0, |(_, starts)| starts[*partition as usize]);
-            for page in &root.pages {
-                out.push(page.object.clone());
-                if page.last_offset < log_start {
+            let mut refs = root.pages.clone();
+            while let Some(r) = refs.pop() {
+                out.push(r.object.clone());
+                if r.last_offset < log_start {
                     continue;
                 }
-                let path = object_store::path::Path::from(page.object.as_str());
-                let bytes = match store.get(&path).await {
-                    Ok(got) => got.bytes().await.map_err(|e| e.to_string())?,
-                    Err(e) => return Err(format!("page {} unreadable: {e}", page.object)),
-                };
-                let decoded = silt_metadata::codec::decode_index_page(&page.object, &bytes)
+                let bytes = read_object(cluster, &r.object).await?;
+                if r.level > 0 {
+                    let archive = silt_metadata::codec::decode_index_archive(&r.object, &bytes)
+                        .map_err(|e| e.to_string())?;
+                    refs.extend(archive.refs);
+                    continue;
+                }
+                let decoded = silt_metadata::codec::decode_index_page(&r.object, &bytes)
                     .map_err(|e| e.to_string())?;
                 out.extend(decoded.parts.into_iter().map(|(_, c)| c.object));
             }
@@ -278,6 +279,42 @@ impl Lifecycle {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The index pages of the first root, oldest first, read through its archives.
+    async fn pages(&self, cluster: &Cluster) -> Result<Vec<silt_metadata::codec::PageRef>, String> {
+        let mut pages = Vec::new();
+        let Some((_, root)) = self.roots.first() else {
+            return Ok(pages);
+        };
+        let mut refs: Vec<_> = root.pages.iter().rev().cloned().collect();
+        while let Some(r) = refs.pop() {
+            if r.level == 0 {
+                pages.push(r);
+                continue;
+            }
+            let bytes = read_object(cluster, &r.object).await?;
+            let archive = silt_metadata::codec::decode_index_archive(&r.object, &bytes)
+                .map_err(|e| e.to_string())?;
+            if archive.refs.iter().any(|c| c.level + 1 != r.level) {
+                return Err(format!(
+                    "archive {} holds references of another level",
+                    r.object
+                ));
+            }
+            refs.extend(archive.refs.into_iter().rev());
+        }
+        Ok(pages)
+    }
+}
+
+/// An object of the cluster's store, whole.
+async fn read_object(cluster: &Cluster, path: &str) -> Result<Bytes, String> {
+    use object_store::ObjectStoreExt;
+    let store = cluster.object_store();
+    match store.get(&object_store::path::Path::from(path)).await {
+        Ok(got) => got.bytes().await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{path} unreadable: {e}")),
     }
 }
 
@@ -553,11 +590,33 @@ async fn a_partition_that_cannot_be_compacted_does_not_stop_the_others() {
 /// retention and topic deletion collect pages and their objects like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn old_entries_roll_into_index_pages_that_a_cold_broker_pages_in() {
-    let Some(mut cluster) = Cluster::start("index-pages", TTL_MS, 10).await else {
+    index_pages("index-pages", None).await;
+}
+
+/// The same with an index root of at most 4 references, archiving 2 at a time: the oldest
+/// pages move into archives (and archives into archives), the root stays at 4 references, and
+/// the cold broker's reads, lookups by time, garbage collection, retention, unrolling and
+/// topic deletion go through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn index_roots_stay_bounded_by_archiving_their_oldest_pages() {
+    index_pages("index-archives", Some((4, 2))).await;
+}
+
+/// `archives`: the paging brokers' `(--index-root-pages, --index-archive-pages)`.
+async fn index_pages(name: &str, archives: Option<(usize, usize)>) {
+    let Some(mut cluster) = Cluster::start(name, TTL_MS, 10).await else {
         return;
     };
     const PAGE_PARTS: usize = 2;
-    let paging = |o: BrokerOptions| lifecycle(o, "64KiB").arg("--index-page-parts", PAGE_PARTS);
+    let paging = move |o: BrokerOptions| {
+        let o = lifecycle(o, "64KiB").arg("--index-page-parts", PAGE_PARTS);
+        match archives {
+            Some((root, archive)) => o
+                .arg("--index-root-pages", root)
+                .arg("--index-archive-pages", archive),
+            None => o,
+        }
+    };
     // b0 writes and compacts, rolling nothing up.
     cluster
         .add_broker_with(|o| lifecycle(o, "64KiB").arg("--index-page-parts", 0))
@@ -646,7 +705,7 @@ async fn old_entries_roll_into_index_pages_that_a_cold_broker_pages_in() {
         Duration::from_secs(90),
         || async {
             let state = Lifecycle::read(&catalog, &cluster).await?;
-            let pages: usize = state.roots.iter().map(|(_, r)| r.pages.len()).sum();
+            let pages = state.pages(&cluster).await?.len();
             if state.segments.is_empty() && pages >= 15 && state.parts.len() <= 2 * PAGE_PARTS + 2 {
                 return Ok(state);
             }
@@ -655,17 +714,34 @@ async fn old_entries_roll_into_index_pages_that_a_cold_broker_pages_in() {
     )
     .await;
     let root = &state.roots[0].1;
-    for pair in root.pages.windows(2) {
-        assert_eq!(
-            pair[1].first_offset,
-            pair[0].last_offset + 1,
-            "pages are contiguous"
-        );
+    let pages = state.pages(&cluster).await.unwrap();
+    for refs in [&root.pages, &pages] {
+        for pair in refs.windows(2) {
+            assert_eq!(
+                pair[1].first_offset,
+                pair[0].last_offset + 1,
+                "pages and archives are contiguous"
+            );
+        }
+        assert_eq!(refs[0].first_offset, 0);
     }
-    assert_eq!(root.pages[0].first_offset, 0);
+    let levels: Vec<u8> = root.pages.iter().map(|p| p.level).collect();
+    assert!(
+        levels.windows(2).all(|l| l[0] >= l[1]),
+        "older references are archived deeper: {levels:?}"
+    );
+    if let Some((root_pages, _)) = archives {
+        assert!(
+            root.pages.len() <= root_pages,
+            "the root holds at most {root_pages} references: {levels:?}"
+        );
+        assert!(levels[0] >= 2, "archives of archives: {levels:?}");
+    } else {
+        assert_eq!(root.pages.len(), pages.len());
+    }
     eprintln!(
-        "index pages: {} pages, {} compacted keys, {} objects",
-        root.pages.len(),
+        "index pages: {} pages, root references at levels {levels:?}, {} compacted keys, {} objects",
+        pages.len(),
         state.parts.len(),
         state.objects.len()
     );
@@ -732,7 +808,7 @@ async fn old_entries_roll_into_index_pages_that_a_cold_broker_pages_in() {
     .await;
     let (start, first_page) = trimmed;
     assert!(
-        root.pages.iter().any(|p| p.first_offset == start),
+        pages.iter().any(|p| p.first_offset == start),
         "the log start {start} is a page boundary"
     );
     assert!(first_page <= start);

@@ -122,6 +122,7 @@ fn housekeeper_for(
         unreferenced: Default::default(),
         history: crate::housekeeping::HistoryCompaction::keeping(0),
         page_objects: Default::default(),
+        archive_refs: Default::default(),
     }
 }
 
@@ -728,17 +729,20 @@ async fn unreferenced_objects_go_after_the_grace_period_and_referenced_ones_stay
     a.cancel.cancel();
 }
 
-/// GC over index pages: what a readable page references stays, an unreadable page keeps its
-/// whole partition's objects (what it references is unknown) while the rest of the cluster is
-/// collected, and once the page reads again its partition's unreferenced objects go too.
+/// GC over index pages and archives: what a readable page references stays, an unreadable
+/// page keeps its whole partition's objects (what it references is unknown) and an unreadable
+/// archive also its index objects, while the rest of the cluster is collected; once they read
+/// again their partitions' unreferenced objects go too, and a page an archive holds stays.
 #[tokio::test]
 async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable() {
     use object_store::ObjectStoreExt;
     use object_store::path::Path;
     use silt_metadata::catalog::IndexChange;
-    use silt_metadata::codec::{IndexPage, IndexRoot, PageRef, encode_index_page};
+    use silt_metadata::codec::{
+        IndexArchive, IndexPage, IndexRoot, PageRef, encode_index_archive, encode_index_page,
+    };
 
-    let (catalog, t, stores, a) = gc_fixture(2).await;
+    let (catalog, t, stores, a) = gc_fixture(3).await;
     let objects = stores.0.clone();
     let fence = a.view.flush_snapshot(std::iter::empty()).fence.unwrap();
     let put = |name: String, body: Vec<u8>| {
@@ -778,27 +782,44 @@ async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable(
             )],
         })
     };
-    // Partition 0: a readable page. Partition 1: a page that does not decode.
+    let reference = |object: String, level: u8| PageRef {
+        object,
+        object_len: 1,
+        first_offset: 0,
+        last_offset: 9,
+        bytes: 50,
+        max_timestamp: 0,
+        level,
+    };
+    let archive_path = format!("index/{:016x}/2/0-9-a.ida", t.id);
+    let archive = encode_index_archive(&IndexArchive {
+        topic_id: t.id,
+        partition: 2,
+        refs: vec![reference(page_path(2), 0)],
+    });
+    // Partition 0: a readable page. Partition 1: a page that does not decode. Partition 2:
+    // an archive (of a readable page) that does not decode.
     put(page_path(0), page(0, part(0, "kept.obj"))).await;
     put(page_path(1), b"not an index page".to_vec()).await;
+    put(page_path(2), page(2, part(2, "kept.obj"))).await;
+    put(archive_path.clone(), b"not an index archive".to_vec()).await;
     for name in [
         part(0, "kept.obj"),
         part(0, "orphan.obj"),
         part(1, "kept.obj"),
         part(1, "orphan.obj"),
+        part(2, "kept.obj"),
+        part(2, "orphan.obj"),
         "segments/a/orphan.seg".to_string(),
     ] {
         put(name, b"x".to_vec()).await;
     }
-    for p in 0..2 {
+    for p in 0..3 {
         let root = IndexRoot {
-            pages: vec![PageRef {
-                object: page_path(p),
-                object_len: 1,
-                first_offset: 0,
-                last_offset: 9,
-                bytes: 50,
-                max_timestamp: 0,
+            pages: vec![if p == 2 {
+                reference(archive_path.clone(), 1)
+            } else {
+                reference(page_path(p), 0)
             }],
         };
         let change = IndexChange {
@@ -813,35 +834,42 @@ async fn gc_keeps_what_pages_reference_and_a_partition_whose_page_is_unreadable(
             .unwrap()
             .expect("the owner swaps");
     }
-    until("a sees both roots", || {
-        (0..2).all(|p| a.view.index.partition(t.id, p).offsets().high_watermark == 10)
+    until("a sees the roots", || {
+        (0..3).all(|p| a.view.index.partition(t.id, p).offsets().high_watermark == 10)
     })
     .await;
     let clock = ManualClock::new(1_000);
     let housekeeper = housekeeper_for(&catalog, &a, &stores, clock.clone(), 500);
     let listed = || listed(&objects, &["segments", "parts", "index"]);
 
-    // Past the grace period the orphans of partition 0 and of the flushes go; partition 1
-    // keeps everything, its page unreadable.
+    // Past the grace period the orphans of partition 0 and of the flushes go; partitions 1
+    // and 2 keep everything, a page or an archive unreadable (the page under the archive too,
+    // though no root names it).
     assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
     clock.advance_ms(500);
     assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 2);
     let mut expected = vec![
         page_path(0),
         page_path(1),
+        page_path(2),
+        archive_path.clone(),
         part(0, "kept.obj"),
         part(1, "kept.obj"),
         part(1, "orphan.obj"),
+        part(2, "kept.obj"),
+        part(2, "orphan.obj"),
     ];
     expected.sort();
     assert_eq!(listed().await, expected);
 
-    // The page reads again: its partition's orphan goes after its own grace period.
+    // The page and the archive read again: their partitions' orphans go after their own grace
+    // period; the page the archive holds, and what it references, stay.
     put(page_path(1), page(1, part(1, "kept.obj"))).await;
+    put(archive_path.clone(), archive).await;
     assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 0);
     clock.advance_ms(500);
-    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 1);
-    expected.retain(|p| *p != part(1, "orphan.obj"));
+    assert_eq!(housekeeper.pass().await.unwrap().objects_deleted, 2);
+    expected.retain(|p| *p != part(1, "orphan.obj") && *p != part(2, "orphan.obj"));
     assert_eq!(listed().await, expected);
     a.cancel.cancel();
 }

@@ -133,8 +133,10 @@ impl FetchPath {
     ) -> Result<Vec<IndexEntry>, BrokerError> {
         match located {
             Located::Entries(entries) => Ok(entries),
-            Located::Paged(page) => {
+            Located::Paged(top) => {
                 let (topic_id, partition) = log.id();
+                let from = offset.max(top.first_offset);
+                let page = self.pages.leaf(topic_id, partition, &top, from).await?;
                 let entries = self.pages.entries(topic_id, partition, &page).await?;
                 Ok(index_pages::entries_from(
                     &entries,
@@ -288,7 +290,29 @@ impl FetchPath {
                 // The page's newest timestamp may belong to an entry below the log start: then
                 // look on from the page's end.
                 let mut found = found;
+                // Pages before this offset were looked through already.
+                let mut resume = offsets.log_start;
                 let mut entry = loop {
+                    if let Located::Paged(top) = &found
+                        && top.level > 0
+                    {
+                        // An archive: the first page under it that may hold `ts`, else on
+                        // from its end.
+                        let (topic_id, partition) = log.id();
+                        let leaf = self
+                            .pages
+                            .leaf_for_timestamp(topic_id, partition, top, ts, resume)
+                            .await?;
+                        let after = top.last_offset + 1;
+                        found = match leaf {
+                            Some(page) => Located::Paged(page),
+                            None if after < offsets.high_watermark => {
+                                log.locate(after, usize::MAX).1
+                            }
+                            None => return Ok((offsets.high_watermark, -1, offsets)),
+                        };
+                        continue;
+                    }
                     let (from, after_page) = match &found {
                         Located::Paged(page) => (
                             page.first_offset.max(offsets.log_start),
@@ -303,6 +327,7 @@ impl FetchPath {
                     match (hit, after_page) {
                         (Some(e), _) => break e,
                         (None, Some(next)) if next < offsets.high_watermark => {
+                            resume = next;
                             found = log.locate(next, usize::MAX).1;
                         }
                         _ => return Ok((offsets.high_watermark, -1, offsets)),
@@ -408,6 +433,47 @@ mod tests {
     /// the lookup goes on past that page to the first live record at or after the time.
     #[tokio::test]
     async fn a_time_lookup_goes_past_a_page_whose_newest_time_is_below_the_log_start() {
+        time_lookups_over_pages(false).await;
+    }
+
+    /// The same lookups, and reads by offset, with the pages moved into an archive, itself
+    /// in an archive: each lookup goes down through both to the page.
+    #[tokio::test]
+    async fn lookups_and_reads_go_through_archives_to_the_pages() {
+        time_lookups_over_pages(true).await;
+    }
+
+    /// An archive of `refs` (one level below it), stored.
+    async fn stored_archive(
+        store: &Arc<dyn ObjectStore>,
+        name: &str,
+        refs: Vec<PageRef>,
+    ) -> PageRef {
+        let r = PageRef {
+            object: format!("index/{name}.ida"),
+            object_len: 0,
+            first_offset: refs[0].first_offset,
+            last_offset: refs.last().unwrap().last_offset,
+            bytes: 0,
+            max_timestamp: refs.iter().map(|r| r.max_timestamp).max().unwrap(),
+            level: refs[0].level + 1,
+        };
+        let archive = silt_metadata::codec::IndexArchive {
+            topic_id: 7,
+            partition: 0,
+            refs,
+        };
+        store
+            .put(
+                &Path::from(r.object.as_str()),
+                PutPayload::from(silt_metadata::codec::encode_index_archive(&archive)),
+            )
+            .await
+            .unwrap();
+        r
+    }
+
+    async fn time_lookups_over_pages(archived: bool) {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let topic = Topic {
             id: 7,
@@ -450,7 +516,12 @@ mod tests {
                 last_offset: last,
                 bytes: 0,
                 max_timestamp,
+                level: 0,
             });
+        }
+        if archived {
+            let inner = stored_archive(&store, "inner", pages).await;
+            pages = vec![stored_archive(&store, "outer", vec![inner]).await];
         }
         let index = Arc::new(LogIndex::new());
         let log = index.partition(topic.id, 0);
@@ -483,5 +554,21 @@ mod tests {
             at(7_000).await.unwrap(),
             (40, -1, fetch.log("t", 0).unwrap().offsets())
         );
+        // Every live offset reads, one fetch at a time, from the pages then the tail.
+        let mut offset = 10;
+        let mut read = Vec::new();
+        while offset < 40 {
+            let out = fetch
+                .fetch("t", 0, offset, 1, Duration::ZERO, false)
+                .await
+                .unwrap();
+            let Fetched::Records(records) = out.data else {
+                panic!("records asked for")
+            };
+            read.extend(records.iter().map(|r| r.offset));
+            assert!(out.next_offset > offset);
+            offset = out.next_offset;
+        }
+        assert_eq!(read, (10..40).collect::<Vec<_>>());
     }
 }

@@ -1266,6 +1266,7 @@ mod tests {
             last_offset: last,
             bytes: (last + 1 - first) as u64 * 10,
             max_timestamp,
+            level: 0,
         }
     }
 

@@ -29,7 +29,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use silt_metadata::Clock;
 use silt_metadata::catalog::{Catalog, IndexChange, Topic, WriterFence};
-use silt_metadata::codec::{self, IndexPage, IndexRoot, PageRef, SegmentCommit};
+use silt_metadata::codec::{self, IndexArchive, IndexPage, IndexRoot, PageRef, SegmentCommit};
 use silt_metadata::keys::Keys;
 use silt_storage::object::local::BackgroundWrite;
 use silt_storage::segment::{SegmentWriter, verify_entry_range};
@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ClusterView;
 use crate::core::BrokerError;
-use crate::core::index_pages::read_page;
+use crate::core::index_pages::{read_archive, read_page};
 use crate::core::log_index::{CompactionPolicy, CompactionRun, IndexEntry, LogIndex, RollUp};
 use crate::core::topics::TopicTable;
 use crate::observe::metrics::{CompactionOutcome, Metrics};
@@ -48,7 +48,8 @@ use crate::observe::metrics::{CompactionOutcome, Metrics};
 pub const ENTRY_BYTES: u32 = 1 << 20;
 
 /// Largest index root written: a partition's page list stays well inside etcd's 1.5 MiB
-/// request limit (about 10 000 pages of 16 objects of 64 MiB: 10 TiB per partition).
+/// request limit. Archives keep it near `--index-root-pages` (at most 6000 references, about
+/// 800 KiB); this is the last guard.
 const MAX_ROOT_BYTES: usize = 1 << 20;
 
 /// Entry reads in flight at once during a run.
@@ -69,6 +70,10 @@ pub struct CompactionSettings {
     pub key_map_bytes: usize,
     /// Compacted objects per index page (0: never roll entries up).
     pub page_parts: usize,
+    /// Most references an index root lists before the oldest are archived.
+    pub root_pages: usize,
+    /// References per index archive.
+    pub archive_pages: usize,
 }
 
 /// Compacts the partitions this broker owns.
@@ -440,30 +445,71 @@ impl Compactor {
                 last_offset: last,
                 bytes,
                 max_timestamp,
+                level: 0,
             });
             upload = Some((path, encoded));
         }
+        // Past `root_pages`, the oldest references of one level move into an archive (written
+        // after the page, swapped in by the same transaction).
+        let mut uploads: Vec<(Path, Vec<u8>)> = upload.into_iter().collect();
+        if pages.len() > self.settings.root_pages
+            && let Some(range) = archive_range(&pages, self.settings.archive_pages)
+        {
+            let refs: Vec<PageRef> = pages[range.clone()].to_vec();
+            let (first, last) = (refs[0].first_offset, refs[refs.len() - 1].last_offset);
+            let level = refs[0].level + 1;
+            let archive = codec::encode_index_archive(&IndexArchive {
+                topic_id: topic.id,
+                partition,
+                refs,
+            });
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let path = Path::from(format!(
+                "index/{:016x}/{partition}/{first:020}-{last:020}-{}-{:016x}-{seq}.ida",
+                topic.id, fence.broker_id, fence.incarnation
+            ));
+            let archived = &pages[range.clone()];
+            let reference = PageRef {
+                object: path.to_string(),
+                object_len: archive.len() as u64,
+                first_offset: first,
+                last_offset: last,
+                bytes: archived.iter().map(|r| r.bytes).sum(),
+                max_timestamp: archived
+                    .iter()
+                    .map(|r| r.max_timestamp)
+                    .max()
+                    .unwrap_or(i64::MIN),
+                level,
+            };
+            pages.splice(range, [reference]);
+            uploads.push((path, archive));
+        }
         let root = IndexRoot { pages };
         let root_len = codec::encode_index_root(&root).len();
-        if upload.is_some() && root_len > MAX_ROOT_BYTES {
-            warn!(topic = %topic.record.name, partition, root_len, "the partition's index root is full (about 10 000 pages); its newer compacted entries stay in metadata");
+        if !uploads.is_empty() && root_len > MAX_ROOT_BYTES {
+            warn!(topic = %topic.record.name, partition, root_len, "the partition's index root is full; its newer compacted entries stay in metadata (lower --index-root-pages)");
             return Ok(false);
         }
-        let mut written = None;
-        if let Some((path, encoded)) = upload {
-            self.store
-                .put(&path, PutPayload::from(encoded))
-                .await
-                .map_err(|err| {
-                    BrokerError::unavailable(format!("could not write index page {path}: {err}"))
-                })?;
-            let put_done = tokio::time::Instant::now();
+        let mut written = Vec::new();
+        let mut first_put_done = None;
+        for (path, encoded) in uploads {
+            let put = self.store.put(&path, PutPayload::from(encoded)).await;
+            if let Err(err) = put {
+                self.delete_unswapped(&written).await;
+                return Err(BrokerError::unavailable(format!(
+                    "could not write index object {path}: {err}"
+                )));
+            }
+            first_put_done.get_or_insert_with(tokio::time::Instant::now);
+            written.push(path);
+        }
+        if let Some(put_done) = first_put_done {
             crate::failpoint::hit("rollup-after-put");
             if put_done.elapsed() > self.settings.swap_deadline {
-                warn!(object = %path, "an index page took too long to swap in safely; it is left to garbage collection");
+                warn!(objects = ?written, "an index page took too long to swap in safely; it is left to garbage collection");
                 return Ok(false);
             }
-            written = Some(path);
         }
         let swapped = self
             .catalog
@@ -482,20 +528,26 @@ impl Compactor {
         match swapped {
             Some(revision) => {
                 self.index.set_root(topic.id, partition, revision, &root);
-                if written.is_some() {
+                for _ in &written {
                     self.metrics.index_page_written();
                 }
-                debug!(topic = %topic.record.name, partition, rolled = forget.len(), pages = root.pages.len(), "index root updated");
+                debug!(topic = %topic.record.name, partition, rolled = forget.len(), pages = root.pages.len(), written = written.len(), "index root updated");
                 Ok(true)
             }
             None => {
                 debug!(topic = %topic.record.name, partition, "index roll-up refused (partition moved, topic gone, or the root changed)");
-                if let Some(path) = written
-                    && let Err(e) = self.store.delete(&path).await
-                {
-                    debug!(object = %path, error = %e, "could not delete a refused index page; garbage collection will");
-                }
+                self.delete_unswapped(&written).await;
                 Ok(false)
+            }
+        }
+    }
+
+    /// Deletes index objects whose swap was refused or never sent; garbage collection deletes
+    /// any left.
+    async fn delete_unswapped(&self, written: &[Path]) {
+        for path in written {
+            if let Err(e) = self.store.delete(path).await {
+                debug!(object = %path, error = %e, "could not delete an index object never swapped in; garbage collection will");
             }
         }
     }
@@ -514,6 +566,28 @@ impl Compactor {
             let Some(fence) = self.owner_fence(pid) else {
                 return Ok(());
             };
+            if last.level > 0 {
+                // An archive goes back into the root as the references it holds first.
+                let archive = read_archive(self.store.as_ref(), &last).await?;
+                pages.extend(archive.refs);
+                let root = IndexRoot { pages };
+                let change = IndexChange {
+                    seen_root_revision: root_revision,
+                    root: &root,
+                    forget: &[],
+                    restore: &[],
+                };
+                let swapped = self
+                    .catalog
+                    .swap_index(&fence, topic, partition, change)
+                    .await?;
+                let Some(revision) = swapped else {
+                    return Ok(());
+                };
+                self.index.set_root(topic.id, partition, revision, &root);
+                info!(topic = %topic.record.name, partition, object = %last.object, "put an index archive's references back into the index root for key compaction");
+                continue;
+            }
             let page = read_page(self.store.as_ref(), &last.object).await?;
             let root = IndexRoot { pages };
             let swapped = self
@@ -542,6 +616,28 @@ impl Compactor {
     }
 }
 
+/// The references of `pages` (an index root, levels never rising from older to newer) to
+/// move into one archive: the oldest `fanout` of the level with the most references (the
+/// lowest of equals), if it has that many. One archive per roll-up (which adds one page)
+/// keeps the root at its threshold; a level fills up `fanout` times more slowly than the one
+/// below, so a lookup reads one archive per level, a handful at most.
+fn archive_range(pages: &[PageRef], fanout: usize) -> Option<std::ops::Range<usize>> {
+    let mut best: Option<(usize, std::ops::Range<usize>)> = None;
+    let mut i = 0;
+    while i < pages.len() {
+        let level = pages[i].level;
+        let end = i + pages[i..].iter().take_while(|p| p.level == level).count();
+        let count = end - i;
+        // Levels fall from older to newer: a later run of equal length is a lower level.
+        if best.as_ref().is_none_or(|(n, _)| count >= *n) {
+            best = Some((count, i..end));
+        }
+        i = end;
+    }
+    let (count, run) = best?;
+    (count >= fanout.max(2)).then(|| run.start..run.start + fanout.max(2))
+}
+
 /// One entry's bytes, checked against its CRC32C.
 pub(super) async fn read_entry(
     store: Arc<dyn ObjectStore>,
@@ -564,4 +660,74 @@ pub(super) async fn read_entry(
         ))
     })?;
     Ok((e, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(levels: &[u8]) -> Vec<PageRef> {
+        levels
+            .iter()
+            .enumerate()
+            .map(|(i, &level)| PageRef {
+                object: format!("index/{i}"),
+                object_len: 1,
+                first_offset: i as i64 * 10,
+                last_offset: i as i64 * 10 + 9,
+                bytes: 1,
+                max_timestamp: 0,
+                level,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_level_with_most_references_is_archived_oldest_first() {
+        // The most references: the three of level 1.
+        assert_eq!(archive_range(&refs(&[1, 1, 1, 0, 0]), 2), Some(0..2));
+        // Equals: the lower level, whose references are newer.
+        assert_eq!(archive_range(&refs(&[3, 3, 1, 0, 0]), 2), Some(3..5));
+        assert_eq!(archive_range(&refs(&[2, 0, 0, 0, 0, 0]), 4), Some(1..5));
+        // No level has enough: nothing.
+        assert_eq!(archive_range(&refs(&[2, 1, 0]), 2), None);
+        assert_eq!(archive_range(&[], 2), None);
+        // Rolling one page at a time into a root of at most 4 references, 2 per archive:
+        // the root stays small, levels fall from older to newer, and they grow slowly.
+        let mut root: Vec<PageRef> = Vec::new();
+        for n in 0..200i64 {
+            let mut page = refs(&[0]).remove(0);
+            page.first_offset = n * 10;
+            page.last_offset = n * 10 + 9;
+            root.push(page);
+            if root.len() > 4
+                && let Some(range) = archive_range(&root, 2)
+            {
+                let archived = root[range.clone()].to_vec();
+                let mut archive = archived[0].clone();
+                archive.last_offset = archived[archived.len() - 1].last_offset;
+                archive.level += 1;
+                root.splice(range, [archive]);
+            }
+            // At most the threshold, or one reference per level when no level has enough to
+            // archive (never at the defaults: that takes 16 levels of 256).
+            let levels = usize::from(root[0].level) + 1;
+            assert!(
+                root.len() <= 4.max(levels),
+                "{n}: {} references",
+                root.len()
+            );
+            assert!(root.windows(2).all(|w| w[0].level >= w[1].level));
+            assert!(
+                root.windows(2)
+                    .all(|w| w[1].first_offset == w[0].last_offset + 1)
+            );
+        }
+        assert_eq!(root[0].first_offset, 0);
+        assert!(
+            root[0].level <= 8,
+            "{:?}",
+            root.iter().map(|r| r.level).collect::<Vec<_>>()
+        );
+    }
 }

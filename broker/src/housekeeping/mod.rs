@@ -34,7 +34,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use silt_metadata::Clock;
 use silt_metadata::catalog::{Catalog, LoadedCommits, WriterFence};
-use silt_metadata::codec::SegmentEntry;
+use silt_metadata::codec::{PageRef, SegmentEntry};
 use silt_storage::cache::SegmentCache;
 use silt_storage::object::{SegmentName, broker_segments_prefix};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,8 @@ pub struct Housekeeper {
     /// The objects each index page references, by page path (pages never change), as
     /// [`PathSet`] hashes: 8 bytes per object instead of its path.
     pub page_objects: Mutex<HashMap<String, Arc<[u64]>>>,
+    /// The references each index archive holds, by archive path (archives never change).
+    pub archive_refs: Mutex<HashMap<String, Arc<[PageRef]>>>,
 }
 
 /// Index pages a GC pass reads at once (a new controller reads every page once).
@@ -342,12 +344,29 @@ impl Housekeeper {
                 .partition(topic_id, partition)
                 .offsets()
                 .log_start;
-            for page in root.pages {
-                commits.referenced.insert(&page.object);
-                // A page wholly below the log start references nothing live; the owner drops
-                // it from the root at its next roll-up.
-                if page.last_offset >= log_start {
-                    pages.push((topic_id, partition, page.object));
+            let mut refs: Vec<PageRef> = root.pages;
+            while let Some(r) = refs.pop() {
+                commits.referenced.insert(&r.object);
+                // A page or archive wholly below the log start references nothing live; the
+                // owner drops it from the root at its next roll-up (an archive holding it
+                // goes whole, later).
+                if r.last_offset < log_start {
+                    continue;
+                }
+                if r.level == 0 {
+                    pages.push((topic_id, partition, r.object));
+                    continue;
+                }
+                // An archive: what it references is referenced, read like the root's.
+                match self.archive_refs(&r).await {
+                    Ok(held) => refs.extend(held.iter().cloned()),
+                    Err(e) => {
+                        warn!(topic_id, partition, error = %e, "an index archive could not be read; the partition's objects and index are kept this pass");
+                        commits.protected.extend([
+                            format!("parts/{topic_id:016x}/{partition}/"),
+                            format!("index/{topic_id:016x}/{partition}/"),
+                        ]);
+                    }
                 }
             }
         }
@@ -372,6 +391,8 @@ impl Housekeeper {
         drop(reads);
         // Pages no root references any more are forgotten.
         self.lock_page_objects()
+            .retain(|path, _| commits.referenced.contains(path));
+        self.lock_archive_refs()
             .retain(|path, _| commits.referenced.contains(path));
         for (is_part, (id, commit)) in segments
             .into_iter()
@@ -399,6 +420,22 @@ impl Housekeeper {
 
     fn lock_page_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<[u64]>>> {
         self.page_objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_archive_refs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<[PageRef]>>> {
+        self.archive_refs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The references an index archive holds, read once per archive.
+    async fn archive_refs(&self, archive: &PageRef) -> Result<Arc<[PageRef]>, BrokerError> {
+        if let Some(refs) = self.lock_archive_refs().get(&archive.object) {
+            return Ok(refs.clone());
+        }
+        let read = crate::core::index_pages::read_archive(self.store.as_ref(), archive).await?;
+        let refs: Arc<[PageRef]> = read.refs.into();
+        self.lock_archive_refs()
+            .insert(archive.object.clone(), Arc::clone(&refs));
+        Ok(refs)
     }
 
     /// The objects an index page references (as [`PathSet`] hashes), read once per page.

@@ -178,12 +178,12 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
     (
         INDEX_PAGES_WRITTEN,
         Kind::Counter,
-        "Index pages this broker wrote: its partitions' oldest compacted entries rolled out of metadata into the object store.",
+        "Index pages and archives this broker wrote: its partitions' oldest compacted entries rolled out of metadata into the object store, and the oldest pages of a full index root moved into an archive.",
     ),
     (
         INDEX_PAGE_LOADS,
         Kind::Counter,
-        "Index pages read from the object store to serve reads of older offsets (misses of the index page cache).",
+        "Index pages and archives read from the object store to serve reads of older offsets (misses of the index page cache).",
     ),
     (
         GC_OBJECTS_DELETED,

@@ -282,6 +282,7 @@ impl Builder {
             unreferenced: Default::default(),
             history: HistoryCompaction::keeping(s.metadata_history_ms as i64),
             page_objects: Default::default(),
+            archive_refs: Default::default(),
         });
         {
             let hk = housekeeper.clone();
@@ -313,6 +314,8 @@ impl Builder {
                     key_map_bytes: usize::try_from(s.key_compaction_map_bytes)
                         .unwrap_or(usize::MAX),
                     page_parts: s.index_page_parts as usize,
+                    root_pages: s.index_root_pages as usize,
+                    archive_pages: s.index_archive_pages as usize,
                 },
                 seq: Default::default(),
             });

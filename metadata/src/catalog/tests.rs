@@ -512,6 +512,7 @@ async fn an_index_swap_is_fenced_on_the_writer_the_topic_and_the_root_version() 
         last_offset: 19,
         bytes: 2,
         max_timestamp: 3,
+        level: 0,
     };
     let root = IndexRoot {
         pages: vec![page.clone()],
