@@ -20,7 +20,8 @@
 //! listed by the partition's index root `index/<topic>/<partition>`): the partition keeps the
 //! pages' offset ranges, sizes and newest timestamps, and only the tail's entries. A lookup
 //! below the tail answers [`Located::Paged`] and the reader loads the page
-//! ([`crate::core::index_pages::IndexPages`]). Entries arriving for offsets the pages cover are
+//! ([`crate::core::index_pages::IndexPages`]); a root reference may be an *archive* of older
+//! references, which the reader looks through to the page. Here both are ranges alike. Entries arriving for offsets the pages cover are
 //! ignored, like those a compacted entry covers.
 
 use std::collections::{HashMap, VecDeque};

@@ -386,10 +386,11 @@ impl Compactor {
 impl Compactor {
     /// Rolls the partition's oldest compacted objects out of metadata into an index page, and
     /// drops the pages retention passed, when due ([`crate::core::log_index::PartitionLog::roll_up`]):
-    /// PUT the page, then ONE transaction puts the index root with it and deletes the rolled
-    /// commits' keys, fenced like a compaction swap and compared on the root's version. True
-    /// when the root changed. A crash between the PUT and the swap leaves an unreferenced page
-    /// for garbage collection.
+    /// PUT the page (and, once the root lists more than `root_pages` references, an archive of
+    /// the oldest `archive_pages` of one level: [`archive_range`]), then ONE transaction puts
+    /// the index root with them and deletes the rolled commits' keys, fenced like a compaction
+    /// swap and compared on the root's version. True when the root changed. A crash between
+    /// the PUTs and the swap leaves unreferenced objects for garbage collection.
     pub async fn roll_up(&self, topic: &Topic, partition: u32) -> Result<bool, BrokerError> {
         if self.settings.page_parts == 0 {
             return Ok(false);
