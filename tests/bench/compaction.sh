@@ -89,8 +89,16 @@ print("%.1f MiB (in use %.1f MiB)" % (s["dbSize"] / 2**20, s["dbSizeInUse"] / 2*
 }
 objects() { find "$objects_dir" -name '*.seg' | wc -l; }
 pages() { find "$objects_dir" -name '*.idx' | wc -l; }
+archives() { find "$objects_dir" -name '*.ida' | wc -l; }
+# The largest index root's value, in bytes.
+root_bytes() {
+    "${E[@]}" get --prefix "/silt/bench/index/" -w json | python3 -c '
+import base64, json, sys
+kvs = json.load(sys.stdin).get("kvs", [])
+print(max((len(base64.b64decode(kv["value"])) for kv in kvs), default=0))'
+}
 report_state() {
-    echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys index/) index roots, $(keys '') in all; etcd DB $(db_size); objects $(objects) + $(pages) index pages"
+    echo "  etcd keys: $(keys segments/) segment, $(keys parts/) compacted, $(keys index/) index roots (largest $(root_bytes) bytes), $(keys '') in all; etcd DB $(db_size); objects $(objects) + $(pages) index pages + $(archives) index archives"
 }
 cold_read() {
     local topic=${READ_TOPIC:-history}
@@ -106,7 +114,7 @@ cold_read() {
         python3 - "$out" "$ms" "$rss" "$((gets1 - gets0))" "$page_loads" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); mib = r["fetched_bytes"] / 2**20
-print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB ({sys.argv[5]} of them index pages); start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
+print(f"  cold read: {mib:.0f} MiB at {r['mib_per_s']:.1f} MiB/s, {int(sys.argv[4])} GETs = {int(sys.argv[4]) / mib:.2f} GETs/MiB ({sys.argv[5]} of them index pages or archives); start-up {sys.argv[2]} ms, RSS after start {sys.argv[3]} MiB")
 PY
     done
 }
