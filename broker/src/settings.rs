@@ -79,6 +79,9 @@ pub struct Settings {
     #[serde(deserialize_with = "size::de")]
     pub max_request_bytes: u64,
     pub max_request_records: u64,
+    /// How often an idle client connection is pinged; a client silent for as long again is
+    /// disconnected. 0: never.
+    pub client_keepalive_ms: u64,
     #[serde(deserialize_with = "size::de")]
     pub max_batch_bytes: u64,
     /// Most bytes the batches of one produce request may decompress to.
@@ -177,6 +180,7 @@ impl Default for Settings {
             flush_bytes: 8 << 20,
             wal_cache_bytes: 256 << 20,
             max_request_bytes: 32 << 20,
+            client_keepalive_ms: 30_000,
             max_request_records: 50_000,
             max_batch_bytes: 8 << 20,
             max_uncompressed_bytes: 256 << 20,
@@ -342,6 +346,14 @@ pub struct Cli {
     #[arg(long, env = "SILT_MAX_REQUEST_BYTES", value_parser = size::parse)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<u64>,
+
+    /// How often the broker pings a client connection it has heard nothing from (HTTP/2
+    /// PING); a client that does not answer within as long again is disconnected, so the calls
+    /// of a client that vanished without closing its connection (a subscription, a long poll)
+    /// end and free what they hold. 0: never [default: 30000].
+    #[arg(long, env = "SILT_CLIENT_KEEPALIVE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_keepalive_ms: Option<u64>,
 
     /// Most records (Produce) or batches (ProduceBatches) in one request [default: 50000].
     #[arg(long, env = "SILT_MAX_REQUEST_RECORDS")]
@@ -562,6 +574,13 @@ impl Settings {
             return Err(format!(
                 "wal-cache-bytes ({}) must be at least flush-bytes ({}), which must be > 0",
                 self.wal_cache_bytes, self.flush_bytes
+            ));
+        }
+        if self.client_keepalive_ms != 0 && !(1_000..=3_600_000).contains(&self.client_keepalive_ms)
+        {
+            return Err(format!(
+                "client-keepalive-ms {} must be 0 (never) or between 1000 and 3600000",
+                self.client_keepalive_ms
             ));
         }
         if self.max_request_records == 0 || self.max_request_bytes < 1024 {

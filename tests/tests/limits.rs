@@ -607,3 +607,116 @@ async fn malformed_produce_frames_get_grpc_statuses_and_store_nothing() {
         "nothing else stored"
     );
 }
+
+/// A client that vanishes without closing its connection is disconnected: with
+/// `--client-keepalive-ms 1000` a peer that completes the HTTP/2 preface and then never
+/// answers the broker's PING sees its connection closed within about twice that — without the
+/// keepalive it would hold its connection (and any subscription on it) forever — and a peer
+/// that never finishes the preface (a slow-loris) within the keepalive period. A live client
+/// that simply has nothing to say answers the pings and keeps its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_is_disconnected_and_a_quiet_one_is_not() {
+    use silt_api::v1::start_position::Position;
+    use silt_api::v1::{StartPosition, SubscribeRequest};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start(BrokerOptions::new(dir.path()).arg("--client-keepalive-ms", 1000))
+            .await;
+    let client = broker.client().await;
+    client.create_topic("quiet", 1, None, None).await.unwrap();
+
+    // A quiet client: a subscription with nothing to read, across several keepalive rounds.
+    let mut log = log_client(&broker).await;
+    let mut subscription = log
+        .subscribe(SubscribeRequest {
+            topic: "quiet".into(),
+            partition: 0,
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(true)),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A vanished one: the connection preface and an empty SETTINGS frame, then silence (it
+    // reads what the broker sends, and never answers).
+    let addr = broker.url().trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => frames.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a peer that never answers stays connected: {} bytes read",
+        frames.len()
+    );
+    // HTTP/2 frames: 9-byte headers, type at byte 3. The broker pinged (type 6) before it
+    // gave up (GOAWAY, type 7).
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while at + 9 <= frames.len() {
+        let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+        kinds.push(frames[at + 3]);
+        at += 9 + len;
+    }
+    assert!(kinds.contains(&6), "no PING among frames {kinds:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "closed after {:?}, before a keepalive round",
+        started.elapsed()
+    );
+
+    // A peer that connects and sends nothing, or part of the preface, is closed too: the
+    // connection must open within the keepalive period.
+    for opening in [&b""[..], &b"PRI * HTTP/2.0"[..]] {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(opening).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = slow.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a peer that sent {opening:?} stays connected"
+        );
+    }
+
+    // The quiet subscription is still served: a record produced now reaches it.
+    log.produce(ProduceRequest {
+        topic: "quiet".into(),
+        records: vec![Record {
+            value: Bytes::from("after the silence"),
+            ..Record::default()
+        }],
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), subscription.message())
+        .await
+        .expect("the subscription delivers")
+        .expect("the subscription is still open")
+        .expect("a message");
+    assert_eq!(next.records[0].offset, 0);
+}

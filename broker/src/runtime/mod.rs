@@ -470,6 +470,7 @@ impl Builder {
                 listener,
                 broker,
                 max_message,
+                (s.client_keepalive_ms > 0).then(|| Duration::from_millis(s.client_keepalive_ms)),
                 cancel.clone(),
                 async move { stop.cancelled().await },
             ))

@@ -6,12 +6,16 @@
 pub mod admin;
 pub mod forward;
 pub mod groups;
+mod incoming;
 pub mod log;
 pub mod metrics;
 pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::StreamExt as _;
 
 use silt_api::v1::admin_server::AdminServer;
 use silt_api::v1::groups_server::GroupsServer;
@@ -39,14 +43,22 @@ pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
+/// How long a new connection has to send the HTTP/2 preface when keepalive pings are off.
+const OPENING_TIME: Duration = Duration::from_secs(30);
+
 /// Serves the gRPC edge on `listener`: health turns NOT_SERVING once `draining` fires (the
 /// broker keeps answering while it flushes and hands its partitions over); once `stop`
 /// resolves the listener closes, in-flight calls finish and the server returns. `max_message`
-/// bounds a request's size.
+/// bounds a request's size. With `keepalive`, a connection idle that long is pinged and
+/// closed when the client does not answer within as long again: a client that vanished
+/// without closing its connection (its host gone, a network cut) would otherwise keep its
+/// subscriptions and long polls, and their tasks, for as long as the broker runs. A new
+/// connection must send the HTTP/2 preface within `keepalive` (30 s without), or is closed.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     max_message: usize,
+    keepalive: Option<Duration>,
     draining: CancellationToken,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -81,6 +93,8 @@ pub async fn serve(
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(keepalive)
         .layer(request_metrics)
         .add_service(health_service)
         .add_service(reflection)
@@ -94,8 +108,15 @@ pub async fn serve(
         // TCP_NODELAY on every accepted connection: acks and subscription messages are small
         // writes, and with Nagle's algorithm each waited for the peer's delayed ACK (tens of
         // ms). tonic sets it only on listeners it binds itself.
+        // Each connection must open (send the HTTP/2 preface) within the keepalive period.
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| {
+                    accepted.map(|stream| {
+                        incoming::OpeningDeadline::new(stream, keepalive.unwrap_or(OPENING_TIME))
+                    })
+                }),
             stop,
         )
         .await?;
