@@ -622,15 +622,15 @@ impl Settings {
                 self.index_page_parts
             ));
         }
-        if !(2..=4096).contains(&self.index_archive_pages) {
+        if !(2..=1024).contains(&self.index_archive_pages) {
             return Err(format!(
-                "index-archive-pages {} must be between 2 and 4096",
+                "index-archive-pages {} must be between 2 and 1024",
                 self.index_archive_pages
             ));
         }
-        if self.index_root_pages < 2 * self.index_archive_pages || self.index_root_pages > 6000 {
+        if self.index_root_pages < 2 * self.index_archive_pages || self.index_root_pages > 4096 {
             return Err(format!(
-                "index-root-pages {} must be at least twice index-archive-pages ({}) and at most 6000 (an index root stays well inside the metadata store's 1.5 MiB request limit)",
+                "index-root-pages {} must be at least twice index-archive-pages ({}) and at most 4096 (an index root stays well inside the metadata store's 1.5 MiB request limit)",
                 self.index_root_pages, self.index_archive_pages
             ));
         }
@@ -806,13 +806,18 @@ mod tests {
             "{err}"
         );
         for (root, archive, says) in [
-            (4096, 1, "index-archive-pages 1 must be between 2 and 4096"),
+            (4096, 1, "index-archive-pages 1 must be between 2 and 1024"),
+            (
+                4096,
+                2048,
+                "index-archive-pages 2048 must be between 2 and 1024",
+            ),
             (
                 300,
                 256,
                 "index-root-pages 300 must be at least twice index-archive-pages (256)",
             ),
-            (8000, 256, "at most 6000"),
+            (5000, 256, "at most 4096"),
         ] {
             let err = Settings::load(&Cli {
                 index_root_pages: Some(root),

@@ -525,6 +525,36 @@ mod tests {
     }
 
     #[test]
+    fn broker_records_carry_the_formats_their_broker_reads_across_versions() {
+        let new = BrokerRecord {
+            v: 1,
+            broker_id: "b".into(),
+            address: "a:1".into(),
+            incarnation: 2,
+            started_at_ms: 3,
+            formats: vec![FORMAT_INDEX_ARCHIVES.into()],
+        };
+        let bytes = encode_broker(&new);
+        assert_eq!(decode_broker(b"k", &bytes).unwrap(), new);
+        assert!(new.reads(FORMAT_INDEX_ARCHIVES));
+        // A broker from before formats registered without them: it reads none.
+        let old = br#"{"v":1,"broker_id":"b","address":"a:1","incarnation":2,"started_at_ms":3}"#;
+        let old = decode_broker(b"k", old).unwrap();
+        assert!(old.formats.is_empty() && !old.reads(FORMAT_INDEX_ARCHIVES));
+        // ...and reads a newer broker's record, the field unknown to it.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldBrokerRecord {
+            v: u32,
+            broker_id: String,
+            address: String,
+            incarnation: u64,
+            started_at_ms: i64,
+        }
+        assert!(serde_json::from_slice::<OldBrokerRecord>(&bytes).is_ok());
+    }
+
+    #[test]
     fn owner_and_controller_records_round_trip_and_check_their_version() {
         let o = OwnerRecord {
             v: 1,
@@ -683,6 +713,22 @@ pub struct BrokerRecord {
     pub address: String,
     pub incarnation: u64,
     pub started_at_ms: i64,
+    /// Formats this broker reads beyond those every Silt broker reads (such as
+    /// [`FORMAT_INDEX_ARCHIVES`]): a format is written only while every live broker reads it,
+    /// so a cluster in a rolling upgrade never writes what its older brokers cannot read.
+    /// Records of brokers from before this field read as none.
+    #[serde(default)]
+    pub formats: Vec<String>,
+}
+
+/// Index roots that list archives (version 2) and the archive objects.
+pub const FORMAT_INDEX_ARCHIVES: &str = "index-archives";
+
+impl BrokerRecord {
+    /// Whether this broker reads `format`.
+    pub fn reads(&self, format: &str) -> bool {
+        self.formats.iter().any(|f| f == format)
+    }
 }
 
 /// Who writes a partition, as stored in `owners/<topic-id>/<partition>`.

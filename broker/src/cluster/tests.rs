@@ -34,6 +34,7 @@ pub(crate) async fn node(catalog: &Catalog, id: &str) -> Node {
                 address: format!("{id}:1"),
                 incarnation,
                 started_at_ms: 0,
+                formats: Vec::new(),
             },
             lease,
         )

@@ -307,6 +307,7 @@ impl FetchPath {
                         found = match leaf {
                             Some(page) => Located::Paged(page),
                             None if after < offsets.high_watermark => {
+                                resume = after;
                                 log.locate(after, usize::MAX).1
                             }
                             None => return Ok((offsets.high_watermark, -1, offsets)),

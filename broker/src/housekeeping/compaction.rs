@@ -47,10 +47,16 @@ use crate::observe::metrics::{CompactionOutcome, Metrics};
 /// whole entry, so entries stay about as large as a fetch.
 pub const ENTRY_BYTES: u32 = 1 << 20;
 
-/// Largest index root written: a partition's page list stays well inside etcd's 1.5 MiB
-/// request limit. Archives keep it near `--index-root-pages` (at most 6000 references, about
-/// 800 KiB); this is the last guard.
+/// Largest index root a roll-up grows: a partition's page list stays well inside etcd's
+/// 1.5 MiB request limit. Archives keep it near `--index-root-pages` (at most 4096 references,
+/// about 800 KiB with 64-byte broker ids); this is the last guard.
 const MAX_ROOT_BYTES: usize = 1 << 20;
+
+/// A root this large is archived whatever its count (long broker ids make long page paths).
+const ARCHIVE_ROOT_BYTES: usize = 768 << 10;
+
+/// Largest unroll transaction: a root plus the commits it puts back, inside etcd's 1.5 MiB.
+const MAX_UNROLL_BYTES: usize = 1400 << 10;
 
 /// Entry reads in flight at once during a run.
 pub(super) const READ_CONCURRENCY: usize = 8;
@@ -450,10 +456,20 @@ impl Compactor {
             });
             upload = Some((path, encoded));
         }
-        // Past `root_pages`, the oldest references of one level move into an archive (written
-        // after the page, swapped in by the same transaction).
+        // Past `root_pages` (or ARCHIVE_ROOT_BYTES of root, with long paths), the oldest
+        // references of one level move into an archive (written after the page, swapped in by
+        // the same transaction) — once every live broker reads archives (a rolling upgrade
+        // from brokers without them writes none).
         let mut uploads: Vec<(Path, Vec<u8>)> = upload.into_iter().collect();
-        if pages.len() > self.settings.root_pages
+        let before_len = pages.len() - uploads.len();
+        let full = pages.len() > self.settings.root_pages
+            || codec::encode_index_root(&IndexRoot {
+                pages: pages.clone(),
+            })
+            .len()
+                > ARCHIVE_ROOT_BYTES;
+        if full
+            && archives_readable(&self.view.brokers())
             && let Some(range) = archive_range(&pages, self.settings.archive_pages)
         {
             let refs: Vec<PageRef> = pages[range.clone()].to_vec();
@@ -486,10 +502,11 @@ impl Compactor {
             pages.splice(range, [reference]);
             uploads.push((path, archive));
         }
+        let grows = pages.len() > before_len;
         let root = IndexRoot { pages };
         let root_len = codec::encode_index_root(&root).len();
-        if !uploads.is_empty() && root_len > MAX_ROOT_BYTES {
-            warn!(topic = %topic.record.name, partition, root_len, "the partition's index root is full; its newer compacted entries stay in metadata (lower --index-root-pages)");
+        if grows && root_len > MAX_ROOT_BYTES {
+            warn!(topic = %topic.record.name, partition, root_len, "the partition's index root is full (are all brokers upgraded to read index archives?); its newer compacted entries stay in metadata");
             return Ok(false);
         }
         let mut written = Vec::new();
@@ -572,6 +589,11 @@ impl Compactor {
                 let archive = read_archive(self.store.as_ref(), &last).await?;
                 pages.extend(archive.refs);
                 let root = IndexRoot { pages };
+                let root_len = codec::encode_index_root(&root).len();
+                if root_len > MAX_ROOT_BYTES {
+                    warn!(topic = %topic.record.name, partition, root_len, "the partition's index is too large to unroll for key compaction; its records stay as they are, readable");
+                    return Ok(());
+                }
                 let change = IndexChange {
                     seen_root_revision: root_revision,
                     root: &root,
@@ -591,6 +613,16 @@ impl Compactor {
             }
             let page = read_page(self.store.as_ref(), &last.object).await?;
             let root = IndexRoot { pages };
+            let unroll_len = codec::encode_index_root(&root).len()
+                + page
+                    .parts
+                    .iter()
+                    .map(|(id, c)| id.len() + codec::encode_segment(c).len())
+                    .sum::<usize>();
+            if unroll_len > MAX_UNROLL_BYTES {
+                warn!(topic = %topic.record.name, partition, unroll_len, "the partition's index is too large to unroll for key compaction; its records stay as they are, readable");
+                return Ok(());
+            }
             let swapped = self
                 .catalog
                 .swap_index(
@@ -617,11 +649,21 @@ impl Compactor {
     }
 }
 
+/// Whether every live broker reads index archives (none registered: nobody to protect).
+fn archives_readable(brokers: &[silt_metadata::codec::BrokerRecord]) -> bool {
+    brokers
+        .iter()
+        .all(|b| b.reads(codec::FORMAT_INDEX_ARCHIVES))
+}
+
 /// The references of `pages` (an index root, levels never rising from older to newer) to
 /// move into one archive: the oldest `fanout` of the level with the most references (the
 /// lowest of equals), if it has that many. One archive per roll-up (which adds one page)
-/// keeps the root at its threshold; a level fills up `fanout` times more slowly than the one
-/// below, so a lookup reads one archive per level, a handful at most.
+/// keeps the root at its threshold `R` as long as some level has `fanout` references: it
+/// lists at most max(R, (fanout − 1) × levels + 1). A level fills `fanout` times more slowly
+/// than the one below (levels ≈ log_fanout of the pages), so at the defaults (4096, 256) the
+/// root stays at 4096 below 16 levels — never — and a lookup reads one archive per level,
+/// one below ~0.5 PiB of a partition, two beyond.
 fn archive_range(pages: &[PageRef], fanout: usize) -> Option<std::ops::Range<usize>> {
     let mut best: Option<(usize, std::ops::Range<usize>)> = None;
     let mut i = 0;
@@ -684,6 +726,23 @@ mod tests {
     }
 
     #[test]
+    fn archives_are_written_only_while_every_live_broker_reads_them() {
+        let broker = |formats: &[&str]| silt_metadata::codec::BrokerRecord {
+            v: 1,
+            broker_id: "b".into(),
+            address: "a:1".into(),
+            incarnation: 1,
+            started_at_ms: 0,
+            formats: formats.iter().map(|f| f.to_string()).collect(),
+        };
+        let reads = broker(&[codec::FORMAT_INDEX_ARCHIVES]);
+        assert!(archives_readable(&[reads.clone(), reads.clone()]));
+        // One broker from before archives (mid rolling upgrade): none are written.
+        assert!(!archives_readable(&[reads.clone(), broker(&[])]));
+        assert!(!archives_readable(&[broker(&["something-else"]), reads]));
+    }
+
+    #[test]
     fn the_level_with_most_references_is_archived_oldest_first() {
         // The most references: the three of level 1.
         assert_eq!(archive_range(&refs(&[1, 1, 1, 0, 0]), 2), Some(0..2));
@@ -693,42 +752,41 @@ mod tests {
         // No level has enough: nothing.
         assert_eq!(archive_range(&refs(&[2, 1, 0]), 2), None);
         assert_eq!(archive_range(&[], 2), None);
-        // Rolling one page at a time into a root of at most 4 references, 2 per archive:
-        // the root stays small, levels fall from older to newer, and they grow slowly.
-        let mut root: Vec<PageRef> = Vec::new();
-        for n in 0..200i64 {
-            let mut page = refs(&[0]).remove(0);
-            page.first_offset = n * 10;
-            page.last_offset = n * 10 + 9;
-            root.push(page);
-            if root.len() > 4
-                && let Some(range) = archive_range(&root, 2)
-            {
-                let archived = root[range.clone()].to_vec();
-                let mut archive = archived[0].clone();
-                archive.last_offset = archived[archived.len() - 1].last_offset;
-                archive.level += 1;
-                root.splice(range, [archive]);
+        // Rolling one page at a time into a root of at most R references, F per archive: the
+        // root stays within max(R, (F - 1) x levels + 1), levels fall from older to newer, the
+        // references stay contiguous, and levels grow with the logarithm of the pages.
+        for (r, f, pages) in [(4, 2, 600), (16, 4, 3000), (512, 256, 3000)] {
+            let mut root: Vec<PageRef> = Vec::new();
+            for n in 0..pages as i64 {
+                let mut page = refs(&[0]).remove(0);
+                page.first_offset = n * 10;
+                page.last_offset = n * 10 + 9;
+                root.push(page);
+                if root.len() > r
+                    && let Some(range) = archive_range(&root, f)
+                {
+                    let archived = root[range.clone()].to_vec();
+                    let mut archive = archived[0].clone();
+                    archive.last_offset = archived[archived.len() - 1].last_offset;
+                    archive.level += 1;
+                    root.splice(range, [archive]);
+                }
+                let levels = usize::from(root[0].level) + 1;
+                let bound = r.max((f - 1) * levels + 1);
+                assert!(
+                    root.len() <= bound,
+                    "{r}/{f} page {n}: {} references",
+                    root.len()
+                );
+                assert!(root.windows(2).all(|w| w[0].level >= w[1].level));
+                assert!(
+                    root.windows(2)
+                        .all(|w| w[1].first_offset == w[0].last_offset + 1)
+                );
+                assert_eq!(root[0].first_offset, 0);
+                let log = ((n + 1) as f64).log(f as f64).ceil() as usize;
+                assert!(levels <= log + 1, "{r}/{f} page {n}: {levels} levels");
             }
-            // At most the threshold, or one reference per level when no level has enough to
-            // archive (never at the defaults: that takes 16 levels of 256).
-            let levels = usize::from(root[0].level) + 1;
-            assert!(
-                root.len() <= 4.max(levels),
-                "{n}: {} references",
-                root.len()
-            );
-            assert!(root.windows(2).all(|w| w[0].level >= w[1].level));
-            assert!(
-                root.windows(2)
-                    .all(|w| w[1].first_offset == w[0].last_offset + 1)
-            );
         }
-        assert_eq!(root[0].first_offset, 0);
-        assert!(
-            root[0].level <= 8,
-            "{:?}",
-            root.iter().map(|r| r.level).collect::<Vec<_>>()
-        );
     }
 }

@@ -395,6 +395,7 @@ impl Builder {
                 address: s.advertise.clone().unwrap_or_else(|| addr.to_string()),
                 incarnation,
                 started_at_ms: clock.now_ms(),
+                formats: vec![silt_metadata::codec::FORMAT_INDEX_ARCHIVES.into()],
             },
             Duration::from_millis(s.lease_ttl_ms),
         ));
