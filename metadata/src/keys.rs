@@ -298,6 +298,13 @@ impl Keys {
         std::str::from_utf8(rest).ok()
     }
 
+    /// The topic id and partition a `parts/` key names.
+    pub fn parse_part_partition(&self, key: &[u8]) -> Option<(u64, u32)> {
+        let mut fields = self.parse_part(key)?.split('/');
+        let topic = u64::from_str_radix(fields.next()?, 16).ok()?;
+        Some((topic, fields.next()?.parse().ok()?))
+    }
+
     pub fn index_roots_prefix(&self) -> Vec<u8> {
         format!("{}index/", self.root).into_bytes()
     }
@@ -374,6 +381,8 @@ mod tests {
             b"/silt/c1/parts/00000000000000ab/3/00000000000000000100-00000000000000000199".to_vec()
         );
         assert_eq!(k.parse_part(&k.part(&part)), Some(part.as_str()));
+        assert_eq!(k.parse_part_partition(&k.part(&part)), Some((0xab, 3)));
+        assert_eq!(k.parse_part_partition(&k.part("zz/3/1-2")), None);
         assert_eq!(k.parse_part(&k.segment("b/x-1")), None);
         assert_eq!(k.parse_owner(&k.owner(0xab, 7)), Some((0xab, 7)));
         assert_eq!(k.parse_owner(b"/silt/c1/owners/zz/1"), None);

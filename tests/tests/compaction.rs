@@ -862,3 +862,85 @@ async fn index_pages(name: &str, archives: Option<(usize, usize)>) {
     )
     .await;
 }
+
+/// A partition whose index root a broker cannot read (damaged, or written in a format it does
+/// not know) is neither written nor read by it — continuing from a high watermark that lacks
+/// the root's offsets would hand them out again — with UNAVAILABLE saying why, while the
+/// topic's other partitions are served; a readable root written later serves it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_index_root_is_unreadable_is_not_served_until_it_is() {
+    let Some(mut cluster) = Cluster::start("unreadable-root", TTL_MS, 10).await else {
+        return;
+    };
+    cluster.add_broker().await;
+    let topic = "damaged";
+    let client = cluster.client().await;
+    client
+        .create_topic(topic, 2, None, None)
+        .await
+        .expect("create topic");
+    cluster.wait_owned(topic, Duration::from_secs(20)).await;
+    let mut log = client.log();
+    produce_one_batch(&mut log, topic, 0)
+        .await
+        .expect("produce");
+    let catalog = cluster.catalog().await;
+    let id = catalog.get_topic(topic).await.unwrap().unwrap().id;
+    let root = catalog.keys().index_root(id, 0);
+
+    catalog
+        .store()
+        .put(&root, b"\x07 from a newer broker")
+        .await
+        .unwrap();
+    let refused = wait_for_state(
+        "the damaged partition to be refused",
+        Duration::from_secs(20),
+        || async {
+            match produce_one_batch(&mut client.log(), topic, 0).await {
+                Err(status) => Ok(status),
+                Ok(()) => Err("still written".to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("could not read its index"),
+        "{}",
+        refused.message()
+    );
+    let read = silt_client::list_offsets(&client, topic, 0, silt_client::StartSpec::Earliest)
+        .await
+        .unwrap_err();
+    assert!(
+        read.to_string().contains("could not read its index"),
+        "{read}"
+    );
+    // The other partition is served.
+    produce_one_batch(&mut log, topic, 1)
+        .await
+        .expect("the other partition is written");
+
+    // A readable root (no pages): served again, continuing after what was written.
+    catalog
+        .store()
+        .put(
+            &root,
+            &silt_metadata::codec::encode_index_root(&Default::default()),
+        )
+        .await
+        .unwrap();
+    wait_for_state(
+        "the partition to be served again",
+        Duration::from_secs(20),
+        || async {
+            produce_one_batch(&mut client.log(), topic, 0)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let stored = read_partition(&client, topic, 0).await;
+    assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [0, 1]);
+}

@@ -192,7 +192,19 @@ impl ClusterView {
             } else if let Some(id) = keys.parse_part(&kv.key) {
                 match codec::decode_segment(&kv.key, &kv.value) {
                     Ok(c) => parts.push((kv.mod_revision, id.to_string(), c)),
-                    Err(e) => warn!(error = %e, "skipping an unreadable compacted commit"),
+                    Err(e) => {
+                        // The key names its partition: that partition is not served, rather
+                        // than served without these offsets.
+                        let reason = e.to_string();
+                        warn!(error = %reason, "a compacted commit is unreadable; its partition is not served until it is");
+                        if let Some((topic_id, partition)) = keys.parse_part_partition(&kv.key)
+                            && self.topics.is_live(topic_id)
+                        {
+                            self.index
+                                .partition(topic_id, partition)
+                                .set_unreadable_part(reason);
+                        }
+                    }
                 }
             } else if keys.parse_topic(&kv.key).is_some() {
                 topics.push(kv);
@@ -336,7 +348,13 @@ impl ClusterView {
                     Ok(root) => self
                         .index
                         .set_root(topic_id, partition, kv.mod_revision, &root),
-                    Err(e) => warn!(error = %e, "skipping an unreadable index root"),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        warn!(error = %reason, "an index root is unreadable; its partition is not served until it is");
+                        self.index
+                            .partition(topic_id, partition)
+                            .set_unreadable_root(kv.mod_revision, reason);
+                    }
                 }
             }
             return false;

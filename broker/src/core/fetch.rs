@@ -71,9 +71,15 @@ pub struct FetchPath {
 impl FetchPath {
     /// The committed log of a topic partition, or NOT_FOUND.
     pub fn log(&self, topic: &str, partition: u32) -> Result<Arc<PartitionLog>, BrokerError> {
-        let topic = self.topics.require(topic)?;
-        check_partition(&topic, partition)?;
-        Ok(self.index.partition(topic.id, partition))
+        let t = self.topics.require(topic)?;
+        check_partition(&t, partition)?;
+        let log = self.index.partition(t.id, partition);
+        if let Some(reason) = log.unreadable() {
+            return Err(BrokerError::unavailable(format!(
+                "{topic}/{partition} is not served: this broker could not read its index ({reason}); upgrade this broker if it is older than the others, or repair the metadata"
+            )));
+        }
+        Ok(log)
     }
 
     /// Reads from `offset`, waiting up to `max_wait` when nothing is committed there yet.

@@ -198,7 +198,11 @@ impl Flusher {
             ));
             return None;
         };
-        let refused = self.refused_producers(&window, &snapshot);
+        let mut refused = self.refused_producers(&window, &snapshot);
+        // A partition whose index could not be read whole may be missing committed offsets:
+        // continuing from its high watermark could reuse them, so nothing is written to it.
+        let (unreadable, why) = self.unreadable_producers(&window);
+        refused.extend(unreadable.iter().copied());
         let seq = self.next_seq;
         self.next_seq += 1;
         let name = SegmentName {
@@ -268,6 +272,9 @@ impl Flusher {
         let held = window.bytes();
         let opened_at = window.opened_at();
         let mut producers = window.into_producers();
+        if let Some(why) = why {
+            producers.refuse(&unreadable, &BrokerError::unavailable(why));
+        }
         producers.refuse(
             &refused,
             &BrokerError::not_owner(
@@ -322,6 +329,27 @@ impl Flusher {
 
     /// The producers with a batch for a partition this broker does not own: none of their
     /// batches is written, so a request is stored whole or not at all.
+    /// The producers with a batch for a partition whose index could not be read, and why.
+    fn unreadable_producers(&self, window: &Window) -> (HashSet<usize>, Option<String>) {
+        let mut why = None;
+        let producers = window
+            .partitions()
+            .filter(|((topic_id, partition), _)| {
+                let reason = self.index.partition(*topic_id, *partition).unreadable();
+                if let Some(reason) = &reason {
+                    why.get_or_insert_with(|| {
+                        format!(
+                            "partition {partition} of topic id {topic_id} is not written: this broker could not read its index ({reason}); nothing was stored. Upgrade this broker if it is older than the others, or repair the metadata"
+                        )
+                    });
+                }
+                reason.is_some()
+            })
+            .flat_map(|(_, batches)| batches.iter().map(|b| b.producer()))
+            .collect();
+        (producers, why)
+    }
+
     fn refused_producers(&self, window: &Window, snapshot: &FlushSnapshot) -> HashSet<usize> {
         window
             .partitions()

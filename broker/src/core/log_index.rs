@@ -169,6 +169,13 @@ struct PartitionState {
     root_revision: i64,
     /// How many pages that root listed (more than `pages` once retention dropped some).
     root_pages: usize,
+    /// Why the partition's index root, or a compacted commit of it, could not be read (the
+    /// metadata damaged, or written in a format this broker does not know): the index may be
+    /// missing committed offsets, so the partition is neither written nor read until it is.
+    /// (The unreadable root's revision, why.) The root revision applied stays the last
+    /// readable one, so a roll-up computed here is refused by the root's compare.
+    unreadable_root: Option<(i64, String)>,
+    unreadable_part: Option<String>,
 }
 
 /// One partition's committed log.
@@ -289,6 +296,29 @@ impl PartitionLog {
         start.filter(|start| *start > s.log_start)
     }
 
+    /// Why this partition cannot be served, if its index could not be read whole.
+    pub fn unreadable(&self) -> Option<String> {
+        let s = self.lock();
+        s.unreadable_root
+            .as_ref()
+            .map(|(_, why)| why.clone())
+            .or_else(|| s.unreadable_part.clone())
+    }
+
+    /// Marks the partition unreadable: its index root at `revision` could not be decoded. A
+    /// readable root of a later revision clears it.
+    pub fn set_unreadable_root(&self, revision: i64, reason: String) {
+        let mut s = self.lock();
+        if revision > s.root_revision {
+            s.unreadable_root = Some((revision, reason));
+        }
+    }
+
+    /// Marks the partition unreadable: a compacted commit of it could not be decoded.
+    pub fn set_unreadable_part(&self, reason: String) {
+        self.lock().unreadable_part = Some(reason);
+    }
+
     /// Applies the partition's index root, read at `revision`: its pages replace the entries
     /// they cover. An older root than the one applied is ignored.
     pub fn set_root(&self, revision: i64, root: &IndexRoot) {
@@ -297,6 +327,12 @@ impl PartitionLog {
             return;
         }
         s.root_revision = revision;
+        if s.unreadable_root
+            .as_ref()
+            .is_some_and(|(r, _)| *r < revision)
+        {
+            s.unreadable_root = None;
+        }
         s.root_pages = root.pages.len();
         let log_start = s.log_start;
         s.pages = root
@@ -1370,6 +1406,34 @@ mod tests {
         }
         assert!(index.partition(1, 0).roll_up(2, 0).is_none());
         assert_eq!(index.partition(1, 0).roll_up(1, 0).unwrap().parts.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_root_blocks_the_partition_until_a_later_readable_one() {
+        let index = LogIndex::new();
+        let log = index.partition(7, 0);
+        log.set_root(
+            5,
+            &IndexRoot {
+                pages: vec![page(0, 39, 35)],
+            },
+        );
+        assert_eq!(log.unreadable(), None);
+        // An older unreadable root changes nothing; a newer one blocks, keeping the applied
+        // revision (a roll-up computed now is refused by the root's compare).
+        log.set_unreadable_root(4, "old".into());
+        assert_eq!(log.unreadable(), None);
+        log.set_unreadable_root(8, "damaged".into());
+        assert_eq!(log.unreadable().as_deref(), Some("damaged"));
+        assert_eq!(log.pages().0, 5);
+        // A readable root older than the damaged one does not clear it; a later one does.
+        log.set_root(6, &IndexRoot::default());
+        assert_eq!(log.unreadable().as_deref(), Some("damaged"));
+        log.set_root(9, &IndexRoot::default());
+        assert_eq!(log.unreadable(), None);
+        // An unreadable compacted commit blocks for good (until the broker reloads).
+        log.set_unreadable_part("bad commit".into());
+        assert_eq!(log.unreadable().as_deref(), Some("bad commit"));
     }
 
     #[test]
