@@ -348,9 +348,10 @@ pub struct Cli {
     pub max_request_bytes: Option<u64>,
 
     /// How often the broker pings a client connection it has heard nothing from (HTTP/2
-    /// PING); a client that does not answer within as long again is disconnected, so the calls
-    /// of a client that vanished without closing its connection (a subscription, a long poll)
-    /// end and free what they hold. 0: never [default: 30000].
+    /// PING); the calls of a client that does not answer within twice that end, so those of a
+    /// client that vanished without closing its connection (a subscription, a long poll) free
+    /// what they hold. A new connection must also send the HTTP/2 preface within it (at most
+    /// 30 s). 0: no pings [default: 30000].
     #[arg(long, env = "SILT_CLIENT_KEEPALIVE_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_keepalive_ms: Option<u64>,

@@ -48,10 +48,12 @@ impl AsyncRead for OpeningDeadline {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.read += buf.filled().len() - before;
-            if this.read >= PREFACE_BYTES {
-                this.deadline = None;
+        if let Poll::Ready(result) = &polled {
+            if result.is_ok() && this.deadline.is_some() {
+                this.read += buf.filled().len() - before;
+                if this.read >= PREFACE_BYTES {
+                    this.deadline = None;
+                }
             }
             return polled;
         }

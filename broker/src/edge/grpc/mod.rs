@@ -43,17 +43,19 @@ pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
-/// How long a new connection has to send the HTTP/2 preface when keepalive pings are off.
+/// Most time a new connection has to send the HTTP/2 preface (less with a shorter keepalive).
 const OPENING_TIME: Duration = Duration::from_secs(30);
 
 /// Serves the gRPC edge on `listener`: health turns NOT_SERVING once `draining` fires (the
 /// broker keeps answering while it flushes and hands its partitions over); once `stop`
 /// resolves the listener closes, in-flight calls finish and the server returns. `max_message`
-/// bounds a request's size. With `keepalive`, a connection idle that long is pinged and
-/// closed when the client does not answer within as long again: a client that vanished
-/// without closing its connection (its host gone, a network cut) would otherwise keep its
-/// subscriptions and long polls, and their tasks, for as long as the broker runs. A new
-/// connection must send the HTTP/2 preface within `keepalive` (30 s without), or is closed.
+/// bounds a request's size. With `keepalive`, a connection the broker heard nothing from for
+/// that long is pinged, and its calls end when the client does not answer within twice that
+/// (twice: a ping queued behind a subscription's data on a slow link waits its turn): a
+/// client that vanished without closing its connection (its host gone, a network cut) would
+/// otherwise keep its subscriptions and long polls, and their tasks, for as long as the broker
+/// runs. A new connection must send the HTTP/2 preface within `keepalive`, at most 30 s, or
+/// is closed.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
@@ -94,7 +96,7 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(keepalive)
-        .http2_keepalive_timeout(keepalive)
+        .http2_keepalive_timeout(keepalive.map(|k| k * 2))
         .layer(request_metrics)
         .add_service(health_service)
         .add_service(reflection)
@@ -114,7 +116,8 @@ pub async fn serve(
                 .with_nodelay(Some(true))
                 .map(move |accepted| {
                     accepted.map(|stream| {
-                        incoming::OpeningDeadline::new(stream, keepalive.unwrap_or(OPENING_TIME))
+                        let within = keepalive.unwrap_or(OPENING_TIME).min(OPENING_TIME);
+                        incoming::OpeningDeadline::new(stream, within)
                     })
                 }),
             stop,
