@@ -153,6 +153,9 @@ pub struct RollUp {
     pub root_revision: i64,
     /// The pages that stay, oldest first.
     pub pages: Vec<PageRef>,
+    /// How many references the stored root lists (more than `pages` once retention dropped
+    /// some).
+    pub stored_pages: usize,
     /// Compacted objects' commits to roll up, oldest first, each with only its live entries.
     pub parts: Vec<(String, SegmentCommit)>,
 }
@@ -436,6 +439,7 @@ impl PartitionLog {
         Some(RollUp {
             root_revision: s.root_revision,
             pages: s.pages.clone(),
+            stored_pages: s.root_pages,
             parts,
         })
     }

@@ -411,6 +411,7 @@ impl Compactor {
         let Some(RollUp {
             root_revision,
             mut pages,
+            stored_pages,
             mut parts,
         }) = log.roll_up(self.settings.page_parts, self.settings.target_bytes / 2)
         else {
@@ -461,7 +462,6 @@ impl Compactor {
         // the same transaction) — once every live broker reads archives (a rolling upgrade
         // from brokers without them writes none).
         let mut uploads: Vec<(Path, Vec<u8>)> = upload.into_iter().collect();
-        let before_len = pages.len() - uploads.len();
         let full = pages.len() > self.settings.root_pages
             || codec::encode_index_root(&IndexRoot {
                 pages: pages.clone(),
@@ -469,8 +469,8 @@ impl Compactor {
             .len()
                 > ARCHIVE_ROOT_BYTES;
         if full
-            && archives_readable(&self.view.brokers())
             && let Some(range) = archive_range(&pages, self.settings.archive_pages)
+            && self.every_broker_reads_archives(&fence.broker_id).await
         {
             let refs: Vec<PageRef> = pages[range.clone()].to_vec();
             let (first, last) = (refs[0].first_offset, refs[refs.len() - 1].last_offset);
@@ -502,7 +502,7 @@ impl Compactor {
             pages.splice(range, [reference]);
             uploads.push((path, archive));
         }
-        let grows = pages.len() > before_len;
+        let grows = pages.len() > stored_pages;
         let root = IndexRoot { pages };
         let root_len = codec::encode_index_root(&root).len();
         if grows && root_len > MAX_ROOT_BYTES {
@@ -556,6 +556,19 @@ impl Compactor {
                 debug!(topic = %topic.record.name, partition, "index roll-up refused (partition moved, topic gone, or the root changed)");
                 self.delete_unswapped(&written).await;
                 Ok(false)
+            }
+        }
+    }
+
+    /// Whether every live broker reads index archives, as the metadata store lists them now
+    /// (not the view, which may not show a broker that registered a moment ago), this one
+    /// among them.
+    async fn every_broker_reads_archives(&self, me: &str) -> bool {
+        match self.catalog.list_brokers().await {
+            Ok(brokers) => brokers.iter().any(|b| b.broker_id == me) && archives_readable(&brokers),
+            Err(e) => {
+                debug!(error = %e, "could not list the brokers; no archive this pass");
+                false
             }
         }
     }
@@ -649,7 +662,7 @@ impl Compactor {
     }
 }
 
-/// Whether every live broker reads index archives (none registered: nobody to protect).
+/// Whether every broker listed reads index archives.
 fn archives_readable(brokers: &[silt_metadata::codec::BrokerRecord]) -> bool {
     brokers
         .iter()
