@@ -74,6 +74,29 @@ pub struct Housekeeper {
 /// Index pages a GC pass reads at once (a new controller reads every page once).
 const PAGE_READS: usize = 16;
 
+/// A reference of partition `at` = (topic id, partition, log start) found in a root or an
+/// archive: referenced; a page not wholly below the log start is read for its objects, an
+/// archive for its references (one wholly below references nothing live: the owner drops it
+/// from the root at its next roll-up, or the archive holding it goes whole, later).
+fn follow(
+    r: PageRef,
+    at: (u64, u32, i64),
+    referenced: &mut PathSet,
+    pages: &mut Vec<(u64, u32, String)>,
+    archives: &mut Vec<(u64, u32, i64, PageRef)>,
+) {
+    let (topic_id, partition, log_start) = at;
+    referenced.insert(&r.object);
+    if r.last_offset < log_start {
+        return;
+    }
+    if r.level == 0 {
+        pages.push((topic_id, partition, r.object));
+    } else {
+        archives.push((topic_id, partition, log_start, r));
+    }
+}
+
 /// A set of object paths kept as 64-bit hashes, so a pass over a long history holds 8 bytes
 /// per referenced object. A collision can only make an unreferenced object look referenced —
 /// it is kept, never deleted wrongly — and hashes are compared within one process only.
@@ -320,6 +343,7 @@ impl Housekeeper {
             return Ok(None);
         }
         let mut pages = Vec::new();
+        let mut archives = Vec::new();
         for ((topic_id, partition), root) in roots {
             if !live.contains_key(&topic_id) {
                 if topic_id as i64 > seen {
@@ -344,22 +368,29 @@ impl Housekeeper {
                 .partition(topic_id, partition)
                 .offsets()
                 .log_start;
-            let mut refs: Vec<PageRef> = root.pages;
-            while let Some(r) = refs.pop() {
-                commits.referenced.insert(&r.object);
-                // A page or archive wholly below the log start references nothing live; the
-                // owner drops it from the root at its next roll-up (an archive holding it
-                // goes whole, later).
-                if r.last_offset < log_start {
-                    continue;
-                }
-                if r.level == 0 {
-                    pages.push((topic_id, partition, r.object));
-                    continue;
-                }
-                // An archive: what it references is referenced, read like the root's.
-                match self.archive_refs(&r).await {
-                    Ok(held) => refs.extend(held.iter().cloned()),
+            for r in root.pages {
+                let at = (topic_id, partition, log_start);
+                follow(r, at, &mut commits.referenced, &mut pages, &mut archives);
+            }
+        }
+        // Archives, level by level, PAGE_READS at a time: what each references is referenced
+        // and followed like the root's.
+        while !archives.is_empty() {
+            let mut reads = futures::stream::iter(std::mem::take(&mut archives))
+                .map(|(topic_id, partition, log_start, r)| async move {
+                    let held = self.archive_refs(&r).await;
+                    (topic_id, partition, log_start, held)
+                })
+                .buffer_unordered(PAGE_READS);
+            while let Some((topic_id, partition, log_start, held)) = reads.next().await {
+                match held {
+                    Ok(held) => {
+                        for r in held.iter() {
+                            let at = (topic_id, partition, log_start);
+                            let referenced = &mut commits.referenced;
+                            follow(r.clone(), at, referenced, &mut pages, &mut archives);
+                        }
+                    }
                     Err(e) => {
                         warn!(topic_id, partition, error = %e, "an index archive could not be read; the partition's objects and index are kept this pass");
                         commits.protected.extend([
