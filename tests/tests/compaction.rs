@@ -866,9 +866,11 @@ async fn index_pages(name: &str, archives: Option<(usize, usize)>) {
 /// A partition whose index root a broker cannot read (damaged, or written in a format it does
 /// not know) is neither written nor read by it — continuing from a high watermark that lacks
 /// the root's offsets would hand them out again — with UNAVAILABLE saying why, while the
-/// topic's other partitions are served; a readable root written later serves it again.
+/// topic's other partitions are served; a readable root written later serves it again. A
+/// compacted commit that does not decode blocks its partition the same way, whether the watch
+/// or the start-up load finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_whose_index_root_is_unreadable_is_not_served_until_it_is() {
+async fn a_partition_whose_index_cannot_be_decoded_is_not_served_until_it_can() {
     let Some(mut cluster) = Cluster::start("unreadable-root", TTL_MS, 10).await else {
         return;
     };
@@ -943,4 +945,53 @@ async fn a_partition_whose_index_root_is_unreadable_is_not_served_until_it_is() 
     .await;
     let stored = read_partition(&client, topic, 0).await;
     assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [0, 1]);
+
+    // A compacted commit that does not decode does the same, seen by the watch and, after a
+    // restart, by the load; gone, the partition is served again from the next load.
+    let part = catalog
+        .keys()
+        .part(&silt_metadata::keys::Keys::part_id(id, 0, 100, 199));
+    catalog.store().put(&part, b"\x07 garbage").await.unwrap();
+    refused_as_unreadable(
+        &client,
+        topic,
+        "a damaged compacted commit seen by the watch",
+    )
+    .await;
+    cluster.kill9(0);
+    cluster.restart(0).await;
+    cluster.wait_owned(topic, Duration::from_secs(30)).await;
+    let client = cluster.client().await;
+    refused_as_unreadable(
+        &client,
+        topic,
+        "a damaged compacted commit seen by the load",
+    )
+    .await;
+    catalog.store().delete(&part).await.unwrap();
+    cluster.kill9(0);
+    cluster.restart(0).await;
+    cluster.wait_owned(topic, Duration::from_secs(30)).await;
+    let client = cluster.client().await;
+    wait_for_state(
+        "the partition to be served after the damaged commit went",
+        Duration::from_secs(30),
+        || async {
+            produce_one_batch(&mut client.log(), topic, 0)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
+/// Waits until producing to partition 0 of `topic` is refused as unreadable.
+async fn refused_as_unreadable(client: &silt_client::Client, topic: &str, what: &str) {
+    wait_for_state(what, Duration::from_secs(30), || async {
+        match produce_one_batch(&mut client.log(), topic, 0).await {
+            Err(status) if status.message().contains("could not read its index") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

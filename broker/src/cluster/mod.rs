@@ -181,6 +181,7 @@ impl ClusterView {
         let keys = self.catalog.keys().clone();
         let mut segments = Vec::new();
         let mut parts = Vec::new();
+        let mut unreadable_parts = Vec::new();
         let mut topics = Vec::new();
         let mut rest = Vec::new();
         for kv in kvs {
@@ -192,19 +193,7 @@ impl ClusterView {
             } else if let Some(id) = keys.parse_part(&kv.key) {
                 match codec::decode_segment(&kv.key, &kv.value) {
                     Ok(c) => parts.push((kv.mod_revision, id.to_string(), c)),
-                    Err(e) => {
-                        // The key names its partition: that partition is not served, rather
-                        // than served without these offsets.
-                        let reason = e.to_string();
-                        warn!(error = %reason, "a compacted commit is unreadable; its partition is not served until it is");
-                        if let Some((topic_id, partition)) = keys.parse_part_partition(&kv.key)
-                            && self.topics.is_live(topic_id)
-                        {
-                            self.index
-                                .partition(topic_id, partition)
-                                .set_unreadable_part(reason);
-                        }
-                    }
+                    Err(e) => unreadable_parts.push((kv.key.clone(), e.to_string())),
                 }
             } else if keys.parse_topic(&kv.key).is_some() {
                 topics.push(kv);
@@ -225,6 +214,9 @@ impl ClusterView {
                 self.topics.remove(&t.record.name);
                 self.index.remove_topic(t.id);
             }
+        }
+        for (key, reason) in unreadable_parts {
+            self.unreadable_part(&key, reason);
         }
         // The rest builds a fresh state, swapped in at once: no reader sees half of it.
         let mut fresh = State::default();
@@ -251,6 +243,17 @@ impl ClusterView {
         self.set_applied(revision);
         self.topology_changed();
         Ok(revision + 1)
+    }
+
+    /// A compacted commit at `key` could not be decoded: the partition its key names is not
+    /// served, rather than served without its offsets.
+    fn unreadable_part(&self, key: &[u8], reason: String) {
+        warn!(error = %reason, "a compacted commit is unreadable; its partition is not served");
+        if let Some((topic_id, partition)) = self.catalog.keys().parse_part_partition(key)
+            && self.topics.is_live(topic_id)
+        {
+            self.index.set_unreadable_part(topic_id, partition, reason);
+        }
     }
 
     fn topic_of(&self, kv: &KeyValue) -> Option<Topic> {
@@ -337,7 +340,7 @@ impl ClusterView {
                         c.entries.retain(|e| self.topics.is_live(e.topic_id));
                         self.index.apply_part(id, &c);
                     }
-                    Err(e) => warn!(error = %e, "skipping an unreadable compacted commit"),
+                    Err(e) => self.unreadable_part(&kv.key, e.to_string()),
                 }
             }
             return false;
@@ -351,9 +354,12 @@ impl ClusterView {
                     Err(e) => {
                         let reason = e.to_string();
                         warn!(error = %reason, "an index root is unreadable; its partition is not served until it is");
-                        self.index
-                            .partition(topic_id, partition)
-                            .set_unreadable_root(kv.mod_revision, reason);
+                        self.index.set_unreadable_root(
+                            topic_id,
+                            partition,
+                            kv.mod_revision,
+                            reason,
+                        );
                     }
                 }
             }

@@ -332,6 +332,9 @@ impl Flusher {
     /// The producers with a batch for a partition whose index could not be read, and why.
     fn unreadable_producers(&self, window: &Window) -> (HashSet<usize>, Option<String>) {
         let mut why = None;
+        if !self.index.any_unreadable() {
+            return (HashSet::new(), why);
+        }
         let producers = window
             .partitions()
             .filter(|((topic_id, partition), _)| {

@@ -310,7 +310,7 @@ impl PartitionLog {
 
     /// Marks the partition unreadable: its index root at `revision` could not be decoded. A
     /// readable root of a later revision clears it.
-    pub fn set_unreadable_root(&self, revision: i64, reason: String) {
+    fn set_unreadable_root(&self, revision: i64, reason: String) {
         let mut s = self.lock();
         if revision > s.root_revision {
             s.unreadable_root = Some((revision, reason));
@@ -318,7 +318,7 @@ impl PartitionLog {
     }
 
     /// Marks the partition unreadable: a compacted commit of it could not be decoded.
-    pub fn set_unreadable_part(&self, reason: String) {
+    fn set_unreadable_part(&self, reason: String) {
         self.lock().unreadable_part = Some(reason);
     }
 
@@ -783,6 +783,8 @@ impl PartitionState {
 #[derive(Debug, Default)]
 pub struct LogIndex {
     partitions: RwLock<HashMap<(u64, u32), Arc<PartitionLog>>>,
+    /// Set once any partition was found unreadable, so the flusher looks for them only then.
+    any_unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl LogIndex {
@@ -853,6 +855,27 @@ impl LogIndex {
         for (id, commit) in parts {
             self.apply_part(&id, &commit);
         }
+    }
+
+    /// Marks a partition unreadable: its index root at `revision` could not be decoded.
+    pub fn set_unreadable_root(&self, topic_id: u64, partition: u32, revision: i64, why: String) {
+        self.any_unreadable
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.partition(topic_id, partition)
+            .set_unreadable_root(revision, why);
+    }
+
+    /// Marks a partition unreadable: a compacted commit of it could not be decoded.
+    pub fn set_unreadable_part(&self, topic_id: u64, partition: u32, why: String) {
+        self.any_unreadable
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.partition(topic_id, partition).set_unreadable_part(why);
+    }
+
+    /// Whether any partition was ever found unreadable here.
+    pub fn any_unreadable(&self) -> bool {
+        self.any_unreadable
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Applies a partition's index root read at `revision`.
