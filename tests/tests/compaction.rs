@@ -933,16 +933,7 @@ async fn a_partition_whose_index_cannot_be_decoded_is_not_served_until_it_can() 
         )
         .await
         .unwrap();
-    wait_for_state(
-        "the partition to be served again",
-        Duration::from_secs(20),
-        || async {
-            produce_one_batch(&mut client.log(), topic, 0)
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await;
+    written_to(&client, topic, "the partition to be served again").await;
     let stored = read_partition(&client, topic, 0).await;
     assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [0, 1]);
 
@@ -958,10 +949,7 @@ async fn a_partition_whose_index_cannot_be_decoded_is_not_served_until_it_can() 
         "a damaged compacted commit seen by the watch",
     )
     .await;
-    cluster.kill9(0);
-    cluster.restart(0).await;
-    cluster.wait_owned(topic, Duration::from_secs(30)).await;
-    let client = cluster.client().await;
+    let client = killed_and_restarted(&mut cluster, topic).await;
     refused_as_unreadable(
         &client,
         topic,
@@ -969,19 +957,30 @@ async fn a_partition_whose_index_cannot_be_decoded_is_not_served_until_it_can() 
     )
     .await;
     catalog.store().delete(&part).await.unwrap();
+    let client = killed_and_restarted(&mut cluster, topic).await;
+    written_to(
+        &client,
+        topic,
+        "the partition to be served after the damaged commit went",
+    )
+    .await;
+}
+
+/// Kills broker 0 with SIGKILL, starts it again, and returns a client once `topic` is owned.
+async fn killed_and_restarted(cluster: &mut Cluster, topic: &str) -> silt_client::Client {
     cluster.kill9(0);
     cluster.restart(0).await;
     cluster.wait_owned(topic, Duration::from_secs(30)).await;
-    let client = cluster.client().await;
-    wait_for_state(
-        "the partition to be served after the damaged commit went",
-        Duration::from_secs(30),
-        || async {
-            produce_one_batch(&mut client.log(), topic, 0)
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+    cluster.client().await
+}
+
+/// Waits until producing to partition 0 of `topic` succeeds.
+async fn written_to(client: &silt_client::Client, topic: &str, what: &str) {
+    wait_for_state(what, Duration::from_secs(30), || async {
+        produce_one_batch(&mut client.log(), topic, 0)
+            .await
+            .map_err(|e| e.to_string())
+    })
     .await;
 }
 
